@@ -1,0 +1,1 @@
+"""bfsx.account"""

@@ -1,0 +1,40 @@
+"""Timestamp formats: REST and realtime differ (bitflyer-api.md §1.1); all are UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+JST = timezone(timedelta(hours=9), "JST")
+
+
+def rest_ms(when: datetime) -> str:
+    """REST ``exec_date``: ``2015-07-08T02:43:34.823`` (no Z, fraction trimmed of trailing zeros)."""
+    base = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    frac = f"{when.microsecond // 1000:03d}".rstrip("0")
+    return f"{base}.{frac}" if frac else base
+
+
+def rest_seconds(when: datetime) -> str:
+    """REST ``child_order_date`` / ``expire_date``: seconds only, no Z."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def ws(when: datetime) -> str:
+    """Realtime ``exec_date`` / ``event_date``: 7 fractional digits and Z."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+
+
+def parse(text: str) -> datetime:
+    """Lenient parse of any of the formats above (0–7 fractional digits, optional Z); returns aware UTC."""
+    s = text.rstrip("Z")
+    if "." in s:
+        head, frac = s.split(".", 1)
+        s = f"{head}.{frac[:6].ljust(6, '0')}"
+        fmt = "%Y-%m-%dT%H:%M:%S.%f"
+    else:
+        fmt = "%Y-%m-%dT%H:%M:%S"
+    return datetime.strptime(s, fmt).replace(tzinfo=UTC)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,77 @@
+"""``bfsx`` command line: trade, pos-server, sim, demo, bench.
+
+Each subcommand imports its module lazily so ``bfsx sim`` starts fast. A user mistake exits non-zero
+with one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, arguments): reported as one line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bfsx", description="High-speed bitFlyer Lightning bot framework.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("trade", help="run one bot: bfsx trade [TRADE_YAML] [STRATEGY_PY STRATEGY_YAML]")
+    t.add_argument("files", nargs="*", metavar="FILE", help="trade.yaml and/or strategy .py + .yaml")
+
+    ps = sub.add_parser("pos-server", help="run the position server: bfsx pos-server [TRADE_YAML]")
+    ps.add_argument("config", nargs="?", default="trade.yaml", help="run config (default ./trade.yaml)")
+
+    s = sub.add_parser("sim", help="run the bitFlyer-compatible exchange simulator")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8787)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--config", default=None, help="sim.yaml: accounts, products, market, limits")
+    s.add_argument("--quiet", action="store_true", help="no live market line")
+
+    d = sub.add_parser("demo", help="the whole system on the embedded simulator")
+    d.add_argument("--minutes", type=float, default=None, help="stop after N minutes (default: until Ctrl+C)")
+    d.add_argument("--out", default="demo-out", help="folder for charts and the summary")
+
+    sub.add_parser("bench", help="run the benchmarks in bench/")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bfsx`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "sim":
+            from bfsx.sim.server import run_sim
+
+            return run_sim(host=args.host, port=args.port, seed=args.seed, config=args.config, quiet=args.quiet)
+        if args.command == "trade":
+            from bfsx.bot.runtime import run_trade
+
+            return run_trade(list(args.files))
+        if args.command == "pos-server":
+            from bfsx.posserver.server import run_pos_server
+
+            return run_pos_server(args.config)
+        if args.command == "demo":
+            from bfsx.demo import run_demo
+
+            return run_demo(minutes=args.minutes, out=args.out)
+        if args.command == "bench":
+            import runpy
+
+            runpy.run_module("bench", run_name="__main__")
+            return 0
+    except UserError as e:
+        print(f"bfsx {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
