@@ -1,0 +1,569 @@
+"""The bot runtime: wires client, market data, account and strategy, and owns the bot's lifecycle.
+
+One asyncio loop owns every piece of state. The hot path is: realtime frame → ``MarketFeed``
+(book / executions / candles) → strategy callback → ``send_order`` → REST POST. Private events go
+``child_order_events`` → ``OrderTracker`` → ``Journal`` (written before acting) → ``Position`` →
+position-server report → ``on_fill`` callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import inspect
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import Any
+
+from bfsx.account.budget import ApiBudget
+from bfsx.account.drift import DriftCheck
+from bfsx.account.journal import Journal
+from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
+from bfsx.account.position import Position
+from bfsx.bitflyer import channels
+from bfsx.bitflyer.errors import ApiError, BitflyerError, TransportError
+from bfsx.bitflyer.products import ProductSpec, product_spec
+from bfsx.bitflyer.realtime import RealtimeClient
+from bfsx.bitflyer.rest import RestClient
+from bfsx.bitflyer.states import can_order
+from bfsx.bot.strategy import Strategy
+from bfsx.cli import UserError
+from bfsx.config import (
+    ConfigWatcher,
+    StrategyConfig,
+    TradeConfig,
+    load_strategy_config,
+    load_trade_config,
+    resolve_trade_args,
+)
+from bfsx.logs import add_secret, setup_logging
+from bfsx.market.candles import CandleBuilder
+from bfsx.market.feed import MarketFeed
+from bfsx.market.health import HealthPoller
+
+Callback = Callable[..., Awaitable[None] | None]
+QUIET_SECONDS = 5.0  # no drift correction while this bot traded this recently
+STOP_CANCEL_TIMEOUT = 10.0
+
+
+class _Listener:
+    """Calls a strategy callback; an async one runs as a task, at most one at a time per callback.
+
+    While it runs, newer events only remember the latest argument (bounded: never a queue of tasks)
+    and the callback runs once more with it when the current call ends.
+    """
+
+    __slots__ = ("_cb", "_is_async", "_log", "_pending", "_running", "_tasks")
+
+    def __init__(self, cb: Callback, log: logging.Logger, tasks: set[asyncio.Task[None]]) -> None:
+        self._cb = cb
+        self._is_async = inspect.iscoroutinefunction(cb)
+        self._log = log
+        self._running = False
+        self._pending: tuple[Any, ...] | None = None
+        self._tasks = tasks
+
+    def __call__(self, *args: Any) -> None:
+        if not self._is_async:
+            try:
+                self._cb(*args)
+            except Exception:
+                self._log.exception("strategy callback %s failed", getattr(self._cb, "__name__", self._cb))
+            return
+        if self._running:
+            self._pending = args
+            return
+        self._running = True
+        task = asyncio.get_running_loop().create_task(self._run(args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, args: tuple[Any, ...]) -> None:
+        try:
+            while True:
+                try:
+                    await self._cb(*args)
+                except Exception:
+                    self._log.exception("strategy callback %s failed", getattr(self._cb, "__name__", self._cb))
+                if self._pending is None:
+                    return
+                args, self._pending = self._pending, None
+        finally:
+            self._running = False
+
+
+async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a plain or ``async def`` function and return its result."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def load_strategy_class(path: str | Path) -> type[Strategy]:
+    """Import a strategy file and return its :class:`Strategy` subclass (``MyStrategy`` preferred)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"strategy file not found: {p}")
+    spec = importlib.util.spec_from_file_location(f"bfsx_user_strategy_{p.stem}", p)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot import strategy file {p}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a user's file: report it in one line
+        raise UserError(f"{p}: {type(e).__name__}: {e}") from None
+    found = [
+        v for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, Strategy) and v is not Strategy and v.__module__ == module.__name__
+    ]
+    if not found:
+        raise UserError(f"{p}: no class derived from bfsx.Strategy (define `class MyStrategy(bfsx.Strategy)`)")
+    for cls in found:
+        if cls.__name__ == "MyStrategy":
+            return cls
+    if len(found) > 1:
+        raise UserError(f"{p}: several Strategy classes ({', '.join(c.__name__ for c in found)}); name one MyStrategy")
+    return found[0]
+
+
+class BotRuntime:
+    """Runs one strategy on one product against the endpoints of a :class:`TradeConfig`."""
+
+    def __init__(
+        self,
+        trade: TradeConfig,
+        strategy_config: StrategyConfig,
+        strategy: Strategy,
+        *,
+        trade_path: str | None = None,
+        strategy_yaml_path: str | None = None,
+    ) -> None:
+        self.trade = trade
+        self.strategy_config = strategy_config
+        self.strategy = strategy
+        self.product = trade.product
+        self.spec: ProductSpec = product_spec(trade.product)
+        self.bot_name = trade.bot_name or f"bot_{trade.product}"
+        self.log = logging.getLogger(f"bfsx.bot.{self.bot_name}")
+        self._trade_path = trade_path
+        self._strategy_yaml_path = strategy_yaml_path
+
+        key, secret = trade.api_key(), trade.api_secret()
+        self.budget = ApiBudget(reserve=trade.api_reserve, pause_seconds=trade.over_limit_pause)
+        self.rest = RestClient(trade.endpoint, key, secret, budget=self.budget)
+        silence = trade.ws_silence_timeout
+        self.realtime = RealtimeClient(
+            trade.ws_endpoint, key, secret,
+            silence_timeout={channels.executions(self.product): silence} if silence else None,
+        )
+        sub = strategy_config.subscribe
+        self.feed = MarketFeed(self.product, self.realtime, board=sub.board, executions=sub.executions, ticker=sub.ticker)
+        self.health = HealthPoller(self.rest, self.product, interval=trade.health_interval)
+        self.tracker = OrderTracker(self.product)
+        self.position = Position()
+        folder = Path(trade.log_folder or f"./logs/{self.bot_name}")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(folder / "journal.db")
+        self.drift = DriftCheck(
+            min_size=self.spec.min_size,
+            consecutive=trade.adjust_consecutive,
+            max_order=Decimal(str(trade.adjust_max_size)),
+        )
+        self.posclient: Any = None
+        if trade.pos_server:
+            from bfsx.posserver.client import PosServerClient
+
+            host, port = trade.pos_server
+            self.posclient = PosServerClient(
+                host, int(port), trade.pos_server_secret_value(), self.bot_name, self.product,
+                report_interval=trade.pos_server_report_interval, query_interval=trade.pos_server_query_interval,
+            )
+
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: dict[str, list[_Listener]] = {"executions": [], "board": [], "fill": []}
+        self._timers: list[tuple[float, Callback, float | None]] = []
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._inflight = 0
+        self._last_activity = 0.0
+        self._watchers: list[ConfigWatcher[Any]] = []
+        self.fills_applied = 0
+
+    # ----------------------------------------------------------------- registration (Strategy API)
+    def add_timer(self, interval: float, cb: Callback, basetime: float | None) -> None:
+        if interval <= 0:
+            raise ValueError("every(): interval must be > 0")
+        self._timers.append((interval, cb, basetime))
+
+    def add_candles(self, timescale: float, num: int, cb: Callback | None) -> CandleBuilder:
+        listener = _Listener(cb, self.log, self._tasks) if cb is not None else None
+        return self.feed.add_candles(timescale, num, listener)
+
+    def add_listener(self, kind: str, cb: Callback) -> None:
+        listener = _Listener(cb, self.log, self._tasks)
+        self._listeners[kind].append(listener)
+        if kind == "executions":
+            self.feed.on_executions.append(listener)
+        elif kind == "board":
+            self.feed.on_board.append(listener)
+
+    # ----------------------------------------------------------------- state
+    def realized_today(self) -> float:
+        return self.position.realized_today()
+
+    def unrealized(self) -> float:
+        price = self.feed.executions.ltp or self.feed.book.mid_price
+        return self.position.unrealized(price) if price else 0.0
+
+    def api_remaining(self) -> int:
+        shared = self.posclient.account_budget if self.posclient is not None else None
+        if shared is not None:
+            return int(shared.remaining)
+        return self.budget.private_remaining
+
+    # ----------------------------------------------------------------- orders
+    def _refusal(self, side: str, size: float, *, closing: bool = False) -> str | None:
+        """Why a new order must not be sent now, or None. Cancels never come through here."""
+        if self._stopping and not closing:
+            return "bot is stopping"
+        if size < float(self.spec.min_size):
+            return f"size {size} below the minimum {self.spec.min_size}"
+        if not self.realtime.connected.is_set():
+            return "realtime not connected (own fills would go unseen)"
+        if not can_order(self.health.health, self.health.state, self.trade.trade_health):
+            return f"exchange health {self.health.health} / {self.health.state}"
+        if not closing:
+            if self.strategy_config.close_position and not self._reduces(side, size):
+                return "close-only mode (close_position: true)"
+            if self.strategy_config.in_no_trade():
+                return "no-trade window"
+        shared = self.posclient.account_budget if self.posclient is not None else None
+        if shared is not None and shared.advice == "pause":
+            return "account-wide API budget: pause"
+        if not self.budget.can_order(size):
+            return f"API budget (private remaining {self.budget.private_remaining})"
+        return None
+
+    def _reduces(self, side: str, size: float) -> bool:
+        pos = self.position.size
+        return (pos > 0 and side == "SELL" and size <= pos + 1e-12) or (pos < 0 and side == "BUY" and size <= -pos + 1e-12)
+
+    async def send_order(self, side: str, size: float, price: float | None, *, closing: bool = False, **opts: Any) -> Order:
+        size = float(Decimal(repr(size)).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN))
+        order = Order.new(self.product, side, size, price)
+        reason = self._refusal(side, size, closing=closing)
+        if reason is not None:
+            order.refuse(reason)
+            self.log.info("order refused locally: %s %s @ %s: %s", side, size, price or "MARKET", reason)
+            return order
+        self._inflight += 1
+        self._last_activity = time.monotonic()
+        tif = opts.get("time_in_force", "GTC")
+        mte = opts.get("minute_to_expire", self.strategy_config.minute_to_expire)
+        try:
+            acc = await self.rest.send_child_order(
+                self.product, side, size, price, time_in_force=tif, minute_to_expire=mte,
+                known_ids=self.tracker.known_ids(),
+            )
+        except ApiError as e:
+            order.fail(f"{e.status}: {e.message}")
+            self.log.warning("order rejected: %s %s @ %s: %s", side, size, price or "MARKET", e.message)
+            return order
+        except BitflyerError as e:
+            order.fail(f"unknown outcome: {e}")
+            self.log.error("order outcome unknown: %s %s @ %s: %s", side, size, price or "MARKET", e)
+            return order
+        finally:
+            self._inflight -= 1
+        order.acceptance_id = acc
+        self.journal.record_order(order)
+        for fill in self.tracker.accepted(order):
+            self._apply_fill(fill)
+        return order
+
+    async def cancel_order(self, order_or_id: Order | str) -> bool:
+        acc = order_or_id if isinstance(order_or_id, str) else order_or_id.acceptance_id
+        if not acc:
+            return False
+        try:
+            await self.rest.cancel_child_order(self.product, acceptance_id=acc)
+        except BitflyerError as e:
+            self.log.warning("cancel %s failed: %s", acc, e)
+            return False
+        return True
+
+    async def cancel_all(self) -> int:
+        open_ids = [o.acceptance_id for o in self.tracker.open_orders if o.acceptance_id]
+        results = await asyncio.gather(*(self.cancel_order(a) for a in open_ids))
+        return sum(1 for r in results if r)
+
+    async def close_position(self) -> Order | None:
+        pos = self.position.size
+        if abs(pos) < float(self.spec.min_size):
+            return None
+        return await self.send_order("SELL" if pos > 0 else "BUY", abs(pos), None, closing=True)
+
+    # ----------------------------------------------------------------- private events
+    def _on_child_events(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            if ev.get("product_code") != self.product:
+                continue
+            fill, changed = self.tracker.apply_event(ev)  # type: ignore[arg-type]
+            if changed is not None:
+                self.journal.record_order(changed)
+            if fill is not None:
+                self._apply_fill(fill)
+
+    def _apply_fill(self, fill: Fill) -> None:
+        # Journal first: a crash after this line cannot lose the fill, and replay dedupes by exec id.
+        if not self.journal.record_fill(fill):
+            return  # already counted (journal's exec_id primary key)
+        self.position.apply_fill(fill)
+        self.fills_applied += 1
+        self._last_activity = time.monotonic()
+        self._report()
+        for listener in self._listeners["fill"]:
+            listener(fill)
+
+    def _report(self) -> None:
+        if self.posclient is None:
+            return
+        self.posclient.report(
+            position=self.position.size,
+            base_position=self.trade.base_position,
+            profit=self.realized_today() + self.unrealized(),
+            realized=self.realized_today(),
+            budget=self.budget.snapshot(),
+        )
+
+    async def resync(self) -> None:
+        """Fill any gap after a (re)connect: our open orders' states and the executions since our
+        last exec id, de-duplicated by exec id."""
+        try:
+            rows = []
+            for o in list(self.tracker.open_orders):
+                if o.acceptance_id:
+                    rows.extend(await self.rest.get_child_orders(self.product, acceptance_id=o.acceptance_id))
+            execs = []
+            after = self.tracker.last_exec_id
+            for _ in range(20):  # bounded paging; 500 per page
+                page = await self.rest.get_my_executions(self.product, count=500, after=after)
+                execs.extend(page)
+                if len(page) < 500:
+                    break
+                after = max(e["id"] for e in page)
+        except BitflyerError as e:
+            self.log.warning("resync failed (%s); will retry on the next reconnect or drift check", e)
+            return
+        fills, changed = self.tracker.reconcile(rows, execs)
+        for order in changed:
+            self.journal.record_order(order)
+        for fill in fills:
+            self._apply_fill(fill)
+        if fills:
+            self.log.warning("resync recovered %d missed fill(s)", len(fills))
+
+    # ----------------------------------------------------------------- background tasks
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _timer_loop(self, interval: float, cb: Callback, basetime: float | None) -> None:
+        listener = _Listener(cb, self.log, self._tasks)
+        while not self._stopping:
+            if basetime is None:
+                await asyncio.sleep(interval)
+            else:
+                now = time.time()
+                nxt = (now - basetime) // interval * interval + interval + basetime
+                await asyncio.sleep(max(0.0, nxt - now))
+            if not self._stopping:
+                listener()
+
+    async def _drift_loop(self) -> None:
+        """Single-bot drift correction (adjust_position_with_api, only without a position server)."""
+        while not self._stopping:
+            await asyncio.sleep(self.trade.adjust_position_interval)
+            if not self.trade.adjust_position_with_api or self._stopping:
+                continue
+            quiet = self._inflight == 0 and time.monotonic() - self._last_activity > QUIET_SECONDS
+            actual: Decimal | None
+            try:
+                actual = await self.rest.net_position(self.product) - Decimal(str(self.trade.base_position))
+            except BitflyerError as e:
+                self.log.warning("drift check: exchange position unknown (%s); no action", e)
+                actual = None
+            expected = Decimal(repr(self.position.size))
+            corr = self.drift.observe(expected, actual, quiet=quiet)
+            if corr is None:
+                continue
+            if not can_order(self.health.health, self.health.state, self.trade.trade_health):
+                self.log.warning("drift %s but health %s: no correction", corr, self.health.health)
+                continue
+            self.log.warning("position drift: exchange %s vs self %s -> correcting %s %s", actual, expected, corr.side, corr.size)
+            try:
+                # Not registered in the tracker: the correction moves the exchange toward the bot's
+                # own position, it must not move the bot's position.
+                await self.rest.send_child_order(self.product, corr.side, float(corr.size), None)
+            except BitflyerError as e:
+                self.log.error("correcting order failed: %s", e)
+
+    async def _on_connect(self, reconnected: bool) -> None:
+        if reconnected:
+            self.log.warning("realtime reconnected: resyncing orders and fills")
+        await self.resync()
+
+    # ----------------------------------------------------------------- config reload
+    def _strategy_yaml_changed(self, new: StrategyConfig) -> None:
+        self.strategy_config = new
+        self.log.info("strategy config reloaded")
+        self._spawn(call_maybe_async(self.strategy.parameters_changed), "parameters_changed")
+
+    def _trade_yaml_changed(self, new: TradeConfig) -> None:
+        live = ("adjust_position_with_api", "adjust_max_size", "base_position", "api_reserve", "log_level", "close_on_exit")
+        for key in new.model_fields:
+            if getattr(new, key) != getattr(self.trade, key) and key not in live:
+                self.log.warning("trade.yaml: %s changed; it applies after a restart", key)
+        for key in live:
+            object.__setattr__(self.trade, key, getattr(new, key))
+        self.budget.reserve = new.api_reserve
+        self.drift.max_order = Decimal(str(new.adjust_max_size))
+        self.log.info("trade config reloaded")
+
+    # ----------------------------------------------------------------- lifecycle
+    def restore(self) -> None:
+        """Rebuild position, open orders and the exec cursor from the journal (after a restart)."""
+        fills, orders, kv = self.journal.load()
+        for fill in fills:
+            self.position.apply_fill(fill)
+        self.tracker.restore(orders, fills)
+        if fills or orders:
+            self.log.info(
+                "restored from journal: %d fills, position %s, %d open orders",
+                len(fills), self.position.size, len(self.tracker.open_orders),
+            )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start everything, run until a stop is requested, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self.restore()
+        self.strategy._bind(self)
+        self.realtime.subscribe(channels.CHILD_ORDER_EVENTS, self._on_child_events)
+        self.realtime.on_connect(self._on_connect)
+        await self.health.start()
+        await self.realtime.start()
+        if self.posclient is not None:
+            await self.posclient.start()
+            self._report()
+        await call_maybe_async(self.strategy.initialize)
+        for interval, cb, basetime in self._timers:
+            self._spawn(self._timer_loop(interval, cb, basetime), "timer")
+        if self.posclient is None:
+            self._spawn(self._drift_loop(), "drift")
+        if self._strategy_yaml_path:
+            self._watchers.append(ConfigWatcher(self._strategy_yaml_path, load_strategy_config, self._strategy_yaml_changed))
+        if self._trade_path:
+            self._watchers.append(ConfigWatcher(self._trade_path, load_trade_config, self._trade_yaml_changed))
+        for w in self._watchers:
+            w.start()
+        self.log.info("%s trading %s (position %s)", self.bot_name, self.product, self.position.size)
+        await self._stop.wait()
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        """Stop the strategy, cancel this bot's orders (confirmed), optionally flatten, report, close."""
+        self._stopping = True
+        self.log.info("stopping: cancelling open orders")
+        for w in self._watchers:
+            w.stop()
+        try:
+            await asyncio.wait_for(call_maybe_async(self.strategy.finalize), 5.0)
+        except Exception:
+            self.log.exception("strategy finalize failed")
+        await self._cancel_and_confirm()
+        if self.trade.close_on_exit:
+            await self._flatten()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.posclient is not None:
+            self._report()
+            await self.posclient.stop()
+        await self.health.stop()
+        await self.realtime.close()
+        await self.rest.close()
+        self.journal.close()
+        self.log.info("stopped: position %s, realized today %.0f", self.position.size, self.realized_today())
+
+    async def _cancel_and_confirm(self) -> None:
+        deadline = time.monotonic() + STOP_CANCEL_TIMEOUT
+        await self.cancel_all()
+        while self.tracker.open_orders and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.tracker.open_orders:
+            # Events may be lost: ask the exchange for the final word on each order.
+            await self.resync()
+        left = [o.acceptance_id for o in self.tracker.open_orders]
+        if left:
+            self.log.error("orders still open after stop: %s", ", ".join(a or "?" for a in left))
+
+    async def _flatten(self) -> None:
+        order = await self.close_position()
+        if order is None or order.state in (OrderState.REFUSED, OrderState.FAILED):
+            return
+        deadline = time.monotonic() + STOP_CANCEL_TIMEOUT
+        while abs(self.position.size) >= float(self.spec.min_size) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_trade(files: list[str]) -> int:
+    """``bfsx trade`` / ``python3 trade.py``: the four argument forms of SPEC §3.1."""
+    trade_path, strategy_py, strategy_yaml = resolve_trade_args(files)
+    trade = load_trade_config(trade_path)
+    strategy_py = strategy_py or trade.strategy_py
+    strategy_yaml = strategy_yaml or trade.strategy_yaml
+    if not strategy_py or not strategy_yaml:
+        raise UserError(f"{trade_path}: strategy_py and strategy_yaml are required (or give them on the command line)")
+    strategy_cfg = load_strategy_config(strategy_yaml)
+    trade = trade.with_bot_name(strategy_yaml)
+    for s in (trade.api_secret(), trade.pos_server_secret_value()):
+        if s:
+            add_secret(s)
+    folder = Path(trade.log_folder or f"./logs/{trade.bot_name}")
+    setup_logging(folder, trade.bot_name or "bot", strategy_cfg.log_level or trade.log_level, trade.console_output)
+    cls = load_strategy_class(strategy_py)
+    try:
+        strategy = cls()
+    except Exception as e:
+        raise UserError(f"{strategy_py}: {cls.__name__}() failed: {e}") from None
+    _install_uvloop()
+
+    async def main() -> int:
+        rt = BotRuntime(trade, strategy_cfg, strategy, trade_path=trade_path, strategy_yaml_path=strategy_yaml)
+        return await rt.run()
+
+    return asyncio.run(main())
