@@ -1,0 +1,362 @@
+"""The position-server wire protocol: signed, versioned, size-limited messages (docs/protocol.md).
+
+Every message, UDP datagram or TCP frame alike, is::
+
+    magic "BX" | version u8 | type u8 | boot u64 | seq u64 | time_us u64 | body (JSON) | HMAC-SHA256
+
+big-endian, the MAC over every byte before it, keyed with ``pos_server_secret`` (an empty secret is a
+valid empty key, so loopback setups take the same code path). ``boot`` identifies one run of the
+sender (its start time in microseconds, so a restarted process has a larger one) and ``seq`` counts
+that run's messages from 1: the receiver keeps the newest (boot, seq, time) per sender and refuses
+anything not newer (:class:`ReplayGuard`) — the sender persists nothing. Values are absolute
+(a position, never a delta), so a lost datagram is healed by the next one.
+
+TCP frames carry the same bytes behind a u32 big-endian length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import math
+import os
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Final, Literal
+
+import orjson
+
+from bfsx.account.budget import BudgetSnapshot
+
+MAGIC: Final = b"BX"
+VERSION: Final = 1
+HEADER: Final = struct.Struct("!2sBBQQQ")  # magic, version, type, boot, seq, time_us
+MAC_SIZE: Final = 32
+#: Largest datagram / inbound frame. Below a common MTU, so a report is never fragmented.
+MAX_DATAGRAM: Final = 1400
+#: Largest reply frame a client accepts (a status reply lists every bot).
+MAX_REPLY: Final = 4 * 1024 * 1024
+FRAME_PREFIX: Final = struct.Struct("!I")
+#: Messages whose time differs from the receiver's clock by more than this are stale.
+DEFAULT_MAX_AGE: Final = 30.0
+MAX_ID_LEN: Final = 64
+MAX_MARKET_LEN: Final = 32
+SERVER_ID: Final = "pos-server"
+
+Reason = Literal["malformed", "bad_signature", "bad_version", "oversized", "replay", "stale"]
+REASONS: Final[tuple[Reason, ...]] = ("malformed", "bad_signature", "bad_version", "oversized", "replay", "stale")
+
+
+class MsgType(IntEnum):
+    """Message type byte."""
+
+    REPORT = 1
+    BUDGET_QUERY = 2
+    BUDGET_REPLY = 3
+    STATUS_QUERY = 4
+    STATUS_REPLY = 5
+
+
+class ProtocolError(Exception):
+    """A message that must be ignored; ``reason`` is one of :data:`REASONS` (the server counts them)."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason: Reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The signed envelope of a received message."""
+
+    type: MsgType
+    boot: int
+    seq: int
+    time: float  # sender's unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A bot's absolute state: sent on every position change and as a heartbeat (UDP)."""
+
+    bot: str
+    market: str
+    position: float
+    base_position: float
+    profit: float
+    realized: float
+    pid: int
+    budget: BudgetSnapshot | None = None
+    header: Header | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetQuery:
+    """A bot asks the account-wide API budget (TCP)."""
+
+    bot: str
+    market: str = ""
+    header: Header | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReply:
+    """The account-wide API budget: the combined snapshot plus its headline figures."""
+
+    re: int  # the query's sequence number
+    remaining: int  # private requests left account-wide
+    advice: Literal["trade", "slow", "pause"]
+    bots: int  # how many bots' readings were combined
+    budget: BudgetSnapshot | None = None
+    header: Header | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """A tool or test asks for the server's state (TCP)."""
+
+    client: str
+    header: Header | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """The server's state: bots, market totals, counters (plain JSON values, see docs/protocol.md)."""
+
+    re: int
+    status: dict[str, Any]
+    header: Header | None = field(default=None, compare=False)
+
+
+Message = Report | BudgetQuery | BudgetReply | StatusQuery | StatusReply
+
+
+# ---------------------------------------------------------------------------------------- encoding
+
+def _key(secret: str | bytes) -> bytes:
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def _num(x: float) -> float:
+    f = float(x)
+    if not math.isfinite(f):
+        raise ValueError(f"not a finite number: {x!r}")
+    return f
+
+
+def _body(msg: Message) -> tuple[MsgType, dict[str, Any]]:
+    if isinstance(msg, Report):
+        return MsgType.REPORT, {
+            "id": msg.bot, "market": msg.market, "pos": _num(msg.position), "base": _num(msg.base_position),
+            "profit": _num(msg.profit), "realized": _num(msg.realized), "pid": int(msg.pid),
+            "budget": msg.budget.to_dict() if msg.budget is not None else None,
+        }
+    if isinstance(msg, BudgetQuery):
+        return MsgType.BUDGET_QUERY, {"id": msg.bot, "market": msg.market}
+    if isinstance(msg, BudgetReply):
+        return MsgType.BUDGET_REPLY, {
+            "id": SERVER_ID, "re": msg.re, "remaining": msg.remaining, "advice": msg.advice, "bots": msg.bots,
+            "budget": msg.budget.to_dict() if msg.budget is not None else None,
+        }
+    if isinstance(msg, StatusQuery):
+        return MsgType.STATUS_QUERY, {"id": msg.client}
+    return MsgType.STATUS_REPLY, {"id": SERVER_ID, "re": msg.re, "status": msg.status}
+
+
+def encode(msg: Message, secret: str | bytes, *, boot: int, seq: int, now: float | None = None) -> bytes:
+    """Sign and serialize ``msg``. ``boot``/``seq``: the sender's run id and message counter."""
+    mtype, body = _body(msg)
+    t = time.time() if now is None else now
+    head = HEADER.pack(MAGIC, VERSION, mtype, boot, seq, int(t * 1_000_000))
+    payload = head + orjson.dumps(body)
+    return payload + hmac.new(_key(secret), payload, hashlib.sha256).digest()
+
+
+def frame(data: bytes) -> bytes:
+    """A TCP frame: u32 big-endian length, then the message."""
+    return FRAME_PREFIX.pack(len(data)) + data
+
+
+class Sender:
+    """One sender's identity on the wire: a boot id (start time, µs) and a counter from 1.
+
+    A restarted process gets a larger boot id, so it is not mistaken for a replay, and nothing
+    has to be stored between runs.
+    """
+
+    def __init__(self, secret: str | bytes, *, boot: int | None = None) -> None:
+        self._key = _key(secret)
+        # Start time in µs; the low bits are randomized so two processes started in the same µs differ.
+        self.boot = boot if boot is not None else (time.time_ns() // 1000) ^ (int.from_bytes(os.urandom(1)) & 0xFF)
+        self._counter = itertools.count(1)
+        self.last_seq = 0
+
+    def encode(self, msg: Message, now: float | None = None) -> bytes:
+        self.last_seq = next(self._counter)
+        return encode(msg, self._key, boot=self.boot, seq=self.last_seq, now=now)
+
+
+# ---------------------------------------------------------------------------------------- decoding
+
+def _str(body: Mapping[str, Any], key: str, limit: int, *, empty: bool = False) -> str:
+    v = body.get(key)
+    if not isinstance(v, str) or len(v) > limit or (not v and not empty) or not v.isprintable():
+        raise ProtocolError("malformed", f"bad {key}")
+    return v
+
+
+def _float(body: Mapping[str, Any], key: str) -> float:
+    v = body.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ProtocolError("malformed", f"bad {key}")
+    return float(v)
+
+
+def _int(body: Mapping[str, Any], key: str) -> int:
+    v = body.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ProtocolError("malformed", f"bad {key}")
+    return v
+
+
+def _budget(v: Any) -> BudgetSnapshot | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ProtocolError("malformed", "bad budget")
+    try:
+        return BudgetSnapshot.from_dict(v)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ProtocolError("malformed", f"bad budget: {e}") from None
+
+
+def _message(h: Header, body: dict[str, Any]) -> Message:
+    t = h.type
+    if t == MsgType.REPORT:
+        return Report(
+            bot=_str(body, "id", MAX_ID_LEN), market=_str(body, "market", MAX_MARKET_LEN),
+            position=_float(body, "pos"), base_position=_float(body, "base"), profit=_float(body, "profit"),
+            realized=_float(body, "realized"), pid=_int(body, "pid"), budget=_budget(body.get("budget")), header=h,
+        )
+    if t == MsgType.BUDGET_QUERY:
+        return BudgetQuery(bot=_str(body, "id", MAX_ID_LEN), market=_str(body, "market", MAX_MARKET_LEN, empty=True),
+                           header=h)
+    if t == MsgType.BUDGET_REPLY:
+        advice = body.get("advice")
+        if advice not in ("trade", "slow", "pause"):
+            raise ProtocolError("malformed", "bad advice")
+        return BudgetReply(re=_int(body, "re"), remaining=_int(body, "remaining"), advice=advice,
+                           bots=_int(body, "bots"), budget=_budget(body.get("budget")), header=h)
+    if t == MsgType.STATUS_QUERY:
+        return StatusQuery(client=_str(body, "id", MAX_ID_LEN), header=h)
+    status = body.get("status")
+    if not isinstance(status, dict):
+        raise ProtocolError("malformed", "bad status")
+    return StatusReply(re=_int(body, "re"), status=status, header=h)
+
+
+def decode(
+    data: bytes,
+    secret: str | bytes,
+    *,
+    now: float | None = None,
+    max_age: float = DEFAULT_MAX_AGE,
+    max_size: int = MAX_DATAGRAM,
+    guard: ReplayGuard | None = None,
+) -> Message:
+    """Verify and parse one message; raise :class:`ProtocolError` with the reason otherwise.
+
+    Checks, in order: size, header shape (malformed), version, signature, type and body
+    (malformed), time freshness (stale), then — when a ``guard`` is given — sequence (replay).
+    Nothing is accepted from the body before the signature has been checked.
+    """
+    n = len(data)
+    if n > max_size:
+        raise ProtocolError("oversized", f"{n} bytes > {max_size}")
+    if n < HEADER.size + MAC_SIZE + 2:  # "{}" is the smallest body
+        raise ProtocolError("malformed", "too short")
+    magic, version, mtype, boot, seq, time_us = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ProtocolError("malformed", "bad magic")
+    if version != VERSION:
+        raise ProtocolError("bad_version", f"version {version}")
+    payload, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
+    if not hmac.compare_digest(hmac.new(_key(secret), payload, hashlib.sha256).digest(), mac):
+        raise ProtocolError("bad_signature")
+    try:
+        kind = MsgType(mtype)
+    except ValueError:
+        raise ProtocolError("malformed", f"unknown type {mtype}") from None
+    if seq == 0:
+        raise ProtocolError("malformed", "sequence 0")
+    try:
+        body = orjson.loads(payload[HEADER.size:])
+    except orjson.JSONDecodeError:
+        raise ProtocolError("malformed", "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("malformed", "body is not an object")
+    header = Header(kind, boot, seq, time_us / 1_000_000)
+    msg = _message(header, body)
+    t = time.time() if now is None else now
+    if abs(t - header.time) > max_age:
+        raise ProtocolError("stale", f"time off by {t - header.time:.1f} s")
+    if guard is not None:
+        guard.check(sender_of(msg), header)
+    return msg
+
+
+def sender_of(msg: Message) -> str:
+    """The id the replay guard keys on: the message class plus the sender's id, so a bot's UDP
+    reports and TCP queries (one counter, two channels that may reorder) are checked apart."""
+    if isinstance(msg, Report):
+        return f"r:{msg.bot}"
+    if isinstance(msg, BudgetQuery):
+        return f"q:{msg.bot}"
+    if isinstance(msg, StatusQuery):
+        return f"q:{msg.client}"
+    return f"s:{SERVER_ID}"
+
+
+class ReplayGuard:
+    """Remembers the newest (boot, seq, time) accepted from each sender; refuses anything older.
+
+    Same boot: the sequence must grow. Another boot: accepted when its boot id is larger (a restart)
+    or its time is later than the last accepted message's (a restart after a clock step back); a
+    replayed message of an older run fails both. Bounded: the least recently seen senders are
+    forgotten beyond ``max_senders`` (a forgotten sender's old messages are stale by then, as long as
+    fewer than ``max_senders`` distinct senders report within the freshness window).
+    """
+
+    def __init__(self, max_senders: int = 10_000) -> None:
+        self.max_senders = max_senders
+        self._seen: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
+
+    def check(self, sender: str, h: Header) -> None:
+        """Raise ``ProtocolError("replay")`` for an old message, else record it as the newest."""
+        last = self._seen.get(sender)
+        if last is not None:
+            boot, seq, t = last
+            newer = seq < h.seq if h.boot == boot else (h.boot > boot or h.time > t)
+            if not newer:
+                raise ProtocolError("replay", f"{sender} boot {h.boot} seq {h.seq}")
+            self._seen.move_to_end(sender)
+        self._seen[sender] = (h.boot, h.seq, h.time)
+        if len(self._seen) > self.max_senders:
+            self._seen.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+def read_frame_length(prefix: bytes, limit: int) -> int:
+    """Length of a TCP frame from its 4-byte prefix; ``oversized`` beyond ``limit``."""
+    (n,) = FRAME_PREFIX.unpack(prefix)
+    if n > limit:
+        raise ProtocolError("oversized", f"frame of {n} bytes > {limit}")
+    return int(n)

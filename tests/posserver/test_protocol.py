@@ -1,0 +1,183 @@
+"""Protocol round trips and every rejection reason (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+import orjson
+import pytest
+
+from bfsx.account.budget import ApiBudget
+from bfsx.posserver import protocol as p
+
+SECRET = "s3cret"
+
+
+def _report(**kw: object) -> p.Report:
+    base: dict[str, object] = dict(bot="bot-a", market="FX_BTC_JPY", position=0.03, base_position=0.5,
+                                   profit=-123.5, realized=10.0, pid=4242,
+                                   budget=ApiBudget().snapshot(now=1_700_000_000.0))
+    base.update(kw)
+    return p.Report(**base)  # type: ignore[arg-type]
+
+
+def test_report_round_trip() -> None:
+    s = p.Sender(SECRET)
+    msg = _report()
+    data = s.encode(msg)
+    assert len(data) <= p.MAX_DATAGRAM
+    out = p.decode(data, SECRET)
+    assert out == msg
+    assert isinstance(out, p.Report) and out.header is not None
+    assert out.header.type is p.MsgType.REPORT
+    assert (out.header.boot, out.header.seq) == (s.boot, 1)
+    assert out.budget == msg.budget
+
+
+def test_all_message_types_round_trip() -> None:
+    s = p.Sender(b"")  # empty secret is a valid (empty) key
+    snap = ApiBudget().snapshot()
+    msgs: list[p.Message] = [
+        p.BudgetQuery(bot="b", market="BTC_JPY"),
+        p.BudgetReply(re=7, remaining=321, advice="slow", bots=3, budget=snap),
+        p.StatusQuery(client="tool"),
+        p.StatusReply(re=9, status={"bots": [{"id": "x"}], "markets": []}),
+        _report(budget=None),
+    ]
+    for m in msgs:
+        assert p.decode(s.encode(m), "", max_size=p.MAX_REPLY) == m
+
+
+def test_sequence_grows_and_boot_differs_per_sender() -> None:
+    a, b = p.Sender(SECRET), p.Sender(SECRET)
+    seqs = [p.decode(a.encode(_report()), SECRET).header.seq for _ in range(3)]  # type: ignore[union-attr]
+    assert seqs == [1, 2, 3]
+    assert a.boot != b.boot
+
+
+def _reason(data: bytes, **kw: object) -> str:
+    with pytest.raises(p.ProtocolError) as ei:
+        p.decode(data, SECRET, **kw)  # type: ignore[arg-type]
+    return ei.value.reason
+
+
+def test_rejects_malformed() -> None:
+    assert _reason(b"") == "malformed"
+    assert _reason(b'{"id":"bot","pos":1.0}' + b" " * 64) == "malformed"  # plain unsigned JSON
+    good = p.Sender(SECRET).encode(_report())
+    assert _reason(good[:20]) == "malformed"
+
+
+def test_rejects_unsigned_and_wrong_signature() -> None:
+    good = p.Sender(SECRET).encode(_report())
+    assert _reason(good[:-32] + b"\0" * 32) == "bad_signature"  # MAC missing (zeroed)
+    assert _reason(p.Sender("other").encode(_report())) == "bad_signature"
+    tampered = bytearray(good)
+    tampered[p.HEADER.size + 5] ^= 1  # one bit of the body
+    assert _reason(bytes(tampered)) == "bad_signature"
+    tampered = bytearray(good)
+    tampered[14] ^= 1  # the sequence number is signed too
+    assert _reason(bytes(tampered)) == "bad_signature"
+
+
+def test_rejects_wrong_version() -> None:
+    good = p.Sender(SECRET).encode(_report())
+    payload = b"BX" + bytes([2]) + good[3:-32]
+    data = payload + hmac.new(SECRET.encode(), payload, hashlib.sha256).digest()
+    assert _reason(data) == "bad_version"
+
+
+def test_rejects_oversized() -> None:
+    data = p.Sender(SECRET).encode(_report(bot="x" * 60))
+    assert _reason(data + b"\0" * (p.MAX_DATAGRAM - len(data) + 1)) == "oversized"
+    assert _reason(data, max_size=len(data) - 1) == "oversized"
+
+
+def test_rejects_stale_and_future() -> None:
+    s = p.Sender(SECRET)
+    assert _reason(s.encode(_report(), now=1_000.0)) == "stale"
+    import time
+
+    assert _reason(s.encode(_report(), now=time.time() + 120)) == "stale"
+    assert p.decode(s.encode(_report(), now=1_000.0), SECRET, now=1_010.0).header is not None  # type: ignore[union-attr]
+
+
+def test_rejects_bad_fields_after_valid_signature() -> None:
+    def signed(body: dict[str, object], mtype: int = 1) -> bytes:
+        import time
+
+        payload = p.HEADER.pack(p.MAGIC, p.VERSION, mtype, 1, 1, int(time.time() * 1e6)) + orjson.dumps(body)
+        return payload + hmac.new(SECRET.encode(), payload, hashlib.sha256).digest()
+
+    ok = {"id": "b", "market": "FX_BTC_JPY", "pos": 1.0, "base": 0, "profit": 0, "realized": 0, "pid": 1}
+    assert isinstance(p.decode(signed(ok), SECRET), p.Report)
+    for bad in ({**ok, "pos": "1"}, {**ok, "pos": True}, {**ok, "id": ""}, {**ok, "id": "x" * 65},
+                {**ok, "market": None}, {**ok, "budget": {"at": 1}}, {**ok, "pid": -1}):
+        assert _reason(signed(bad)) == "malformed", bad
+    assert _reason(signed(ok, mtype=99)) == "malformed"
+    payload = p.HEADER.pack(p.MAGIC, p.VERSION, 1, 1, 1, 0) + b"[1,2]"
+    assert _reason(payload + hmac.new(SECRET.encode(), payload, hashlib.sha256).digest()) == "malformed"
+
+
+def test_encode_refuses_non_finite() -> None:
+    with pytest.raises(ValueError):
+        p.Sender(SECRET).encode(_report(position=float("nan")))
+
+
+def test_replay_guard() -> None:
+    guard = p.ReplayGuard()
+    s = p.Sender(SECRET)
+    first, second = s.encode(_report()), s.encode(_report())
+    p.decode(second, SECRET, guard=guard)
+    assert _reason(second, guard=guard) == "replay"  # the same datagram again
+    assert _reason(first, guard=guard) == "replay"  # an older one, overtaken
+    # A restarted bot (new, larger boot id, counter from 1 again) is not a replay...
+    restarted = p.Sender(SECRET, boot=s.boot + 10)
+    p.decode(restarted.encode(_report()), SECRET, guard=guard)
+    # ...but the previous run's messages, replayed, are.
+    assert _reason(second, guard=guard) == "replay"
+    assert _reason(first, guard=guard) == "replay"
+    # A query channel is tracked apart from the report channel of the same bot.
+    p.decode(s.encode(p.BudgetQuery(bot="bot-a")), SECRET, guard=guard)
+
+
+def test_replay_guard_accepts_restart_after_clock_step_back() -> None:
+    guard = p.ReplayGuard()
+    s = p.Sender(SECRET, boot=2_000_000)
+    p.decode(s.encode(_report(), now=1000.0), SECRET, now=1000.0, guard=guard)
+    older_boot = p.Sender(SECRET, boot=1_000_000)  # clock stepped back before the restart
+    p.decode(older_boot.encode(_report(), now=1001.0), SECRET, now=1001.0, guard=guard)
+
+
+def test_replay_guard_is_bounded() -> None:
+    guard = p.ReplayGuard(max_senders=5)
+    for i in range(50):
+        guard.check(f"r:{i}", p.Header(p.MsgType.REPORT, 1, 1, 0.0))
+    assert len(guard) == 5
+
+
+def test_frame_length_limit() -> None:
+    assert p.read_frame_length(struct.pack("!I", 10), 100) == 10
+    with pytest.raises(p.ProtocolError) as ei:
+        p.read_frame_length(struct.pack("!I", 1_000_000), p.MAX_DATAGRAM)
+    assert ei.value.reason == "oversized"
+    assert p.frame(b"abc") == b"\0\0\0\3abc"
+
+
+def test_worst_case_report_fits_a_datagram() -> None:
+    data = p.Sender(SECRET).encode(_report(bot="b" * p.MAX_ID_LEN, market="M" * p.MAX_MARKET_LEN,
+                                           position=-123456.12345678, profit=-1.2345678901234e12))
+    assert len(data) <= p.MAX_DATAGRAM
+
+
+def test_documented_example_header() -> None:
+    """The byte example in docs/protocol.md §1."""
+    boot = 0x0006000000000001
+    data = p.encode(p.BudgetQuery(bot="a"), SECRET, boot=boot, seq=3, now=1_700_000_000.25)
+    assert data[:28].hex(" ") == (
+        "42 58 01 02 00 06 00 00 00 00 00 01 00 00 00 00 00 00 00 03 00 06 0a 24 18 22 10 90"
+    )
+    assert data[28:-32] == b'{"id":"a","market":""}'
+    assert data[-32:] == hmac.new(SECRET.encode(), data[:-32], hashlib.sha256).digest()
