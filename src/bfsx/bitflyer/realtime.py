@@ -93,6 +93,7 @@ class RealtimeClient:
         self._connect_cbs: list[ConnectCallback] = []
         self._silence_cbs: list[SilenceCallback] = []
         self._last: dict[str, float] = {}
+        self._live: set[str] = set()  # channels requested on the current connection
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
         self._ws: aiohttp.ClientWebSocketResponse[bool] | None = None
@@ -249,7 +250,10 @@ class RealtimeClient:
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 log.warning("realtime connect to %s failed: %s", self.ws_url, e or type(e).__name__)
             else:
-                await self._serve(ws)
+                try:
+                    await self._serve(ws)
+                except Exception:  # a bug must not end the feed: log it and reconnect
+                    log.exception("realtime connection loop failed")
             if self._closing:
                 break
             if _monotonic() - started > self.backoff_max:
@@ -343,9 +347,15 @@ class RealtimeClient:
                 self.auth_error = str(err.get("message") if isinstance(err, dict) else err or reply.get("result"))
                 # Not fatal: public channels still work; private ones are skipped below.
                 log.error("realtime auth failed: %s (check api key / secret)", self.auth_error)
+        self._live = set()
         await self._subscribe(ws, list(self._handlers))
+        # Channels registered while the batch was in flight.
+        missing = [c for c in self._handlers if c not in self._live]
+        if missing:
+            await self._subscribe(ws, missing)
 
     async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse[bool], chans: list[str]) -> None:
+        self._live.update(chans)
         wanted = [c for c in chans if self.authenticated or c not in channels.PRIVATE_CHANNELS]
         skipped = [c for c in chans if c not in wanted]
         if skipped:
