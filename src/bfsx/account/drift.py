@@ -1,0 +1,85 @@
+"""Drift check: when does the exchange's position disagree with ours for long enough to correct?
+
+Pure logic, shared by single-bot correction (``adjust_position_with_api``) and the position server.
+The caller samples ``expected`` (what the bots believe, plus base_position where it applies) and
+``actual`` (the exchange) every check interval and sends the :class:`Correction` it gets back.
+
+Rules (SPEC §4.3, §5.3, §5.5):
+
+* **Unknown is not zero.** ``None`` for either side (API error, timeout) is no observation: it
+  neither counts toward nor resets the streak, and never yields an order. Not resetting keeps a
+  flaky API from postponing a real correction forever; not counting keeps a correction from ever
+  resting on a sample that was not taken.
+* **Not quiet** (fills or orders in flight recently): the difference is not stable, so the streak
+  resets.
+* A difference below ``min_size`` is no drift and resets the streak.
+* ``consecutive`` identical differences (``actual - expected``, compared at the size step) in a row
+  yield ``Correction(side, size)`` with ``size = min(|diff|, max_order)`` rounded *down* to the size
+  step, ``side`` moving the exchange toward ``expected``; the streak then starts over, so the next
+  correction needs fresh evidence that this one did not land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+from typing import Literal
+
+SIZE_STEP = Decimal("0.00000001")  # bitFlyer sizes have 8 decimals (ProductSpec.size_decimals)
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A market order that moves the exchange position toward the expected one."""
+
+    side: Literal["BUY", "SELL"]
+    size: Decimal
+    diff: Decimal  # the observed actual - expected that triggered it
+
+    def __str__(self) -> str:
+        return f"{self.side} {self.size}"
+
+
+class DriftCheck:
+    """Counts consecutive identical position differences; see the module docstring."""
+
+    def __init__(self, min_size: Decimal, consecutive: int, max_order: Decimal, *, size_step: Decimal = SIZE_STEP) -> None:
+        if consecutive < 1:
+            raise ValueError("consecutive must be >= 1")
+        self.min_size = Decimal(min_size)
+        self.consecutive = consecutive
+        self.max_order = Decimal(max_order)
+        self.size_step = Decimal(size_step)
+        self.streak = 0
+        """Identical differences seen in a row (for consoles)."""
+        self.last_diff: Decimal | None = None
+        """The latest known difference ``actual - expected`` (None before the first known sample)."""
+        self.unknown = 0
+        """Samples skipped because a side was unknown (cumulative)."""
+        self.corrections = 0
+
+    def reset(self) -> None:
+        """Forget the streak (e.g. after the caller's correcting order failed)."""
+        self.streak = 0
+
+    def observe(self, expected: Decimal | None, actual: Decimal | None, *, quiet: bool) -> Correction | None:
+        """One sample; returns the correction to send, or None."""
+        if expected is None or actual is None:
+            self.unknown += 1
+            return None
+        # Nearest step: float noise (0.30000000000000004) must not make equal diffs differ.
+        diff = (Decimal(actual) - Decimal(expected)).quantize(self.size_step)
+        same = diff == self.last_diff
+        self.last_diff = diff
+        if not quiet or abs(diff) < self.min_size:
+            self.streak = 0
+            return None
+        self.streak = self.streak + 1 if same and self.streak else 1
+        if self.streak < self.consecutive:
+            return None
+        self.streak = 0
+        size = min(abs(diff), self.max_order).quantize(self.size_step, rounding=ROUND_DOWN)
+        if size < self.min_size or size <= 0:
+            return None  # max_order below the exchange minimum: nothing sendable
+        self.corrections += 1
+        return Correction("SELL" if diff > 0 else "BUY", size, diff)

@@ -1,0 +1,232 @@
+"""The bot's journal: every fill and order change, in SQLite (WAL), written before it is acted on.
+
+Durability choice: ``journal_mode=WAL`` with ``synchronous=NORMAL``. Each write is its own
+transaction; at commit the WAL frame is written (``write(2)``) into the OS page cache before the
+call returns, so a **killed process (kill -9, crash, OOM) loses nothing** it committed. What NORMAL
+gives up versus FULL is the fsync per commit: an *OS* crash or power loss can drop the last
+transactions (never corrupt the file). FULL costs an fsync per fill (milliseconds on a VPS disk),
+which would sit on the event loop between a fill and the strategy's reaction; an OS crash loses
+the process too, and the restart's resync (``getexecutions(after=...)``, the exchange's own record)
+recovers any fill the OS dropped. ``Journal(path, synchronous="FULL")`` is there for the cautious.
+
+Writes are synchronous on the loop thread on purpose: a thread executor would let the runtime act
+on a fill before it is on disk. One small WAL insert costs tens of microseconds (see
+``bench/journal_write.py``).
+
+Tables: ``fills`` (``exec_id`` UNIQUE: the dedupe that survives restarts; ``seq`` keeps arrival
+order so a replay rebuilds exactly the live FIFO state), ``orders`` (by acceptance id, latest
+state), ``kv`` (small facts: compaction snapshot, compacted exec id). :meth:`Journal.compact` folds
+old fills into a :class:`~bfsx.account.position.Position` snapshot so the file stays bounded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, cast
+
+import orjson
+
+from bfsx.account.orders import OPEN_STATES, Fill, Order, OrderState
+from bfsx.account.position import SNAPSHOT_KEY, Position, jst_day_start
+from bfsx.bitflyer.messages import Side
+
+SCHEMA_VERSION = "1"
+COMPACTED_KEY = "compacted_exec_id"  # fills at or below this exec id are folded into the snapshot
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fills (
+    seq INTEGER PRIMARY KEY,
+    exec_id INTEGER NOT NULL UNIQUE,
+    acceptance_id TEXT NOT NULL,
+    child_order_id TEXT NOT NULL,
+    product TEXT NOT NULL,
+    side TEXT NOT NULL,
+    price REAL NOT NULL,
+    size REAL NOT NULL,
+    commission REAL NOT NULL,
+    sfd REAL NOT NULL,
+    time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    acceptance_id TEXT PRIMARY KEY,
+    child_order_id TEXT,
+    product TEXT NOT NULL,
+    side TEXT NOT NULL,
+    order_type TEXT NOT NULL,
+    price REAL,
+    size REAL NOT NULL,
+    filled_size REAL NOT NULL,
+    average_price REAL NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_FILL_COLS = "exec_id, acceptance_id, child_order_id, product, side, price, size, commission, sfd, time"
+_ORDER_COLS = (
+    "acceptance_id, child_order_id, product, side, order_type, price, size, filled_size, "
+    "average_price, state, created, updated, reason"
+)
+_OPEN = tuple(s.value for s in OPEN_STATES)
+
+
+class Journal:
+    """SQLite journal of one bot. Use from one thread (the event loop's)."""
+
+    def __init__(self, path: str | Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit (isolation_level=None): every statement is its own durable transaction.
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self.path}: SQLite refused WAL mode ({mode})")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO kv VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (COMPACTED_KEY,)).fetchone()
+        self._compacted = int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ writes (hot path)
+    def record_fill(self, fill: Fill) -> bool:
+        """Journal a fill; False if its exec id was journaled before (already counted: do not act)."""
+        if fill.exec_id <= self._compacted:
+            return False
+        cur = self._db.execute(
+            f"INSERT OR IGNORE INTO fills ({_FILL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (fill.exec_id, fill.acceptance_id, fill.child_order_id, fill.product, fill.side,
+             fill.price, fill.size, fill.commission, fill.sfd, fill.time),
+        )
+        return cur.rowcount == 1
+
+    def record_order(self, order: Order) -> None:
+        """Journal an order's current fields (upsert by acceptance id); orders without one (refused
+        locally, or not sent) are not journaled."""
+        if not order.acceptance_id:
+            return
+        self._db.execute(
+            f"INSERT OR REPLACE INTO orders ({_ORDER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (order.acceptance_id, order.child_order_id, order.product, order.side, order.order_type,
+             order.price, order.size, order.filled_size, order.average_price, order.state.value,
+             order.created, order.updated, order.reason),
+        )
+
+    def set(self, key: str, value: str) -> None:
+        """Store a small fact in the kv table."""
+        self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------------ reads
+    def load(self) -> tuple[list[Fill], list[Order], dict[str, str]]:
+        """Everything a restart needs: fills in journal (arrival) order, the orders still open,
+        and the kv table plus ``last_exec_id`` (highest journaled exec id, compacted ones included).
+        Rebuild with ``Position.rebuild(fills, kv)`` and ``OrderTracker.restore(orders, fills, kv)``."""
+        fills = self._fills("")
+        marks = ",".join("?" * len(_OPEN))
+        orders = [
+            _order(r)
+            for r in self._db.execute(
+                f"SELECT {_ORDER_COLS} FROM orders WHERE state IN ({marks}) ORDER BY created", _OPEN
+            )
+        ]
+        kv = {str(k): str(v) for k, v in self._db.execute("SELECT key, value FROM kv")}
+        top = self._db.execute("SELECT MAX(exec_id) FROM fills").fetchone()[0]
+        last = max(int(top or 0), self._compacted)
+        if last:
+            kv["last_exec_id"] = str(last)
+        return fills, orders, kv
+
+    def fills_since(self, day_start: float) -> list[Fill]:
+        """Journaled fills executed at or after ``day_start`` (epoch seconds), in journal order."""
+        return self._fills("WHERE time >= ?", (day_start,))
+
+    def get_order(self, acceptance_id: str) -> Order | None:
+        """The journaled row of one order."""
+        row = self._db.execute(f"SELECT {_ORDER_COLS} FROM orders WHERE acceptance_id = ?", (acceptance_id,)).fetchone()
+        return _order(row) if row else None
+
+    def fill_count(self) -> int:
+        """Fills currently in the table (compacted ones excluded)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM fills").fetchone()[0])
+
+    def _fills(self, where: str, args: tuple[object, ...] = ()) -> list[Fill]:
+        rows = self._db.execute(f"SELECT {_FILL_COLS} FROM fills {where} ORDER BY seq", args)
+        return [
+            Fill(exec_id=int(e), acceptance_id=a, child_order_id=c, product=p, side=cast(Side, s),
+                 price=pr, size=sz, commission=cm, sfd=sf, time=t)
+            for e, a, c, p, s, pr, sz, cm, sf, t in rows
+        ]
+
+    # ------------------------------------------------------------------ housekeeping
+    def compact(self, keep_days: int, now: float | None = None) -> int:
+        """Fold fills older than the last ``keep_days`` JST days (today counts as one) into the
+        position snapshot, and drop finished orders older than that. Only a prefix of the journal
+        is folded, and never past a fill of a still-open order, so a replay reproduces the live
+        FIFO state exactly. Exec ids at or below the folded ones stay rejected by
+        :meth:`record_fill`. Returns the number of fills folded."""
+        if keep_days < 1:
+            raise ValueError("compact(): keep_days must be >= 1 (today is never compacted)")
+        cutoff = jst_day_start(time.time() if now is None else now) - (keep_days - 1) * 86400
+        marks = ",".join("?" * len(_OPEN))
+        stop = self._db.execute(
+            f"""SELECT MIN(seq) FROM fills WHERE time >= ?
+                OR acceptance_id IN (SELECT acceptance_id FROM orders WHERE state IN ({marks}))""",
+            (cutoff, *_OPEN),
+        ).fetchone()[0]
+        limit = "" if stop is None else f"WHERE seq < {int(stop)}"
+        old = self._fills(limit)
+        with self._transaction():
+            if old:
+                kv = dict(self._db.execute("SELECT key, value FROM kv WHERE key = ?", (SNAPSHOT_KEY,)).fetchall())
+                position = Position()
+                position.rebuild(old, kv)
+                top = max(self._compacted, max(f.exec_id for f in old))
+                self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)",
+                                 (SNAPSHOT_KEY, orjson.dumps(position.snapshot()).decode()))
+                self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (COMPACTED_KEY, str(top)))
+                self._db.execute(f"DELETE FROM fills {limit}")
+                self._compacted = top
+            self._db.execute(f"DELETE FROM orders WHERE updated < ? AND state NOT IN ({marks})", (cutoff, *_OPEN))
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(old)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        try:
+            self._db.close()
+        except sqlite3.ProgrammingError:
+            pass
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _order(row: tuple[object, ...]) -> Order:
+    acc, coid, product, side, otype, price, size, filled, avg, state, created, updated, reason = row
+    return Order(
+        product=str(product), side=cast(Side, side), size=float(cast(float, size)),
+        price=None if price is None else float(cast(float, price)), order_type=str(otype),
+        acceptance_id=str(acc), child_order_id=None if coid is None else str(coid),
+        filled_size=float(cast(float, filled)), average_price=float(cast(float, avg)),
+        state=OrderState(str(state)), created=float(cast(float, created)),
+        updated=float(cast(float, updated)), reason=str(reason),
+    )
