@@ -74,4 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m bfsx.cli` runs this file as __main__: call the imported bfsx.cli so that its
+    # UserError is the class the other modules raise (otherwise the except clause misses it).
+    from bfsx.cli import main as _main
+
+    sys.exit(_main())
