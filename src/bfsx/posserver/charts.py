@@ -1,0 +1,695 @@
+"""Position / PnL charts as PNG bytes, drawn to be read in a Discord preview on a phone.
+
+Pure functions on plain samples. They use matplotlib's object API (``Figure`` + Agg canvas, never
+pyplot), so they are safe to call from a thread: the position server runs them through
+``loop.run_in_executor`` (see :func:`render_async`). Every style value is passed explicitly instead
+of through ``rcParams`` because the rc dict is process-global and not thread-safe.
+
+Times are drawn in JST. The x axis always spans ``[now - period_hours, now]`` so a glance tells the
+time span even when data is sparse; the last sample is carried forward to ``now`` (step plots)
+and the last sample before the window is carried in from the left edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from matplotlib import dates as mdates
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import PathPatch
+from matplotlib.path import Path
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+from PIL import Image
+
+from bfsx.bitflyer.timestamps import JST
+from bfsx.posserver.samples import BotSample, MarketSample
+
+__all__ = [
+    "BotSample",
+    "MarketSample",
+    "build_bot_figure",
+    "build_market_figure",
+    "build_pnl_bitflyer_figure",
+    "format_jpy",
+    "format_size",
+    "render_async",
+    "render_bot_chart",
+    "render_market_chart",
+    "render_pnl_bitflyer",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+# 1200x800 px: 3:2 is what Discord previews at full width on a phone.
+FIG_SIZE: Final = (12.0, 8.0)
+DPI: Final = 100
+# Above this many points a series is reduced to a per-pixel-column envelope before drawing.
+MAX_POINTS: Final = 3000
+_BUCKETS: Final = 1000
+
+# Light theme (market and bot charts).
+INK = "#1f2430"
+MUTED = "#6b7280"
+GRID = "#e5e7eb"
+POSITION = "#2563eb"
+EXCHANGE = "#111827"
+PRICE = "#f59e0b"
+GAIN = "#16a34a"
+LOSS = "#dc2626"
+
+# bitFlyer mobile-app style (dark).
+BF_BACKGROUND = "#151a26"
+BF_GRID = "#2a3142"
+BF_TEXT = "#e6e9ef"
+BF_MUTED = "#8b93a7"
+BF_GAIN = "#2ebd85"
+BF_LOSS = "#f6465d"
+
+TITLE_SIZE = 30
+HEAD_SIZE = 20
+LABEL_SIZE = 18
+TICK_SIZE = 16
+LEGEND_SIZE = 15
+LINE_WIDTH = 3.0
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_jpy(value: float, *, signed: bool = True) -> str:
+    """``+12,345 JPY`` / ``-987 JPY`` / ``0 JPY`` (rounded to the yen, never ``-0``)."""
+    rounded = round(value)
+    if rounded == 0:
+        return "0 JPY"
+    return f"{rounded:+,d} JPY" if signed else f"{rounded:,d} JPY"
+
+
+def format_size(value: float, unit: str = "") -> str:
+    """A signed size with up to 8 decimals and no trailing zeros: ``+0.12 BTC``, ``0 BTC``."""
+    text = f"{value:+,.8f}".rstrip("0").rstrip(".")
+    if text in ("+0", "-0"):
+        text = "0"
+    return f"{text} {unit}".rstrip()
+
+
+def base_unit(market: str) -> str:
+    """The traded currency of a product code: ``FX_BTC_JPY`` → ``BTC``; ``""`` when unknown."""
+    parts = market.upper().split("_")
+    if parts and parts[0] == "FX":
+        parts = parts[1:]
+    return parts[0] if len(parts) >= 2 else ""
+
+
+def _jpy_tick(value: float, _pos: int | None = None) -> str:
+    if abs(value) < 0.005:
+        return "0"
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def _size_tick(value: float, _pos: int | None = None) -> str:
+    text = f"{value:,.8f}".rstrip("0").rstrip(".")
+    return "0" if text in ("0", "-0") else text
+
+
+def _span_text(start: float, end: float) -> str:
+    a = datetime.fromtimestamp(start, JST)
+    b = datetime.fromtimestamp(end, JST)
+    right = b.strftime("%H:%M") if a.date() == b.date() else b.strftime("%m/%d %H:%M")
+    return f"{a:%m/%d %H:%M} – {right} JST"
+
+
+def _period_text(hours: float) -> str:
+    if hours < 1:
+        return f"last {round(hours * 60)} min"
+    return f"last {hours:g} h"
+
+
+# --------------------------------------------------------------------------- time axis
+
+
+def _to_num(ts: FloatArray | float) -> Any:
+    """Unix seconds → matplotlib date numbers (days since the 1970 epoch, mpl's default)."""
+    return np.asarray(ts, dtype=np.float64) / 86400.0
+
+
+def _time_locator(period_hours: float) -> mdates.DateLocator:
+    """Ticks on round JST clock times, about 5-8 per axis from 1 h up to several days."""
+    if period_hours <= 1.5:
+        return mdates.MinuteLocator(byminute=[0, 15, 30, 45], tz=JST)  # type: ignore[no-untyped-call]
+    if period_hours <= 3.5:
+        return mdates.MinuteLocator(byminute=[0, 30], tz=JST)  # type: ignore[no-untyped-call]
+    for step, limit in ((1, 7.5), (2, 14.0), (3, 20.0), (4, 30.0), (6, 44.0), (8, 60.0), (12, 96.0)):
+        if period_hours <= limit:
+            return mdates.HourLocator(byhour=range(0, 24, step), tz=JST)  # type: ignore[no-untyped-call]
+    return mdates.DayLocator(  # type: ignore[no-untyped-call]
+        interval=max(1, round(period_hours / 24 / 6)), tz=JST
+    )
+
+
+def _time_tick(value: float, _pos: int | None = None) -> str:
+    when = datetime.fromtimestamp(round(value * 86400.0), JST)
+    # A new JST day shows the date instead of 00:00, so multi-day spans stay readable.
+    return when.strftime("%m/%d") if (when.hour, when.minute) == (0, 0) else when.strftime("%H:%M")
+
+
+def _setup_time_axis(ax: Axes, start: float, end: float, period_hours: float, color: str) -> None:
+    ax.set_xlim(_to_num(start), _to_num(end))
+    ax.xaxis.set_major_locator(_time_locator(period_hours))
+    ax.xaxis.set_major_formatter(FuncFormatter(_time_tick))
+    ax.set_xlabel("JST", fontsize=TICK_SIZE, color=color, loc="right", labelpad=2)
+
+
+def _style_axes(ax: Axes, *, text: str, grid: str, face: str | None = None) -> None:
+    if face is not None:
+        ax.set_facecolor(face)
+    ax.tick_params(labelsize=TICK_SIZE, colors=text, length=5, width=1.2)
+    ax.grid(True, color=grid, linewidth=1.0)
+    ax.set_axisbelow(True)
+    for name, spine in ax.spines.items():
+        spine.set_visible(name in ("bottom", "left"))
+        spine.set_color(grid)
+        spine.set_linewidth(1.2)
+
+
+# --------------------------------------------------------------------------- series helpers
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    start: float
+    end: float
+    hours: float
+
+
+def _window(period_hours: float, now: float | None, last_ts: float | None) -> _Window:
+    hours = period_hours if period_hours > 0 and math.isfinite(period_hours) else 6.0
+    end = time.time() if now is None else now
+    if last_ts is not None and last_ts > end:
+        end = last_ts  # a sample from "the future" (clock skew) still shows
+    return _Window(end - hours * 3600.0, end, hours)
+
+
+def _select(ts: FloatArray, start: float) -> npt.NDArray[np.intp]:
+    """Indices of the samples in the window, plus the last one before it (carried in)."""
+    first = int(np.searchsorted(ts, start, side="left"))
+    return np.arange(max(0, first - 1), len(ts))
+
+
+def _envelope(
+    ts: FloatArray, columns: Sequence[FloatArray], start: float, end: float
+) -> npt.NDArray[np.intp]:
+    """Indices keeping, per time bucket, the first, last, min and max of every column.
+
+    Drawing 20,000 points costs seconds and shows nothing more than a per-pixel envelope does.
+    """
+    width = max(end - start, 1e-9)
+    bucket = np.clip(((ts - start) / width * _BUCKETS).astype(np.int64), -1, _BUCKETS)
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], len(ts)] - 1
+    keep = [starts, ends]
+    for col in columns:
+        filled = np.where(np.isnan(col), np.nanmean(col) if np.any(~np.isnan(col)) else 0.0, col)
+        order = np.lexsort((filled, bucket))
+        b = bucket[order]
+        s = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        e = np.r_[s[1:], len(b)] - 1
+        keep += [order[s], order[e]]
+    return np.unique(np.concatenate(keep))
+
+
+def _series(
+    ts: Sequence[float], columns: Sequence[Sequence[float | None]], win: _Window
+) -> tuple[FloatArray, list[FloatArray]]:
+    """Window, clip, downsample and extend to ``now``: arrays ready to draw (None → NaN)."""
+    t = np.asarray(ts, dtype=np.float64)
+    cols = [np.asarray([np.nan if v is None else v for v in c], dtype=np.float64) for c in columns]
+    if len(t) > 1 and np.any(np.diff(t) < 0):
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        cols = [c[order] for c in cols]
+    idx = _select(t, win.start)
+    t = t[idx]
+    cols = [c[idx] for c in cols]
+    if len(t) > MAX_POINTS:
+        keep = _envelope(t, cols, win.start, win.end)
+        t = t[keep]
+        cols = [c[keep] for c in cols]
+    if len(t):
+        t = np.maximum(t, win.start)
+        if t[-1] < win.end:
+            t = np.r_[t, win.end]
+            cols = [np.r_[c, c[-1]] for c in cols]
+    return t, cols
+
+
+def _split_at_zero(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Insert the zero crossings of a polyline so it can be coloured by sign without gaps."""
+    if len(y) < 2:
+        return x, y
+    y0, y1 = y[:-1], y[1:]
+    cross = np.flatnonzero((y0 * y1 < 0) & np.isfinite(y0) & np.isfinite(y1))
+    if not len(cross):
+        return x, y
+    frac = y0[cross] / (y0[cross] - y1[cross])
+    xc = x[cross] + frac * (x[cross + 1] - x[cross])
+    return np.insert(x, cross + 1, xc), np.insert(y, cross + 1, 0.0)
+
+
+def _step(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Explicit post-step vertices, so fills and sign splitting work on the real shape."""
+    if len(x) < 2:
+        return x, y
+    xs = np.repeat(x, 2)[1:]
+    ys = np.repeat(y, 2)[:-1]
+    return xs, ys
+
+
+def _plot_signed(
+    ax: Axes,
+    x: FloatArray,
+    y: FloatArray,
+    *,
+    gain: str,
+    loss: str,
+    alpha: float,
+    width: float = LINE_WIDTH,
+    gradient: bool = False,
+) -> None:
+    """A line with its area to zero: ``gain`` colour above zero, ``loss`` below.
+
+    With ``gradient`` the area fades from ``alpha`` at the extreme to transparent at zero, as in
+    the bitFlyer app; otherwise it is a flat tint.
+    """
+    xs, ys = _split_at_zero(x, y)
+    up = np.where(ys >= 0, ys, np.nan)
+    down = np.where(ys <= 0, ys, np.nan)
+    for color, mask in ((gain, ys >= 0), (loss, ys <= 0)):
+        if gradient:
+            _gradient_area(ax, xs, ys, mask, color, alpha)
+        else:
+            ax.fill_between(xs, 0, ys, where=mask, color=color, alpha=alpha, linewidth=0)
+    ax.plot(xs, up, color=gain, linewidth=width, solid_capstyle="round", solid_joinstyle="round")
+    ax.plot(xs, down, color=loss, linewidth=width, solid_capstyle="round", solid_joinstyle="round")
+    _last_dot(ax, x, y, gain if y[-1] >= 0 else loss)
+
+
+def _gradient_area(
+    ax: Axes, xs: FloatArray, ys: FloatArray, mask: npt.NDArray[np.bool_], color: str, alpha: float
+) -> None:
+    """Fill between the line and zero with a vertical fade, clipped to the filled shape."""
+    poly = ax.fill_between(xs, 0, ys, where=mask, color=color, alpha=0.0, linewidth=0)
+    paths = poly.get_paths()
+    sel = ys[mask & np.isfinite(ys)]
+    if not paths or not len(sel):
+        return
+    extreme = float(sel.max()) if float(sel.max()) > 0 else float(sel.min())
+    if extreme == 0:
+        return
+    rgba = np.zeros((256, 1, 4))
+    rgba[..., :3] = to_rgb(color)
+    # Row 0 is drawn at the top (origin="upper"): opaque at the extreme, clear at zero.
+    fade = np.linspace(1.0, 0.0, 256) if extreme > 0 else np.linspace(0.0, 1.0, 256)
+    rgba[:, 0, 3] = alpha * fade
+    top, bottom = (extreme, 0.0) if extreme > 0 else (0.0, extreme)
+    image = ax.imshow(
+        rgba,
+        aspect="auto",
+        origin="upper",
+        extent=(float(xs[0]), float(xs[-1]), bottom, top),
+        interpolation="bilinear",
+        zorder=poly.get_zorder(),
+    )
+    clip = PathPatch(
+        Path.make_compound_path(*paths), transform=ax.transData, facecolor="none", edgecolor="none"
+    )
+    ax.add_patch(clip)
+    image.set_clip_path(clip)
+
+
+def _last_dot(ax: Axes, x: FloatArray, y: FloatArray, color: str, size: float = 11.0) -> None:
+    """A dot on the latest value: the eye finds "now", and a lone sample is still visible."""
+    ok = np.flatnonzero(np.isfinite(y))
+    if len(ok):
+        i = ok[-1]
+        ax.plot(
+            [x[i]],
+            [y[i]],
+            "o",
+            color=color,
+            markersize=size,
+            markeredgecolor="white",
+            markeredgewidth=2.0,
+            clip_on=False,
+            zorder=5,
+        )
+
+
+def _step_width(y: FloatArray) -> float:
+    """Thick lines for a readable phone preview, thinner when hundreds of steps would merge."""
+    changes = int(np.count_nonzero(np.diff(y[np.isfinite(y)]))) if len(y) > 1 else 0
+    return LINE_WIDTH if changes < 150 else 1.6
+
+
+def _pad_ylim(ax: Axes, values: Sequence[FloatArray], *, include_zero: bool) -> None:
+    finite = [v[np.isfinite(v)] for v in values]
+    data = np.concatenate(finite) if finite else np.empty(0)
+    if not len(data):
+        return
+    lo, hi = float(data.min()), float(data.max())
+    if include_zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    span = hi - lo
+    if span <= 0:
+        span = abs(hi) * (0.1 if include_zero else 0.002) or 1.0
+    ax.set_ylim(lo - span * 0.08, hi + span * 0.12)
+
+
+def _new_figure(face: str = "white") -> Figure:
+    fig = Figure(figsize=FIG_SIZE, dpi=DPI, facecolor=face)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure, *, palette: bool = True) -> bytes:
+    """Encode the figure as PNG.
+
+    ``palette`` quantizes to 256 colours: the flat-tinted charts lose nothing visible and shrink to
+    a third, which matters on a phone's data plan. Gradients would band, so they keep full colour.
+    """
+    raw = io.BytesIO()
+    fig.savefig(raw, format="rgba", dpi=DPI, facecolor=fig.get_facecolor())
+    width, height = fig.canvas.get_width_height(physical=True)
+    rgba = np.frombuffer(raw.getbuffer(), dtype=np.uint8).reshape(height, width, 4)
+    image = Image.fromarray(rgba[..., :3])
+    if palette:
+        image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    image.save(buf, format="png", optimize=True)
+    return buf.getvalue()
+
+
+def _no_data(fig: Figure, title: str, subtitle: str, *, text: str, muted: str) -> Figure:
+    fig.text(0.5, 0.60, title, ha="center", va="center", fontsize=TITLE_SIZE, color=text, weight="bold")
+    fig.text(0.5, 0.47, "no data yet", ha="center", va="center", fontsize=TITLE_SIZE + 6, color=muted)
+    fig.text(0.5, 0.36, subtitle, ha="center", va="center", fontsize=HEAD_SIZE, color=muted)
+    return fig
+
+
+def _header(fig: Figure, left: str, right: str, right_color: str, sub: str, *, text: str, muted: str) -> None:
+    fig.text(0.04, 0.955, left, ha="left", va="top", fontsize=TITLE_SIZE, color=text, weight="bold")
+    fig.text(0.96, 0.955, right, ha="right", va="top", fontsize=TITLE_SIZE, color=right_color, weight="bold")
+    fig.text(0.04, 0.885, sub, ha="left", va="top", fontsize=HEAD_SIZE, color=muted)
+
+
+# --------------------------------------------------------------------------- market chart
+
+
+def build_market_figure(
+    market: str, samples: Sequence[MarketSample], period_hours: float, now: float | None = None
+) -> Figure:
+    """The per-market figure: total position (step area) with the price, and total PnL below.
+
+    Axes: ``fig.axes[0]`` position, ``fig.axes[1]`` PnL, ``fig.axes[2]`` price (twin of the first).
+    """
+    win = _window(period_hours, now, max((s.ts for s in samples), default=None))
+    unit = base_unit(market)
+    t, (pos, pnl, price, exch) = _series(
+        [s.ts for s in samples],
+        [
+            [s.position for s in samples],
+            [s.profit for s in samples],
+            [s.price for s in samples],
+            [s.exchange_position for s in samples],
+        ],
+        win,
+    )
+    fig = _new_figure()
+    span = f"{_period_text(win.hours)} · {_span_text(win.start, win.end)}"
+    if not len(t):
+        return _no_data(fig, market, span, text=INK, muted=MUTED)
+
+    last_pos, last_pnl, last_exch = float(pos[-1]), float(pnl[-1]), float(exch[-1])
+    position = f"position {format_size(last_pos, unit)}"
+    if math.isfinite(last_exch) and abs(last_exch - last_pos) > 1e-9:
+        position += f" (exchange {format_size(last_exch)})"
+    _header(
+        fig,
+        market,
+        f"PnL {format_jpy(last_pnl)}",
+        GAIN if last_pnl >= 0 else LOSS,
+        f"{position} · {span}",
+        text=INK,
+        muted=MUTED,
+    )
+    grid = fig.add_gridspec(
+        2, 1, height_ratios=(3, 2), hspace=0.08, left=0.1, right=0.87, top=0.78, bottom=0.09
+    )
+    ax_pos = fig.add_subplot(grid[0])
+    ax_pnl = fig.add_subplot(grid[1], sharex=ax_pos)
+    x = _to_num(t)
+
+    xs, ys = _step(x, pos)
+    ax_pos.fill_between(xs, 0, ys, color=POSITION, alpha=0.18, linewidth=0)
+    if np.any(np.isfinite(exch)):
+        # Drawn under the bots' line: it only shows where the exchange disagrees (a drift).
+        ex, ey = _step(x, exch)
+        ax_pos.plot(
+            ex,
+            ey,
+            color=EXCHANGE,
+            linewidth=min(2.0, _step_width(exch)),
+            linestyle=(0, (3, 2)),
+            label="exchange",
+            zorder=2.1,
+        )
+    ax_pos.plot(xs, ys, color=POSITION, linewidth=_step_width(pos), label="bots total", zorder=2.2)
+    _last_dot(ax_pos, x, pos, POSITION)
+    ax_pos.axhline(0, color=MUTED, linewidth=1.2)
+    _pad_ylim(ax_pos, [pos, exch], include_zero=True)
+    ax_pos.set_ylabel(f"Position{f' ({unit})' if unit else ''}", fontsize=LABEL_SIZE, color=INK)
+    ax_pos.yaxis.set_major_formatter(FuncFormatter(_size_tick))
+    ax_pos.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    _style_axes(ax_pos, text=INK, grid=GRID)
+    ax_pos.tick_params(labelbottom=False)
+
+    handles, labels = ax_pos.get_legend_handles_labels()
+    handles.reverse()  # "bots total" first: it is drawn last so it stays on top
+    labels.reverse()
+    ax_price = ax_pos.twinx()
+    if np.any(np.isfinite(price)):
+        # Price moves continuously: a plain line between the checks, no step.
+        ok = np.isfinite(price)
+        (line,) = ax_price.plot(x[ok], price[ok], color=PRICE, linewidth=2.2)
+        _last_dot(ax_price, x, price, PRICE, size=8.0)
+        handles.append(line)
+        labels.append("price (JPY)")
+        _pad_ylim(ax_price, [price], include_zero=False)
+    ax_price.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
+    ax_price.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax_price.tick_params(labelsize=TICK_SIZE, colors=PRICE, length=5, width=1.2)
+    for name, spine in ax_price.spines.items():
+        spine.set_visible(name == "right")
+        spine.set_color(GRID)
+    # The price line sits behind the position so the thing we own stays on top.
+    ax_price.set_zorder(ax_pos.get_zorder() - 1)
+    ax_pos.patch.set_visible(False)
+    # Above the plot, not on it: the newest data (right) and old data (left) both stay visible.
+    ax_pos.legend(
+        handles,
+        labels,
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.0),
+        fontsize=LEGEND_SIZE,
+        frameon=False,
+        ncols=len(handles),
+        borderaxespad=0.2,
+        handlelength=1.8,
+    )
+
+    _plot_signed(ax_pnl, x, pnl, gain=GAIN, loss=LOSS, alpha=0.18)
+    ax_pnl.axhline(0, color=MUTED, linewidth=1.2)
+    _pad_ylim(ax_pnl, [pnl], include_zero=True)
+    ax_pnl.set_ylabel("PnL (JPY)", fontsize=LABEL_SIZE, color=INK)
+    ax_pnl.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
+    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4))
+    _style_axes(ax_pnl, text=INK, grid=GRID)
+    _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
+    fig.align_ylabels([ax_pos, ax_pnl])
+    return fig
+
+
+def render_market_chart(
+    market: str, samples: Sequence[MarketSample], period_hours: float, now: float | None = None
+) -> bytes:
+    """PNG (1200×800) of one market's total position, price and total PnL over ``period_hours``."""
+    return _png(build_market_figure(market, samples, period_hours, now))
+
+
+# --------------------------------------------------------------------------- bitFlyer-style total PnL
+
+
+def _summed_pnl(
+    samples_by_market: Mapping[str, Sequence[MarketSample]], win: _Window
+) -> tuple[FloatArray, FloatArray]:
+    """Total PnL of all markets on the union of their sample times (each carried forward)."""
+    per_market: list[tuple[FloatArray, FloatArray]] = []
+    for samples in samples_by_market.values():
+        if not samples:
+            continue
+        t, (p,) = _series([s.ts for s in samples], [[s.profit for s in samples]], win)
+        per_market.append((t, p))
+    if not per_market:
+        return np.empty(0), np.empty(0)
+    grid = np.unique(np.concatenate([t for t, _ in per_market]))
+    total = np.zeros_like(grid)
+    for t, p in per_market:
+        at = np.searchsorted(t, grid, side="right") - 1
+        # A market contributes nothing before its first sample in view.
+        total += np.where(at >= 0, p[np.clip(at, 0, None)], 0.0)
+    if len(grid) > MAX_POINTS:
+        keep = _envelope(grid, [total], win.start, win.end)
+        grid, total = grid[keep], total[keep]
+    return grid, total
+
+
+def build_pnl_bitflyer_figure(
+    samples_by_market: Mapping[str, Sequence[MarketSample]], period_hours: float, now: float | None = None
+) -> Figure:
+    """Total PnL of every market summed, in the bitFlyer mobile-app look.
+
+    Dark background, the line and its area green above zero and red below (split exactly at the
+    zero crossings), and the current total as a large signed figure in the same colour.
+    ``fig.axes[0]`` is the PnL axes; ``fig.texts`` holds the big figure (``gid="pnl-figure"``).
+    """
+    last_ts = max((s.ts for ss in samples_by_market.values() for s in ss), default=None)
+    win = _window(period_hours, now, last_ts)
+    t, pnl = _summed_pnl(samples_by_market, win)
+    fig = _new_figure(BF_BACKGROUND)
+    markets = " + ".join(sorted(m for m, ss in samples_by_market.items() if ss)) or "all markets"
+    span = f"{_period_text(win.hours)} · {_span_text(win.start, win.end)}"
+    if not len(t):
+        return _no_data(fig, "Total PnL", span, text=BF_TEXT, muted=BF_MUTED)
+
+    last = float(pnl[-1])
+    color = BF_GAIN if last >= 0 else BF_LOSS
+    fig.text(0.05, 0.95, "Total PnL", ha="left", va="top", fontsize=HEAD_SIZE + 2, color=BF_MUTED)
+    big = fig.text(
+        0.05, 0.895, format_jpy(last), ha="left", va="top", fontsize=54, color=color, weight="bold"
+    )
+    big.set_gid("pnl-figure")
+    fig.text(0.95, 0.95, span, ha="right", va="top", fontsize=HEAD_SIZE - 2, color=BF_MUTED)
+    fig.text(0.95, 0.895, markets, ha="right", va="top", fontsize=HEAD_SIZE - 2, color=BF_MUTED)
+
+    ax = fig.add_axes((0.05, 0.09, 0.80, 0.63))
+    x = _to_num(t)
+    _plot_signed(ax, x, pnl, gain=BF_GAIN, loss=BF_LOSS, alpha=0.45, width=LINE_WIDTH + 0.5, gradient=True)
+    ax.axhline(0, color=BF_MUTED, linewidth=1.2, linestyle=(0, (2, 3)))
+    _pad_ylim(ax, [pnl], include_zero=True)
+    ax.yaxis.tick_right()
+    ax.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    _style_axes(ax, text=BF_MUTED, grid=BF_GRID, face=BF_BACKGROUND)
+    ax.tick_params(axis="y", length=0, pad=10)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.grid(True, axis="y", color=BF_GRID, linewidth=1.0)
+    ax.grid(False, axis="x")
+    _setup_time_axis(ax, win.start, win.end, win.hours, BF_MUTED)
+    return fig
+
+
+def render_pnl_bitflyer(
+    samples_by_market: Mapping[str, Sequence[MarketSample]], period_hours: float, now: float | None = None
+) -> bytes:
+    """PNG (1200×800) of the summed PnL of all markets in the bitFlyer mobile-app style."""
+    return _png(build_pnl_bitflyer_figure(samples_by_market, period_hours, now), palette=False)
+
+
+# --------------------------------------------------------------------------- per-bot chart
+
+
+def build_bot_figure(
+    bot: str, samples: Sequence[BotSample], period_hours: float, now: float | None = None
+) -> Figure:
+    """One bot's position (step area) and PnL. ``fig.axes[0]`` position, ``fig.axes[1]`` PnL."""
+    win = _window(period_hours, now, max((s.ts for s in samples), default=None))
+    market = samples[-1].market if samples else ""
+    unit = base_unit(market)
+    t, (pos, pnl) = _series(
+        [s.ts for s in samples], [[s.position for s in samples], [s.profit for s in samples]], win
+    )
+    fig = _new_figure()
+    span = f"{_period_text(win.hours)} · {_span_text(win.start, win.end)}"
+    if not len(t):
+        return _no_data(fig, bot, span, text=INK, muted=MUTED)
+
+    last_pos, last_pnl = float(pos[-1]), float(pnl[-1])
+    api = samples[-1].api_remaining
+    sub = f"{market} · position {format_size(last_pos, unit)}"
+    if api is not None:
+        sub += f" · API {api}"
+    _header(
+        fig, bot, f"PnL {format_jpy(last_pnl)}", GAIN if last_pnl >= 0 else LOSS, sub, text=INK, muted=MUTED
+    )
+    fig.text(0.04, 0.835, span, ha="left", va="top", fontsize=HEAD_SIZE - 2, color=MUTED)
+    grid = fig.add_gridspec(
+        2, 1, height_ratios=(1, 1), hspace=0.08, left=0.1, right=0.96, top=0.77, bottom=0.09
+    )
+    ax_pos = fig.add_subplot(grid[0])
+    ax_pnl = fig.add_subplot(grid[1], sharex=ax_pos)
+    x = _to_num(t)
+
+    xs, ys = _step(x, pos)
+    ax_pos.fill_between(xs, 0, ys, color=POSITION, alpha=0.18, linewidth=0)
+    ax_pos.plot(xs, ys, color=POSITION, linewidth=_step_width(pos))
+    _last_dot(ax_pos, x, pos, POSITION)
+    ax_pos.axhline(0, color=MUTED, linewidth=1.2)
+    _pad_ylim(ax_pos, [pos], include_zero=True)
+    ax_pos.set_ylabel(f"Position{f' ({unit})' if unit else ''}", fontsize=LABEL_SIZE, color=INK)
+    ax_pos.yaxis.set_major_formatter(FuncFormatter(_size_tick))
+    ax_pos.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    _style_axes(ax_pos, text=INK, grid=GRID)
+    ax_pos.tick_params(labelbottom=False)
+
+    _plot_signed(ax_pnl, x, pnl, gain=GAIN, loss=LOSS, alpha=0.18)
+    ax_pnl.axhline(0, color=MUTED, linewidth=1.2)
+    _pad_ylim(ax_pnl, [pnl], include_zero=True)
+    ax_pnl.set_ylabel("PnL (JPY)", fontsize=LABEL_SIZE, color=INK)
+    ax_pnl.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
+    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4))
+    _style_axes(ax_pnl, text=INK, grid=GRID)
+    _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
+    fig.align_ylabels([ax_pos, ax_pnl])
+    return fig
+
+
+def render_bot_chart(
+    bot: str, samples: Sequence[BotSample], period_hours: float, now: float | None = None
+) -> bytes:
+    """PNG (1200×800) of one bot's position and PnL over ``period_hours``."""
+    return _png(build_bot_figure(bot, samples, period_hours, now))
+
+
+# --------------------------------------------------------------------------- off-loop helper
+
+
+async def render_async(
+    render: Callable[..., bytes], /, *args: Any, executor: Executor | None = None, **kwargs: Any
+) -> bytes:
+    """Run one of the ``render_*`` functions in ``executor`` (default: the loop's) and await the PNG."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(render, *args, **kwargs))
