@@ -1,0 +1,91 @@
+"""DriftCheck: unknown samples, quiet gating, consecutive identical diffs, cap and rounding."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from bfsx.account.drift import Correction, DriftCheck
+
+
+def check(consecutive: int = 4, max_order: str = "0.1") -> DriftCheck:
+    return DriftCheck(min_size=D("0.001"), consecutive=consecutive, max_order=D(max_order))
+
+
+def test_four_identical_diffs_correct_toward_expected() -> None:
+    dc = check()
+    for n in range(1, 4):
+        assert dc.observe(D("0.5"), D("0.52"), quiet=True) is None
+        assert dc.streak == n and dc.last_diff == D("0.02")
+    corr = dc.observe(D("0.5"), D("0.52"), quiet=True)
+    assert corr == Correction("SELL", D("0.02"), D("0.02")) and str(corr) == "SELL 0.02000000"
+    assert dc.streak == 0 and dc.corrections == 1  # fresh evidence needed for the next one
+    for _ in range(3):
+        assert dc.observe(D("0.5"), D("0.52"), quiet=True) is None
+    assert dc.observe(D("0.5"), D("0.52"), quiet=True) is not None
+    short = check(consecutive=1)
+    assert short.observe(D("0"), D("-0.03"), quiet=True) == Correction("BUY", D("0.03"), D("-0.03"))
+
+
+def test_a_different_diff_restarts_the_streak() -> None:
+    dc = check(consecutive=3)
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    assert dc.observe(D("0"), D("0.03"), quiet=True) is None and dc.streak == 1
+    dc.observe(D("0"), D("0.03"), quiet=True)
+    assert dc.observe(D("0"), D("0.03"), quiet=True) == Correction("SELL", D("0.03"), D("0.03"))
+
+
+def test_unknown_neither_counts_nor_resets_and_never_orders() -> None:
+    dc = check(consecutive=3)
+    dc.observe(D("1"), D("1.05"), quiet=True)
+    dc.observe(D("1"), D("1.05"), quiet=True)
+    for _ in range(10):  # API errors / timeouts
+        assert dc.observe(D("1"), None, quiet=True) is None
+        assert dc.observe(None, D("1.05"), quiet=True) is None
+    assert dc.streak == 2 and dc.unknown == 20 and dc.last_diff == D("0.05")
+    assert dc.observe(D("1"), D("1.05"), quiet=True) == Correction("SELL", D("0.05"), D("0.05"))
+    only_unknown = check(consecutive=1)
+    assert all(only_unknown.observe(None, None, quiet=True) is None for _ in range(5))
+    assert only_unknown.streak == 0 and only_unknown.last_diff is None
+
+
+def test_not_quiet_resets_the_streak() -> None:
+    dc = check(consecutive=2)
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    assert dc.observe(D("0"), D("0.02"), quiet=False) is None and dc.streak == 0
+    assert dc.last_diff == D("0.02")  # still shown on the console
+    assert dc.observe(D("0"), D("0.02"), quiet=True) is None and dc.streak == 1
+    assert dc.observe(D("0"), D("0.02"), quiet=True) is not None
+
+
+def test_small_diff_is_no_drift() -> None:
+    dc = check(consecutive=2)
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    assert dc.observe(D("0.02"), D("0.0205"), quiet=True) is None and dc.streak == 0
+    for _ in range(10):
+        assert dc.observe(D("0"), D("0"), quiet=True) is None
+    assert dc.streak == 0 and dc.last_diff == 0
+
+
+def test_cap_and_rounding_down_to_the_size_step() -> None:
+    dc = check(consecutive=1, max_order="0.1")
+    assert dc.observe(D("0"), D("-3.7"), quiet=True) == Correction("BUY", D("0.1"), D("-3.7"))
+    dc.max_order = D("0.123456789")  # hot-reloaded adjust_max_size, finer than the size step
+    corr = dc.observe(D("0"), D("1"), quiet=True)
+    assert corr is not None and corr.size == D("0.12345678")
+    tiny_cap = DriftCheck(min_size=D("0.001"), consecutive=1, max_order=D("0.0005"))
+    assert tiny_cap.observe(D("0"), D("1"), quiet=True) is None  # nothing sendable below the minimum
+
+
+def test_float_noise_does_not_break_identical_diffs() -> None:
+    dc = check(consecutive=2)
+    dc.observe(D(repr(0.1 + 0.2)), D("0.4"), quiet=True)  # expected 0.30000000000000004
+    corr = dc.observe(D("0.3"), D("0.4"), quiet=True)
+    assert corr == Correction("SELL", D("0.1"), D("0.1"))
+
+
+def test_invalid_consecutive() -> None:
+    with pytest.raises(ValueError, match="consecutive"):
+        DriftCheck(min_size=D("0.001"), consecutive=0, max_order=D("0.1"))

@@ -1,0 +1,211 @@
+"""Journal: real SQLite files (WAL), dedupe across restarts, restore, compaction, and kill -9."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from bfsx.account.journal import Journal
+from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
+from bfsx.account.position import SNAPSHOT_KEY, Position
+from bfsx.bitflyer.timestamps import JST
+
+P = "FX_BTC_JPY"
+NOON = datetime(2026, 9, 23, 12, 0, tzinfo=JST).timestamp()
+DAY = 86400.0
+
+
+def mkfill(exec_id: int, side: str = "BUY", size: float = 0.01, price: float = 100.0, *, t: float = NOON,
+           acc: str = "JRF20260923-030000-000001", commission: float = 0.0, sfd: float = 0.0) -> Fill:
+    return Fill(exec_id=exec_id, acceptance_id=acc, side=side, price=price, size=size,  # type: ignore[arg-type]
+                commission=commission, sfd=sfd, time=t, product=P, child_order_id="JFX20260923-030000-000001F")
+
+
+def mkorder(acc: str, state: OrderState = OrderState.ACTIVE, *, updated: float = NOON) -> Order:
+    return Order(product=P, side="BUY", size=0.03, price=100.0, acceptance_id=acc, state=state,
+                 child_order_id="JFX" + acc[3:] + "F", created=updated, updated=updated)
+
+
+def test_wal_mode_and_synchronous(tmp_path: Path) -> None:
+    for sync, level in (("NORMAL", 1), ("FULL", 2)):
+        path = tmp_path / f"{sync}.db"
+        with Journal(path, synchronous=sync) as j:  # type: ignore[arg-type]
+            assert j._db.execute("PRAGMA synchronous").fetchone()[0] == level
+            j.record_fill(mkfill(1))
+        other = sqlite3.connect(path)
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
+        other.close()
+
+
+def test_record_fill_dedupes_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = Journal(path)
+    assert j.record_fill(mkfill(10)) is True
+    assert j.record_fill(mkfill(10)) is False
+    j.close()
+    j.close()  # idempotent
+    j = Journal(path)
+    assert j.record_fill(mkfill(10)) is False
+    assert j.record_fill(mkfill(11)) is True
+    assert j.fill_count() == 2
+    j.close()
+
+
+def test_load_returns_fills_in_arrival_order_open_orders_and_cursor(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.db") as j:
+        for eid in (30, 10, 20):  # a resync can journal an older exec id after a newer one
+            j.record_fill(mkfill(eid))
+        j.record_order(mkorder("JRF20260923-030000-000001"))
+        j.record_order(mkorder("JRF20260923-030000-000002", OrderState.PENDING))
+        done = mkorder("JRF20260923-030000-000003")
+        j.record_order(done)
+        done.state = OrderState.CANCELLED
+        j.record_order(done)  # upsert: the latest state wins
+        j.record_order(Order.new(P, "BUY", 0.01))  # no acceptance id: not journaled
+        j.set("note", "hello")
+        fills, orders, kv = j.load()
+    assert [f.exec_id for f in fills] == [30, 10, 20]
+    assert fills[0] == mkfill(30)
+    assert {o.acceptance_id for o in orders} == {"JRF20260923-030000-000001", "JRF20260923-030000-000002"}
+    assert all(isinstance(o.state, OrderState) and o.is_open for o in orders)
+    assert kv["last_exec_id"] == "30" and kv["note"] == "hello"
+
+
+def test_restart_restores_position_orders_and_todays_pnl_exactly(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    path = tmp_path / "j.db"
+    live, tracker = Position(), OrderTracker(P)
+    j = Journal(path)
+    for n in range(5):
+        o = mkorder(f"JRF20260923-030000-00000{n}")
+        tracker.accepted(o)
+        j.record_order(o)
+    for eid in range(1, 400):
+        f = mkfill(eid, rng.choice(("BUY", "SELL")), rng.randint(1, 50) / 1000, float(rng.randint(90, 110)),
+                   t=NOON - DAY + eid * 300, commission=rng.choice((0.0, 0.5)), sfd=rng.choice((0.0, -0.1)),
+                   acc=f"JRF20260923-030000-00000{eid % 5}")
+        assert j.record_fill(f)
+        live.apply_fill(f)
+    j.close()
+    j = Journal(path)
+    fills, orders, kv = j.load()
+    restored, tracker2 = Position(), OrderTracker(P)
+    restored.rebuild(fills, kv)
+    tracker2.restore(orders, fills, kv)
+    assert restored.snapshot() == live.snapshot()
+    assert restored.lots == live.lots and restored.realized_today(NOON + 1000) == live.realized_today(NOON + 1000)
+    assert len(tracker2.open_orders) == 5 and tracker2.last_exec_id == 399
+    today = j.fills_since(NOON - 12 * 3600)
+    assert today and all(f.time >= NOON - 12 * 3600 for f in today)
+    assert [f.exec_id for f in today] == [f.exec_id for f in fills if f.time >= NOON - 12 * 3600]
+    j.close()
+
+
+def test_compact_folds_old_fills_into_a_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    live = Position()
+    with Journal(path) as j:
+        eid = 0
+        for day in range(5, -1, -1):  # five old days and today
+            for k in range(10):
+                eid += 1
+                f = mkfill(eid, "BUY" if k % 3 else "SELL", 0.01 * (k + 1), 100.0 + k + day, t=NOON - day * DAY + k)
+                j.record_fill(f)
+                live.apply_fill(f)
+        old_order = mkorder("JRF20260918-030000-000001", OrderState.CANCELLED, updated=NOON - 5 * DAY)
+        j.record_order(old_order)
+        j.record_order(mkorder("JRF20260923-030000-000009", OrderState.ACTIVE, updated=NOON - 5 * DAY))
+        folded = j.compact(keep_days=2, now=NOON)
+        assert folded == 40 and j.fill_count() == 20
+        assert j.record_fill(mkfill(3)) is False  # compacted exec ids stay deduped
+        assert j.get_order(old_order.acceptance_id or "") is None  # finished and old: dropped
+        assert j.compact(keep_days=2, now=NOON) == 0  # idempotent
+    with Journal(path) as j:
+        fills, orders, kv = j.load()
+        assert SNAPSHOT_KEY in kv and kv["last_exec_id"] == "60"
+        assert [o.acceptance_id for o in orders] == ["JRF20260923-030000-000009"]
+        assert j.record_fill(mkfill(5)) is False
+        rebuilt = Position()
+        rebuilt.rebuild(fills, kv)
+        assert rebuilt.snapshot() == live.snapshot()
+        # A second compaction folds onto the first snapshot.
+        assert j.compact(keep_days=1, now=NOON) == 10
+        fills, _, kv = j.load()
+        again = Position()
+        again.rebuild(fills, kv)
+        assert again.snapshot() == live.snapshot()
+        with pytest.raises(ValueError, match="keep_days"):
+            j.compact(0)
+
+
+def test_compact_never_folds_past_a_fill_of_an_open_order(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.db") as j:
+        j.record_fill(mkfill(1, t=NOON - 9 * DAY, acc="JRF20260914-030000-000001"))
+        j.record_fill(mkfill(2, t=NOON - 8 * DAY, acc="JRF20260915-030000-000001"))  # its order is still open
+        j.record_fill(mkfill(3, t=NOON - 7 * DAY, acc="JRF20260914-030000-000001"))
+        j.record_order(mkorder("JRF20260915-030000-000001", OrderState.PARTIALLY_FILLED, updated=NOON - 8 * DAY))
+        assert j.compact(keep_days=1, now=NOON) == 1
+        fills, orders, _ = j.load()
+        assert [f.exec_id for f in fills] == [2, 3]
+        # The open order's filled size is recomputed from its journaled fills.
+        t = OrderTracker(P)
+        t.restore(orders, fills)
+        assert t.open_orders[0].filled_size == 0.01
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from bfsx.account.journal import Journal
+    from bfsx.account.orders import Fill
+
+    journal = Journal(sys.argv[1])
+    n = 0
+    while True:
+        n += 1
+        fill = Fill(exec_id=n, acceptance_id="JRF20260923-030000-000001", side="BUY" if n % 2 else "SELL",
+                    price=100.0 + n % 7, size=0.01, time=1790000000.0 + n, product="FX_BTC_JPY")
+        assert journal.record_fill(fill)
+        sys.stdout.write(f"{n}\\n")  # only after the commit returned
+        sys.stdout.flush()
+    """
+)
+
+
+def test_fills_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "killed.db"
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    reported = 0
+    deadline = time.monotonic() + 60
+    try:
+        while reported < 500 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            reported = int(line)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        rest = child.stdout.read()  # lines written before the kill landed
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    for line in rest.split():
+        reported = max(reported, int(line))
+    assert reported >= 500, "the writer did not get going"
+    with Journal(path) as j:
+        fills, _, kv = j.load()
+    ids = [f.exec_id for f in fills]
+    assert ids[:reported] == list(range(1, reported + 1))  # every reported fill, in order
+    assert len(ids) in (reported, reported + 1)  # at most one committed but not yet reported
+    assert int(kv["last_exec_id"]) == len(ids)
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
