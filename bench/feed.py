@@ -1,0 +1,314 @@
+"""Feed throughput: one stream of bitFlyer realtime frames through three consumers.
+
+(a) ``orjson.loads`` only — the floor any Python consumer pays;
+(b) the full bfsx pipeline — ``RealtimeClient.dispatch_frame`` → ``MarketFeed`` → ``OrderBook`` /
+    ``Executions`` / a 1-second ``CandleBuilder`` / ``TickerState``, with a board listener that
+    reads the touch after every board message, as a strategy would;
+(c) pybotters' ``bitFlyerDataStore.onmessage`` fed the same frames (decoded with orjson for it,
+    which only helps it).
+
+The stream imitates FX_BTC_JPY as captured (bitflyer-api.md §4.3): per 5 s of market time one
+board snapshot (``--levels`` per side, 1,000 by default), 35 diffs of 3–5 levels near the touch,
+10 tickers and 40 execution batches of 1–6 prints. Frames are text, as aiohttp hands them over.
+Targets (issue 3): (b)/(a) ≥ 0.5 and (b)/(c) ≥ 50 at 1,000 levels.
+
+Run: ``python -m bench.feed [--levels N] [--cycles N]`` (or ``python -m bench`` for every bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from bfsx.bitflyer import channels, timestamps
+from bfsx.market import MarketFeed, OrderBook
+
+PRODUCT = "FX_BTC_JPY"
+CYCLE_SECONDS = 5.0
+DIFFS_PER_CYCLE = 35
+TICKERS_PER_CYCLE = 10
+EXEC_BATCHES_PER_CYCLE = 40
+
+try:  # the real client once it exists; a stand-in with the same dispatch otherwise
+    from bfsx.bitflyer.realtime import RealtimeClient as _RealtimeClient
+
+    def make_client() -> Any:
+        return _RealtimeClient("ws://127.0.0.1:9/json-rpc")
+
+    CLIENT_NAME = "RealtimeClient.dispatch_frame"
+except ImportError:  # pragma: no cover - only before bitflyer/realtime.py lands
+
+    class _StandIn:
+        """loads + channel dict dispatch: what RealtimeClient.dispatch_frame does per frame."""
+
+        def __init__(self) -> None:
+            self._handlers: dict[str, Callable[[Any], None]] = {}
+
+        def subscribe(self, channel: str, handler: Callable[[Any], None]) -> None:
+            self._handlers[channel] = handler
+
+        def on_connect(self, cb: Any) -> None:
+            pass
+
+        def dispatch_frame(self, data: str | bytes) -> None:
+            msg = orjson.loads(data)
+            params = msg.get("params")
+            if params is not None:
+                handler = self._handlers.get(params["channel"])
+                if handler is not None:
+                    handler(params["message"])
+
+    def make_client() -> Any:
+        return _StandIn()
+
+    CLIENT_NAME = "stand-in dispatch (bfsx.bitflyer.realtime not available)"
+
+
+# --------------------------------------------------------------------------- the stream
+class _Market:
+    """A consistent evolving book from which snapshots and diffs are cut."""
+
+    def __init__(self, rng: random.Random, levels: int) -> None:
+        self.rng = rng
+        self.levels = levels
+        mid = 13_600_000
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        p = mid - 1
+        for _ in range(levels):
+            self.bids[float(p)] = self._size()
+            p -= rng.randint(1, 40)
+        p = mid + 1
+        for _ in range(levels):
+            self.asks[float(p)] = self._size()
+            p += rng.randint(1, 40)
+
+    def _size(self) -> float:
+        return round(self.rng.expovariate(3.0) + 0.001, 8)
+
+    def mid(self) -> float:
+        return (max(self.bids) + min(self.asks)) / 2
+
+    def snapshot(self) -> dict[str, Any]:
+        bids = sorted(self.bids.items(), reverse=True)[: self.levels]
+        asks = sorted(self.asks.items())[: self.levels]
+        return {"mid_price": self.mid(),
+                "bids": [{"price": p, "size": s} for p, s in bids],
+                "asks": [{"price": p, "size": s} for p, s in asks]}
+
+    def diff(self) -> dict[str, Any]:
+        rng = self.rng
+        changes: dict[str, dict[float, float]] = {"bids": {}, "asks": {}}
+        best_bid, best_ask = max(self.bids), min(self.asks)
+        for _ in range(rng.randint(3, 5)):
+            side = rng.choice(("bids", "asks"))
+            book = self.bids if side == "bids" else self.asks
+            op = rng.random()
+            depth = min(int(rng.expovariate(0.15)), 200)
+            sign = -1 if side == "bids" else 1
+            touch = best_bid if side == "bids" else best_ask
+            price = float(touch + sign * depth * rng.randint(1, 8))
+            if op < 0.25 and len(book) > 2:  # a level goes away
+                price = sorted(book, reverse=side == "bids")[min(depth, len(book) - 1)]
+                del book[price]
+                changes[side][price] = 0.0
+            else:  # size change or a new level (never crossing the other side)
+                if (side == "bids" and price >= best_ask) or (side == "asks" and price <= best_bid):
+                    continue
+                book[price] = changes[side][price] = self._size()
+        return {"mid_price": self.mid(),
+                "bids": [{"price": p, "size": s} for p, s in changes["bids"].items()],
+                "asks": [{"price": p, "size": s} for p, s in changes["asks"].items()]}
+
+    def executions(self, next_id: int, when: datetime) -> list[dict[str, Any]]:
+        rng = self.rng
+        out = []
+        side = rng.choice(("BUY", "SELL"))
+        price = min(self.asks) if side == "BUY" else max(self.bids)
+        for i in range(rng.randint(1, 6)):
+            out.append({"id": next_id + i, "side": side, "price": price,
+                        "size": round(rng.expovariate(20.0) + 0.001, 8),
+                        "exec_date": timestamps.ws(when),
+                        "buy_child_order_acceptance_id": f"JRF{when:%Y%m%d-%H%M%S}-{rng.randrange(10**6):06d}",
+                        "sell_child_order_acceptance_id": f"JRF{when:%Y%m%d-%H%M%S}-{rng.randrange(10**6):06d}"})
+        return out
+
+    def ticker(self, tick_id: int, when: datetime, ltp: float) -> dict[str, Any]:
+        bb, ba = max(self.bids), min(self.asks)
+        return {"product_code": PRODUCT, "state": "RUNNING", "timestamp": timestamps.ws(when), "tick_id": tick_id,
+                "best_bid": bb, "best_ask": ba, "best_bid_size": self.bids[bb], "best_ask_size": self.asks[ba],
+                "total_bid_depth": 1234.5, "total_ask_depth": 2345.6, "market_bid_size": 0.0,
+                "market_ask_size": 0.0, "ltp": ltp, "volume": 5691.91, "volume_by_product": 2042.29,
+                "preopen_end": None, "circuit_break_end": None}
+
+
+def _frame(channel: str, message: Any) -> str:
+    return orjson.dumps({"jsonrpc": "2.0", "method": "channelMessage",
+                         "params": {"channel": channel, "message": message}}).decode()
+
+
+def build_stream(levels: int = 1000, cycles: int = 30, seed: int = 7) -> list[tuple[str, str]]:
+    """``[(kind, text frame)]`` in arrival order; kind is snapshot / diff / executions / ticker."""
+    rng = random.Random(seed)
+    market = _Market(rng, levels)
+    start = datetime(2026, 9, 23, 3, 31, 27, tzinfo=UTC)
+    snap_ch, board_ch = channels.board_snapshot(PRODUCT), channels.board(PRODUCT)
+    exec_ch, tick_ch = channels.executions(PRODUCT), channels.ticker(PRODUCT)
+    out: list[tuple[str, str]] = []
+    next_id, tick_id, ltp = 2_652_079_303, 243_332_856, market.mid()
+    for c in range(cycles):
+        events = (["diff"] * DIFFS_PER_CYCLE + ["ticker"] * TICKERS_PER_CYCLE
+                  + ["executions"] * EXEC_BATCHES_PER_CYCLE)
+        rng.shuffle(events)
+        out.append(("snapshot", _frame(snap_ch, market.snapshot())))
+        for i, kind in enumerate(events):
+            when = start + timedelta(seconds=c * CYCLE_SECONDS + CYCLE_SECONDS * (i + 1) / (len(events) + 1))
+            if kind == "diff":
+                out.append((kind, _frame(board_ch, market.diff())))
+            elif kind == "ticker":
+                tick_id += 1
+                out.append((kind, _frame(tick_ch, market.ticker(tick_id, when, ltp))))
+            else:
+                batch = market.executions(next_id, when)
+                next_id += len(batch)
+                ltp = batch[-1]["price"]
+                out.append((kind, _frame(exec_ch, batch)))
+    return out
+
+
+# --------------------------------------------------------------------------- consumers
+def _loads_only(frames: list[str]) -> float:
+    loads = orjson.loads
+    t0 = time.perf_counter()
+    for f in frames:
+        loads(f)
+    return time.perf_counter() - t0
+
+
+def make_pipeline() -> tuple[Any, MarketFeed]:
+    client = make_client()
+    feed = MarketFeed(PRODUCT, client, candle_clock=False)
+    feed.add_candles(1.0, 1000)
+    touch = [0.0, 0.0]
+
+    def read_touch(book: OrderBook) -> None:  # what a strategy does on every board update
+        touch[0] = book.best_bid
+        touch[1] = book.best_ask
+
+    feed.on_board.append(read_touch)
+    return client, feed
+
+
+def _pipeline(frames: list[str]) -> float:
+    client, _feed = make_pipeline()
+    dispatch = client.dispatch_frame
+    t0 = time.perf_counter()
+    for f in frames:
+        dispatch(f)
+    return time.perf_counter() - t0
+
+
+def _pybotters(frames: list[str]) -> float:
+    import pybotters
+    from pybotters.ws import ClientWebSocketResponse
+
+    class _WS(ClientWebSocketResponse):
+        """Only what bitFlyerDataStore touches: it unsubscribes the snapshot channel via send_json."""
+
+        def __init__(self) -> None:
+            pass
+
+        async def send_json(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    async def run() -> float:
+        store = pybotters.bitFlyerDataStore()
+        ws = _WS()
+        loads = orjson.loads
+        onmessage = store.onmessage
+        t0 = time.perf_counter()
+        for f in frames:
+            onmessage(loads(f), ws)
+        elapsed = time.perf_counter() - t0
+        await asyncio.sleep(0)  # let its unsubscribe tasks finish
+        return elapsed
+
+    return asyncio.run(run())
+
+
+def _best(fn: Callable[[list[str]], float], frames: list[str], rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        gc.collect()
+        best = min(best, fn(frames))
+    return best
+
+
+def _per_kind(stream: list[tuple[str, str]]) -> dict[str, tuple[float, float]]:
+    """Mean µs per frame of each kind for (a) and (b), timed frame by frame (includes timer cost)."""
+    loads = orjson.loads
+    client, _feed = make_pipeline()
+    dispatch = client.dispatch_frame
+    clock = time.perf_counter_ns
+    acc: dict[str, list[int]] = {}
+    for kind, f in stream:
+        t0 = clock()
+        loads(f)
+        t1 = clock()
+        dispatch(f)
+        t2 = clock()
+        a = acc.setdefault(kind, [0, 0, 0])
+        a[0] += t1 - t0
+        a[1] += t2 - t1
+        a[2] += 1
+    return {k: (a / n / 1000, b / n / 1000) for k, (a, b, n) in acc.items()}
+
+
+def run(levels: int = 1000, cycles: int = 30, rounds: int = 5, pybotters_rounds: int = 1) -> dict[str, float]:
+    """Run the three consumers on one stream; print the table; return the numbers."""
+    stream = build_stream(levels, cycles)
+    frames = [f for _, f in stream]
+    n = len(frames)
+    ta = _best(_loads_only, frames, rounds)
+    tb = _best(_pipeline, frames, rounds)
+    tc = _best(_pybotters, frames, pybotters_rounds)
+    a, b, c = n / ta, n / tb, n / tc
+    size = sum(len(f) for f in frames)
+    print(f"\nfeed bench: {n} frames ({size / 1e6:.1f} MB), {levels} levels per side, {cycles} x {CYCLE_SECONDS:.0f} s "
+          f"of market; (b) = {CLIENT_NAME}")
+    print(f"{'consumer':<44}{'msgs/s':>12}{'µs/msg':>10}")
+    for name, rate in (("(a) orjson.loads only", a), ("(b) bfsx pipeline (book+prints+candles+ticker)", b),
+                       ("(c) pybotters bitFlyerDataStore", c)):
+        print(f"{name:<44}{rate:>12,.0f}{1e6 / rate:>10.2f}")
+    print(f"(b)/(a) = {b / a:.2f}   (target >= 0.5)")
+    print(f"(b)/(c) = {b / c:.0f}   (target >= 50)")
+    kinds = _per_kind(stream)
+    print(f"{'per frame kind':<16}{'count':>7}{'(a) µs':>10}{'(b) µs':>10}{'(b)/(a)':>9}")
+    counts: dict[str, int] = {}
+    for k, _ in stream:
+        counts[k] = counts.get(k, 0) + 1
+    for k in ("snapshot", "diff", "executions", "ticker"):
+        ua, ub = kinds[k]
+        print(f"{k:<16}{counts[k]:>7}{ua:>10.2f}{ub:>10.2f}{ua / ub:>9.2f}")
+    return {"frames": n, "a": a, "b": b, "c": c, "b/a": b / a, "b/c": b / c}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.feed", description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--levels", type=int, default=1000, help="board levels per side in snapshots (default 1000)")
+    ap.add_argument("--cycles", type=int, default=30, help="5-second market cycles in the stream (default 30)")
+    ap.add_argument("--rounds", type=int, default=5, help="best-of rounds for (a) and (b) (default 5)")
+    args = ap.parse_args(argv)
+    run(args.levels, args.cycles, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The order book, rebuilt from realtime snapshots and diffs (SPEC §5.2, bitflyer-api.md §4.3).
+
+Layout, chosen by measurement (``bench/feed.py``): per side, a plain list of prices sorted so that
+**the touch is the last element** (bids ascending, asks descending) and a parallel list holding
+the level dicts as they arrived (``{"price", "size"}``), so no size is ever copied out of them.
+
+* A diff level is one C ``bisect`` (O(log n)) plus, for a new or removed level, a ``memmove`` of the
+  few elements behind it: bitFlyer's diffs touch levels near the touch, so the cost stays flat
+  from 100 to 100,000 levels (a ``SortedDict`` costs ~3x more per diff; a dict keyed by price
+  pays float hashing on every snapshot level).
+* A snapshot is two C-level passes per side (a reversed copy and ``map(itemgetter("price"))``)
+  and a sortedness check: no per-level Python code, no hashing, no new objects per level.
+* The best bid / ask are cached after every update, so reading them is a plain attribute read;
+  top-N views are slices.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from operator import itemgetter, neg
+from typing import Literal
+
+from bfsx.bitflyer.messages import Board, PriceLevel
+
+_PRICE = itemgetter("price")
+_SIZE = itemgetter("size")
+
+Side = Literal["bids", "asks", "BUY", "SELL"]
+
+
+def _load(levels: Sequence[PriceLevel], descending: bool) -> tuple[list[float], list[PriceLevel]]:
+    """Sorted prices and the parallel level dicts of one snapshot side, touch last.
+
+    Bids arrive best first (descending) and are kept ascending; asks arrive best first (ascending)
+    and are kept descending: one reverse each. Order is not guaranteed on the wire (§4.3), so an
+    unsorted side is sorted (and de-duplicated). An Itayose price-0 level sorts to the low end,
+    where one check finds it. Empty levels are not scanned for (bitFlyer never sends them; that
+    scan would cost as much as the load): a zero-size touch is dropped by the prune.
+    """
+    rows = list(reversed(levels))
+    keys = list(map(_PRICE, rows))
+    if keys != sorted(keys, reverse=descending) or (keys and not keys[-1 if descending else 0]):
+        merged = {lv["price"]: lv for lv in rows if lv["price"] and lv["size"]}
+        keys = sorted(merged, reverse=descending)
+        rows = [merged[p] for p in keys]
+    return keys, rows
+
+
+class OrderBook:
+    """One product's book. Feed it :meth:`apply_snapshot` and :meth:`apply_diff` payloads.
+
+    ``best_bid`` / ``best_ask`` / ``mid_price`` are ``0.0`` while the book is empty or not
+    :attr:`ready` (no snapshot yet since start, :meth:`clear` or a reconnect).
+    """
+
+    __slots__ = ("_ask_keys", "_ask_rows", "_bid_keys", "_bid_rows", "_view_cache", "best_ask",
+                 "best_bid", "diffs", "ready", "snapshots", "wire_mid")
+
+    def __init__(self) -> None:
+        self._bid_keys: list[float] = []  # prices ascending: best bid last
+        self._bid_rows: list[PriceLevel] = []  # level dicts, same order
+        self._ask_keys: list[float] = []  # prices descending: best ask last
+        self._ask_rows: list[PriceLevel] = []
+        self._view_cache: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        #: Best bid price (0.0 when unknown). Updated on every message: read it freely.
+        self.best_bid = 0.0
+        #: Best ask price (0.0 when unknown).
+        self.best_ask = 0.0
+        #: ``mid_price`` as the exchange sent it on the last board message.
+        self.wire_mid = 0.0
+        #: False until the first snapshot, and again after :meth:`clear`. Diffs are ignored meanwhile.
+        self.ready = False
+        self.snapshots = 0
+        self.diffs = 0
+
+    # ------------------------------------------------------------------ updates
+    def apply_snapshot(self, msg: Board) -> None:
+        """Reset the book to a full snapshot (``lightning_board_snapshot_`` or REST getboard)."""
+        self._bid_keys, self._bid_rows = _load(msg["bids"], False)
+        self._ask_keys, self._ask_rows = _load(msg["asks"], True)
+        self.wire_mid = msg["mid_price"]
+        self.ready = True
+        self.snapshots += 1
+        self._prune(self.wire_mid)
+
+    def apply_diff(self, msg: Board) -> None:
+        """Apply a ``lightning_board_`` diff: size is the new total, 0 deletes, price 0 is ignored.
+
+        Ignored while not :attr:`ready` (diffs start before the first snapshot, §4.3).
+        """
+        if not self.ready:
+            return
+        keys = self._bid_keys
+        rows = self._bid_rows
+        for level in msg["bids"]:
+            price = level["price"]
+            i = bisect_right(keys, price)
+            if i and keys[i - 1] == price:  # existing level
+                if level["size"]:
+                    rows[i - 1] = level
+                else:
+                    del keys[i - 1]
+                    del rows[i - 1]
+            elif price and level["size"]:
+                keys.insert(i, price)
+                rows.insert(i, level)
+        keys = self._ask_keys
+        rows = self._ask_rows
+        for level in msg["asks"]:
+            price = level["price"]
+            i = bisect_right(keys, -price, key=neg)  # descending list: search on -price
+            if i and keys[i - 1] == price:
+                if level["size"]:
+                    rows[i - 1] = level
+                else:
+                    del keys[i - 1]
+                    del rows[i - 1]
+            elif price and level["size"]:
+                keys.insert(i, price)
+                rows.insert(i, level)
+        self.wire_mid = mid = msg["mid_price"]
+        self.diffs += 1
+        self._prune(mid)
+
+    def _prune(self, mid: float) -> None:
+        """Drop levels on the wrong side of the exchange's mid price, then cache the touch.
+
+        Diffs can miss deletions (§4.3), leaving stale levels that cross the real touch; every diff's
+        ``mid_price`` matches the true book, so a bid *above* it or an ask *below* it is stale.
+        The comparisons are strict on purpose: a real best bid is ≤ mid and a real best ask ≥ mid,
+        and with whole-yen prices a rounded mid can equal either touch (bid 100 / ask 101 → 100 or
+        101), so pruning "at mid" as pybotters does for asks could delete a live best ask.
+        """
+        if self._view_cache:
+            self._view_cache.clear()
+        keys = self._bid_keys
+        rows = self._bid_rows
+        while keys and ((mid and keys[-1] > mid) or not rows[-1]["size"]):
+            keys.pop()
+            rows.pop()
+        self.best_bid = keys[-1] if keys else 0.0
+        keys = self._ask_keys
+        rows = self._ask_rows
+        while keys and (keys[-1] < mid or not rows[-1]["size"]):
+            keys.pop()
+            rows.pop()
+        self.best_ask = keys[-1] if keys else 0.0
+
+    def clear(self) -> None:
+        """Forget every level and wait for the next snapshot (used on a reconnect: no stale levels)."""
+        self._bid_keys = []
+        self._bid_rows = []
+        self._ask_keys = []
+        self._ask_rows = []
+        self._view_cache.clear()
+        self.best_bid = self.best_ask = self.wire_mid = 0.0
+        self.ready = False
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def mid_price(self) -> float:
+        """(best bid + best ask) / 2 of this book; 0.0 when a side is empty."""
+        bid = self.best_bid
+        ask = self.best_ask
+        return (bid + ask) / 2 if bid and ask else 0.0
+
+    @property
+    def spread(self) -> float:
+        """best ask − best bid; 0.0 when a side is empty."""
+        bid = self.best_bid
+        ask = self.best_ask
+        return ask - bid if bid and ask else 0.0
+
+    @property
+    def best_bid_size(self) -> float:
+        return self._bid_rows[-1]["size"] if self._bid_rows else 0.0
+
+    @property
+    def best_ask_size(self) -> float:
+        return self._ask_rows[-1]["size"] if self._ask_rows else 0.0
+
+    def bids(self, n: int | None = None) -> list[tuple[float, float]]:
+        """Top ``n`` bids (all when None) as ``(price, size)``, best first. O(n); cached until the next update."""
+        return self._view("b", self._bid_keys, self._bid_rows, n)
+
+    def asks(self, n: int | None = None) -> list[tuple[float, float]]:
+        """Top ``n`` asks (all when None) as ``(price, size)``, best first. O(n); cached until the next update."""
+        return self._view("a", self._ask_keys, self._ask_rows, n)
+
+    def _view(self, tag: str, keys: list[float], rows: list[PriceLevel], n: int | None) -> list[tuple[float, float]]:
+        cached = self._view_cache.get((tag, n or 0))
+        if cached is None:
+            start = -n if n else 0
+            cached = list(zip(keys[start:][::-1], map(_SIZE, rows[start:][::-1]), strict=True))
+            self._view_cache[(tag, n or 0)] = cached
+        return cached.copy()
+
+    def size_at(self, side: Side, price: float) -> float:
+        """Size resting at ``price`` on a side ("bids"/"BUY" or "asks"/"SELL"); 0.0 if none."""
+        if side in ("bids", "BUY"):
+            keys, rows = self._bid_keys, self._bid_rows
+            i = bisect_right(keys, price)
+        else:
+            keys, rows = self._ask_keys, self._ask_rows
+            i = bisect_right(keys, -price, key=neg)
+        return float(rows[i - 1]["size"]) if i and keys[i - 1] == price else 0.0
+
+    def depth(self, side: Side, price_limit: float) -> float:
+        """Total size on a side from the touch down to ``price_limit`` inclusive (bids ≥ it, asks ≤ it)."""
+        if side in ("bids", "BUY"):
+            i = bisect_left(self._bid_keys, price_limit)
+            return float(sum(map(_SIZE, self._bid_rows[i:])))
+        i = bisect_left(self._ask_keys, -price_limit, key=neg)
+        return float(sum(map(_SIZE, self._ask_rows[i:])))
+
+    def __len__(self) -> int:
+        """Number of levels on both sides."""
+        return len(self._bid_keys) + len(self._ask_keys)
+
+    @property
+    def bid_levels(self) -> int:
+        return len(self._bid_keys)
+
+    @property
+    def ask_levels(self) -> int:
+        return len(self._ask_keys)
+
+    def to_board(self) -> Board:
+        """The whole book in getboard's shape (bids descending, asks ascending)."""
+        return {
+            "mid_price": self.mid_price,
+            "bids": [{"price": p, "size": s} for p, s in self.bids()],
+            "asks": [{"price": p, "size": s} for p, s in self.asks()],
+        }
+
+    def __repr__(self) -> str:
+        return (f"OrderBook(ready={self.ready}, bid={self.best_bid}, ask={self.best_ask}, "
+                f"levels={len(self._bid_keys)}/{len(self._ask_keys)})")

@@ -1,0 +1,191 @@
+"""MarketFeed: wires a realtime client's public channels to the book, prints, candles and ticker.
+
+The hot path is ``RealtimeClient.dispatch_frame`` → one handler here → one ``apply`` call →
+listeners. Handlers are closures over local references so each message costs a single Python
+frame before the data structure's own work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from bfsx.bitflyer import channels
+from bfsx.bitflyer.messages import Board, Execution, Ticker
+from bfsx.market.book import OrderBook
+from bfsx.market.candles import CandleBuilder, CandleCallback
+from bfsx.market.executions import Executions
+from bfsx.market.ticker import TickerState
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], None]
+BoardListener = Callable[[OrderBook], object]
+ExecutionsListener = Callable[[Sequence[Execution]], object]
+TickerListener = Callable[[Ticker], object]
+
+
+class RealtimeSource(Protocol):
+    """What the feed needs from :class:`bfsx.bitflyer.realtime.RealtimeClient`."""
+
+    def subscribe(self, channel: str, handler: Handler) -> None: ...
+
+    def on_connect(self, cb: Callable[[bool], Awaitable[None] | None]) -> None: ...
+
+
+class MarketFeed:
+    """Market data of one product, kept current from the realtime API.
+
+    ``on_board`` listeners get the :class:`OrderBook` after each snapshot or diff (only while it is
+    ready); ``on_executions`` listeners get each executions batch after the prints, totals and
+    candles were updated; ``on_ticker`` listeners get each ticker. Listeners are plain callables
+    run in the read loop: keep them short (the bot runtime wraps async strategy callbacks).
+
+    On a reconnect the book is cleared and stays not ready until the next snapshot, so it never
+    shows levels that may have changed while disconnected.
+    """
+
+    def __init__(
+        self,
+        product: str,
+        realtime: RealtimeSource,
+        *,
+        board: bool = True,
+        executions: bool = True,
+        ticker: bool = True,
+        executions_maxlen: int = 10_000,
+        candle_grace: float = 1.0,
+        candle_clock: bool = True,
+    ) -> None:
+        self.product = product
+        self.book = OrderBook()
+        self.executions = Executions(executions_maxlen)
+        self.ticker = TickerState()
+        self.candle_builders: list[CandleBuilder] = []
+        self.on_board: list[BoardListener] = []
+        self.on_executions: list[ExecutionsListener] = []
+        self.on_ticker: list[TickerListener] = []
+        #: Seconds a bucket stays open past its end on the local clock, for feed latency.
+        self.candle_grace = candle_grace
+        self._candle_clock = candle_clock
+        self._clock: asyncio.TimerHandle | None = None
+        self.reconnects = 0
+        self.subscribed: list[str] = []
+        if board:
+            self._subscribe(realtime, channels.board_snapshot(product), self._snapshot_handler())
+            self._subscribe(realtime, channels.board(product), self._diff_handler())
+        if executions:
+            self._subscribe(realtime, channels.executions(product), self._executions_handler())
+        if ticker:
+            self._subscribe(realtime, channels.ticker(product), self._ticker_handler())
+        realtime.on_connect(self._on_connect)
+
+    def _subscribe(self, realtime: RealtimeSource, channel: str, handler: Handler) -> None:
+        realtime.subscribe(channel, handler)
+        self.subscribed.append(channel)
+
+    # ------------------------------------------------------------------ handlers (hot path)
+    def _snapshot_handler(self) -> Handler:
+        book = self.book
+        listeners = self.on_board
+
+        def on_snapshot(msg: Board) -> None:
+            book.apply_snapshot(msg)
+            for cb in listeners:
+                cb(book)
+
+        return on_snapshot
+
+    def _diff_handler(self) -> Handler:
+        book = self.book
+        apply = book.apply_diff
+        listeners = self.on_board
+
+        def on_diff(msg: Board) -> None:
+            apply(msg)
+            if listeners and book.ready:
+                for cb in listeners:
+                    cb(book)
+
+        return on_diff
+
+    def _executions_handler(self) -> Handler:
+        executions = self.executions
+        apply = executions.apply
+        builders = self.candle_builders
+        listeners = self.on_executions
+
+        def on_executions(batch: list[Execution]) -> None:
+            apply(batch)
+            if builders:  # the batch's volumes are summed once, for every builder
+                buy, sell, volume = executions.batch_buy_volume, executions.batch_sell_volume, executions.batch_volume
+                for builder in builders:
+                    builder.fold(batch, buy, sell, volume)
+            for cb in listeners:
+                cb(batch)
+
+        return on_executions
+
+    def _ticker_handler(self) -> Handler:
+        apply = self.ticker.apply
+        listeners = self.on_ticker
+
+        def on_ticker(msg: Ticker) -> None:
+            apply(msg)
+            for cb in listeners:
+                cb(msg)
+
+        return on_ticker
+
+    def _on_connect(self, reconnected: bool) -> None:
+        if reconnected:
+            self.reconnects += 1
+            # levels may have changed unseen while disconnected: wait for the next snapshot
+            self.book.clear()
+            log.info("%s feed reconnected: book cleared until the next snapshot", self.product)
+        if self._candle_clock and self._clock is None and self.candle_builders:
+            self._schedule_clock()
+
+    # ------------------------------------------------------------------ candles
+    def add_candles(self, timescale: float, maxlen: int, callback: CandleCallback | None = None) -> CandleBuilder:
+        """A new :class:`CandleBuilder` fed from this feed's prints (SPEC ``self.candles``)."""
+        builder = CandleBuilder(timescale, maxlen, callback)
+        self.candle_builders.append(builder)
+        if self._candle_clock and self._clock is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # started from _on_connect once the loop runs
+            else:
+                self._schedule_clock()
+        return builder
+
+    def tick(self, now: float | None = None) -> None:
+        """Confirm candles whose bucket ended more than ``candle_grace`` seconds before ``now``."""
+        t = (time.time() if now is None else now) - self.candle_grace
+        for builder in self.candle_builders:
+            builder.advance(t)
+
+    def _schedule_clock(self) -> None:
+        """Tick a few times per smallest timescale so quiet seconds still come out as candles."""
+        step = min((b.timescale for b in self.candle_builders), default=1.0) / 4
+        step = min(max(step, 0.05), 1.0)
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("candle listener failed")
+            self._clock = loop.call_later(step, fire)
+
+        self._clock = loop.call_later(step, fire)
+
+    def close(self) -> None:
+        """Stop the candle clock (the realtime client is closed by its owner)."""
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None

@@ -1,0 +1,61 @@
+"""The latest ``lightning_ticker_`` message (or REST getticker reply)."""
+
+from __future__ import annotations
+
+import time
+
+from bfsx.bitflyer.messages import Ticker
+
+
+class TickerState:
+    """Holds the newest ticker; fields read as 0.0 / "" until the first one arrives."""
+
+    __slots__ = ("count", "received_at", "ticker")
+
+    def __init__(self) -> None:
+        #: The newest ticker as received (None before the first).
+        self.ticker: Ticker | None = None
+        #: ``time.monotonic()`` when it arrived (0.0 before the first).
+        self.received_at = 0.0
+        self.count = 0
+
+    def apply(self, msg: Ticker) -> None:
+        """Replace the ticker with a newer one."""
+        self.ticker = msg
+        self.received_at = time.monotonic()
+        self.count += 1
+
+    def _get(self, key: str) -> float:
+        t = self.ticker
+        return float(t[key]) if t is not None and t.get(key) is not None else 0.0  # type: ignore[literal-required]
+
+    @property
+    def ltp(self) -> float:
+        return self._get("ltp")
+
+    @property
+    def best_bid(self) -> float:
+        return self._get("best_bid")
+
+    @property
+    def best_ask(self) -> float:
+        return self._get("best_ask")
+
+    @property
+    def volume(self) -> float:
+        return self._get("volume")
+
+    @property
+    def state(self) -> str:
+        """Board state on the ticker ("RUNNING", "PREOPEN"...); "" before the first ticker."""
+        return self.ticker["state"] if self.ticker is not None else ""
+
+    @property
+    def timestamp(self) -> str:
+        return self.ticker["timestamp"] if self.ticker is not None else ""
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the last ticker (infinity before the first)."""
+        if self.ticker is None:
+            return float("inf")
+        return (time.monotonic() if now is None else now) - self.received_at
