@@ -1,0 +1,179 @@
+"""Simulator configuration (``bfsx sim --config sim.yaml``): accounts, products, market model, limits.
+
+Every key has a default, so an empty file (or no file) gives the SPEC §3.5 defaults: products
+FX_BTC_JPY and BTC_JPY, accounts ``demo-key-1`` / ``demo-key-2`` with 10,000,000 JPY and 1 BTC each.
+Unknown keys are errors (``extra="forbid"``) so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bfsx.bitflyer import limits
+from bfsx.bitflyer.products import get_product
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountConfig(_Strict):
+    """One exchange account. ``collateral`` (FX margin deposit, JPY) defaults to ``jpy``."""
+
+    api_key: str = Field(min_length=1)
+    api_secret: str = Field(min_length=1)
+    jpy: float = Field(default=10_000_000, ge=0)
+    btc: float = Field(default=1.0, ge=0)
+    collateral: float | None = Field(default=None, ge=0)
+
+
+def _default_accounts() -> list[AccountConfig]:
+    return [
+        AccountConfig(api_key="demo-key-1", api_secret="demo-secret-1"),
+        AccountConfig(api_key="demo-key-2", api_secret="demo-secret-2"),
+    ]
+
+
+class MarketConfig(_Strict):
+    """The synthetic market (see docs/simulator.md for the model).
+
+    Rates are per second of wall time; the flow advances in fixed steps of ``step_seconds`` and
+    draws every random number from one seeded generator, so the sequence of steps (and therefore
+    of public executions) does not depend on timing jitter.
+    """
+
+    start_price: float = Field(default=10_000_000, gt=0, description="initial mid, JPY")
+    start_prices: dict[str, float] = Field(default_factory=dict, description="per-product override")
+    step_seconds: float = Field(default=0.1, gt=0, le=5)
+    volatility: float = Field(default=4e-5, ge=0, description="relative stdev of the mid per sqrt(second)")
+    jump_probability: float = Field(default=0.02, ge=0, le=1, description="chance of a jump per second")
+    jump_size: float = Field(default=0.001, ge=0, description="relative size (stdev) of a jump")
+    half_spread: int = Field(default=100, ge=0, description="JPY between the mid and the first synthetic level")
+    level_spacing: int = Field(default=50, ge=1, description="JPY between synthetic ladder levels")
+    levels: int = Field(default=320, ge=1, le=5000, description="synthetic levels per side")
+    level_size_mean: float = Field(default=0.08, gt=0, description="BTC, mean synthetic level size")
+    level_fill_probability: float = Field(default=0.85, ge=0, le=1, description="chance a ladder level is quoted")
+    refill_rate: float = Field(default=4.0, ge=0, description="per second: chance rate a taken level is re-quoted")
+    churn_per_second: float = Field(default=40.0, ge=0, description="random synthetic resizes per second")
+    taker_rate: float = Field(default=4.0, ge=0, description="synthetic taker orders per second")
+    taker_size_mean: float = Field(default=0.03, gt=0, description="BTC, mean of the exponential taker size")
+    taker_size_max: float = Field(default=2.0, gt=0, description="BTC, cap on one taker order")
+    diff_interval: float = Field(default=0.1, gt=0, description="seconds between lightning_board_ diffs")
+    snapshot_interval: float = Field(default=5.0, gt=0, description="seconds between board snapshots")
+    snapshot_depth: int = Field(default=300, ge=1, description="levels per side in a snapshot")
+    ticker_interval: float = Field(default=0.5, gt=0)
+
+    def start_for(self, product: str) -> float:
+        return self.start_prices.get(product, self.start_price)
+
+
+class LimitsConfig(_Strict):
+    """API limits (bitflyer-api.md §3). Windows are fixed and start with the first request."""
+
+    window_seconds: float = Field(default=limits.WINDOW_SECONDS, gt=0)
+    private: int = Field(default=limits.PRIVATE_LIMIT, ge=0, description="private calls per key per window")
+    ip: int = Field(default=limits.IP_LIMIT, ge=0, description="public calls per IP per window")
+    orders: int = Field(default=limits.ORDER_LIMIT, ge=0, description="order calls per key per window")
+    small_order_size: float = Field(default=limits.SMALL_ORDER_SIZE, ge=0)
+    small_orders: int = Field(default=limits.SMALL_ORDER_LIMIT, ge=0, description="small orders per small window")
+    small_window_seconds: float = Field(default=60.0, gt=0)
+    small_penalty_orders: int = Field(default=limits.SMALL_ORDER_PENALTY_LIMIT, ge=0)
+    small_penalty_seconds: float = Field(default=limits.SMALL_ORDER_PENALTY_SECONDS, ge=0)
+    over_limit_http_status: int = Field(default=429, ge=100, le=599)
+
+
+class SimConfig(_Strict):
+    """Top-level simulator config (the whole of sim.yaml)."""
+
+    seed: int | None = None
+    products: list[str] = Field(default_factory=lambda: ["FX_BTC_JPY", "BTC_JPY"], min_length=1)
+    accounts: list[AccountConfig] = Field(default_factory=_default_accounts, min_length=1)
+    market: MarketConfig = Field(default_factory=MarketConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    spot_commission_rate: float = Field(default=0.0015, ge=0, lt=0.1, description="spot fee, charged in BTC")
+    fx_leverage: float = Field(default=2.0, gt=0, description="FX margin: require = price*size/leverage")
+    minute_seconds: float = Field(default=60.0, gt=0, description="length of one minute_to_expire minute")
+    order_delay_ms: float = Field(default=0.0, ge=0, description="acceptance -> placement delay")
+    funds_failure: Literal["event", "http"] = Field(
+        default="event", description="insufficient funds/margin: ORDER_FAILED event, or -200/-205 HTTP error"
+    )
+    history: int = Field(default=10_000, ge=10, description="public executions kept per product")
+    account_history: int = Field(default=5_000, ge=10, description="orders and fills kept per account")
+    ws_queue: int = Field(default=2_000, ge=10, description="frames queued per socket before it is dropped")
+    live_interval: float = Field(default=1.0, gt=0, description="seconds between live-view lines")
+
+    @field_validator("products")
+    @classmethod
+    def _known_products(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for code in v:
+            spec = get_product(code)
+            if spec is None:
+                raise ValueError(f"unknown product {code!r}")
+            if spec.quote != "JPY" or spec.base != "BTC":
+                raise ValueError(f"product {code!r} is not simulated (only BTC/JPY spot and FX)")
+            if spec.code not in out:
+                out.append(spec.code)
+        return out
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_keys(cls, v: list[AccountConfig]) -> list[AccountConfig]:
+        keys = [a.api_key for a in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate api_key in accounts")
+        return v
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> SimConfig:
+        """A busy market for tests: seed 1, frequent takers and snapshots (any key may be overridden;
+        ``market`` and ``limits`` accept partial dicts)."""
+        market: dict[str, Any] = {
+            "taker_rate": 10.0,
+            "taker_size_mean": 0.05,
+            "snapshot_interval": 1.0,
+            "ticker_interval": 0.2,
+        }
+        market.update(overrides.pop("market", {}) or {})
+        data: dict[str, Any] = {"seed": 1, "market": market}
+        data.update(overrides)
+        return cls.model_validate(data)
+
+
+def describe_error(e: ValidationError) -> str:
+    """First pydantic error as one line: ``market.taker_rate: Input should be ...``."""
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    return f"{where}: {err['msg']}"
+
+
+def load_sim_config(path: str | Path | None, seed: int | None = None) -> SimConfig:
+    """Read sim.yaml (None = defaults); ``seed`` from the command line wins over the file.
+
+    Raises ``bfsx.cli.UserError`` with one line on any problem.
+    """
+    from bfsx.cli import UserError
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a mapping at the top level")
+        data = raw
+    if seed is not None:
+        data = {**data, "seed": seed}
+    try:
+        return SimConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(f"{path or 'config'}: {describe_error(e)}") from None

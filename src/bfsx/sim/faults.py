@@ -1,0 +1,81 @@
+"""Fault switches of ``POST /_sim/faults`` (SPEC §3.5), with exactly the documented names.
+
+A request sets any subset; ``close_websockets`` is an action (close every realtime connection now,
+``true`` = code 1000, an int = that close code), the rest stay in force until changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bfsx.bitflyer.states import HEALTH_LEVELS
+
+
+@dataclass(slots=True)
+class Faults:
+    """The faults now in force (the simulator's engine and server read these)."""
+
+    drop_private_events: float = 0.0
+    http_error_rate: float = 0.0
+    http_error_status: int = 500
+    latency_ms: float = 0.0
+    health: str | None = None
+    maintenance: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FaultsRequest(BaseModel):
+    """Body of POST /_sim/faults: any subset of the switches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    drop_private_events: float | None = Field(default=None, ge=0, le=1)
+    close_websockets: bool | int | None = None
+    http_error_rate: float | None = Field(default=None, ge=0, le=1)
+    http_error_status: int | None = Field(default=None, ge=400, le=599)
+    latency_ms: float | None = Field(default=None, ge=0, le=600_000)
+    health: str | None = None
+    maintenance: bool | None = None
+
+    @field_validator("health")
+    @classmethod
+    def _known_health(cls, v: str | None) -> str | None:
+        if v is not None and v not in HEALTH_LEVELS:
+            raise ValueError(f"health must be one of {', '.join(HEALTH_LEVELS)} or null")
+        return v
+
+    @field_validator("close_websockets")
+    @classmethod
+    def _close_code(cls, v: bool | int | None) -> bool | int | None:
+        if isinstance(v, int) and not isinstance(v, bool) and not (v == 1000 or 3000 <= v <= 4999 or 1001 <= v <= 1014):
+            raise ValueError("close code must be 1000-1014 or 3000-4999")
+        if v in (1004, 1005, 1006):
+            raise ValueError("close code 1004/1005/1006 cannot be sent")
+        return v
+
+
+def parse_request(data: Any) -> FaultsRequest:
+    """Validate a faults body; raises ``ValueError`` with one line."""
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    try:
+        return FaultsRequest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise ValueError(f"{where}: {err['msg']}") from None
+
+
+def apply(faults: Faults, req: FaultsRequest) -> None:
+    """Set the persistent switches present in ``req`` (``health: null`` explicitly resets it)."""
+    given = req.model_fields_set
+    for name in ("drop_private_events", "http_error_rate", "http_error_status", "latency_ms", "maintenance"):
+        if name in given and getattr(req, name) is not None:
+            setattr(faults, name, getattr(req, name))
+    if "health" in given:
+        faults.health = req.health

@@ -1,0 +1,185 @@
+"""Seeded synthetic market: a latent mid that random-walks with jumps, a liquidity ladder that
+follows it, and random taker flow (see docs/simulator.md for the model and what it gets wrong).
+
+Each :meth:`SyntheticFlow.step` advances every product by ``step_seconds`` and draws all its random
+numbers from one ``random.Random(seed)``. The server calls it on a timer, but the *sequence* of
+steps never depends on timing, so the same seed replays the same public executions as long as no
+user order changes the book.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import datetime
+
+from sortedcontainers import SortedDict
+
+from bfsx.sim.config import MarketConfig
+from bfsx.sim.engine import BUY, SELL, Engine, Market, Order, to_sats
+
+_BIG = 10**18  # size of a sweep order: bounded by its limit price, not by size
+
+
+class Ladder:
+    """The synthetic quotes of one side: at most one synthetic order per grid price."""
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+        self.quotes: SortedDict = SortedDict()  # price -> Order
+        self.holes: set[int] = set()  # grid prices whose quote was taken, waiting to refill
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+
+class SyntheticFlow:
+    """Drives the synthetic side of every market of ``engine``."""
+
+    def __init__(self, engine: Engine, cfg: MarketConfig, seed: int | None) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.rng = random.Random(seed)
+        self.steps = 0
+        self.ladders: dict[str, dict[int, Ladder]] = {}
+        when = engine.now()
+        for code, mkt in engine.markets.items():
+            mkt.fair_mid = float(cfg.start_for(code))
+            mkt.ltp = round(mkt.fair_mid)
+            self.ladders[code] = {BUY: Ladder(BUY), SELL: Ladder(SELL)}
+            for side in (BUY, SELL):
+                self._requote(mkt, self.ladders[code][side], when)
+            mkt.book.dirty_bids.clear()  # the opening book is a snapshot, not a diff
+            mkt.book.dirty_asks.clear()
+        engine.flush()
+
+    # ------------------------------------------------------------------ random helpers
+    def _poisson(self, lam: float) -> int:
+        if lam <= 0:
+            return 0
+        limit, k, p = math.exp(-lam), 0, self.rng.random()
+        while p > limit:
+            k += 1
+            p *= self.rng.random()
+        return k
+
+    def _level_size(self) -> int:
+        btc = max(0.001, round(self.rng.expovariate(1.0 / self.cfg.level_size_mean), 4))
+        return to_sats(btc)
+
+    def _taker_size(self) -> int:
+        btc = min(self.cfg.taker_size_max, max(0.001, round(self.rng.expovariate(1.0 / self.cfg.taker_size_mean), 4)))
+        return to_sats(btc)
+
+    # ------------------------------------------------------------------ the step
+    def step(self) -> None:
+        """Advance every market by one step and flush the resulting executions."""
+        self.steps += 1
+        if not self.engine.is_open():
+            return  # maintenance: the book is frozen, nothing trades
+        when = self.engine.now()
+        for code, mkt in self.engine.markets.items():
+            self._step_market(mkt, self.ladders[code], when)
+        self.engine.flush()
+
+    def _step_market(self, mkt: Market, ladders: dict[int, Ladder], when: datetime) -> None:
+        cfg, rng = self.cfg, self.rng
+        dt = cfg.step_seconds
+        mid = mkt.fair_mid * math.exp(cfg.volatility * math.sqrt(dt) * rng.gauss(0.0, 1.0))
+        if rng.random() < cfg.jump_probability * dt:
+            mid *= math.exp(rng.gauss(0.0, cfg.jump_size))
+        mkt.fair_mid = max(mid, 1000.0)
+        self._sweep(mkt, when)
+        for side in (BUY, SELL):
+            self._requote(mkt, ladders[side], when)
+        self._refill(mkt, ladders, when, 1.0 - math.exp(-cfg.refill_rate * dt))
+        for _ in range(self._poisson(cfg.churn_per_second * dt)):
+            self._churn(mkt, ladders[BUY if rng.random() < 0.5 else SELL], when)
+        for _ in range(self._poisson(cfg.taker_rate * dt)):
+            side = BUY if rng.random() < 0.5 else SELL
+            taker = self.engine.new_synthetic(mkt.spec.code, side, 0, self._taker_size(), when)
+            self.engine.match(taker, None, when)
+
+    def _sweep(self, mkt: Market, when: datetime) -> None:
+        """The price moved through resting orders: asks at or below the fair mid are lifted and bids
+        at or above it are hit (user orders included), printing executions at the makers' prices."""
+        book, mid = mkt.book, mkt.fair_mid
+        ask = book.touch(SELL)
+        if ask is not None and ask <= mid:
+            taker = self.engine.new_synthetic(mkt.spec.code, BUY, 0, _BIG, when)
+            self.engine.match(taker, math.floor(mid), when)
+        bid = book.touch(BUY)
+        if bid is not None and bid >= mid:
+            taker = self.engine.new_synthetic(mkt.spec.code, SELL, 0, _BIG, when)
+            self.engine.match(taker, math.ceil(mid), when)
+
+    def _range(self, mid: float, side: int) -> tuple[int, int]:
+        cfg = self.cfg
+        sp = cfg.level_spacing
+        if side == BUY:
+            top = math.floor((mid - cfg.half_spread) / sp) * sp
+            return top - (cfg.levels - 1) * sp, top
+        top = math.ceil((mid + cfg.half_spread) / sp) * sp
+        return top, top + (cfg.levels - 1) * sp
+
+    def _add(self, mkt: Market, ladder: Ladder, price: int, when: datetime) -> None:
+        order = self.engine.new_synthetic(mkt.spec.code, ladder.side, price, self._level_size(), when)
+        mkt.book.add(order)
+        ladder.quotes[price] = order
+        ladder.holes.discard(price)
+
+    def _pull(self, mkt: Market, ladder: Ladder, price: int) -> None:
+        order: Order = ladder.quotes.pop(price)
+        if order.resting:
+            mkt.book.remove(order)
+
+    def _requote(self, mkt: Market, ladder: Ladder, when: datetime) -> None:
+        """Move the ladder with the mid: pull quotes that left the range, quote the new grid prices."""
+        lo, hi = self._range(mkt.fair_mid, ladder.side)
+        q = ladder.quotes
+        # quotes taken by trades leave holes that refill over time (queue position is lost)
+        for price in [p for p, o in q.items() if not o.resting]:
+            del q[price]
+            ladder.holes.add(price)
+        while q and q.peekitem(0)[0] < lo:
+            self._pull(mkt, ladder, q.peekitem(0)[0])
+        while q and q.peekitem(-1)[0] > hi:
+            self._pull(mkt, ladder, q.peekitem(-1)[0])
+        ladder.holes = {p for p in ladder.holes if lo <= p <= hi}
+        sp = self.cfg.level_spacing
+        fill = self.cfg.level_fill_probability
+        old_lo, old_hi = ladder.lo, ladder.hi
+        for price in range(lo, hi + 1, sp):
+            if old_lo is not None and old_hi is not None and old_lo <= price <= old_hi:
+                continue
+            if price not in q and self.rng.random() < fill:
+                self._add(mkt, ladder, price, when)
+        ladder.lo, ladder.hi = lo, hi
+
+    def _refill(self, mkt: Market, ladders: dict[int, Ladder], when: datetime, prob: float) -> None:
+        for side in (BUY, SELL):
+            ladder = ladders[side]
+            for price in sorted(ladder.holes):
+                if self.rng.random() < prob:
+                    self._add(mkt, ladder, price, when)
+
+    def _churn(self, mkt: Market, ladder: Ladder, when: datetime) -> None:
+        """A synthetic maker changes one level: shrink in place, requeue, withdraw, or add."""
+        if ladder.lo is None or ladder.hi is None:
+            return
+        cfg, rng = self.cfg, self.rng
+        k = min(cfg.levels - 1, int(rng.expovariate(8.0 / cfg.levels)))
+        price = ladder.hi - k * cfg.level_spacing if ladder.side == BUY else ladder.lo + k * cfg.level_spacing
+        r = rng.random()
+        order: Order | None = ladder.quotes.get(price)
+        if order is None or not order.resting:
+            if order is not None:
+                del ladder.quotes[price]
+            self._add(mkt, ladder, price, when)
+        elif r < 0.4 and order.remaining > to_sats(0.002):
+            cut = int(order.remaining * rng.uniform(0.1, 0.6))
+            mkt.book.shrink(order, cut)
+        elif r < 0.75:
+            self._pull(mkt, ladder, price)
+            self._add(mkt, ladder, price, when)  # a size change loses queue position
+        else:
+            self._pull(mkt, ladder, price)

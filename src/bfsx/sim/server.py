@@ -1,0 +1,786 @@
+"""The simulator's aiohttp server: bitFlyer REST under ``/v1``, realtime JSON-RPC at ``/json-rpc``,
+test hooks under ``/_sim`` (SPEC §3.5), and the ``bfsx sim`` command (:func:`run_sim`).
+
+One event loop owns the engine; REST handlers and timers call it synchronously. Frames are encoded
+once (orjson) and queued to each subscribed socket; a socket whose bounded queue fills is dropped
+rather than letting memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+from multidict import MultiMapping
+
+from bfsx.bitflyer import auth, channels, errors, limits
+from bfsx.bitflyer.errors import ErrorCode
+from bfsx.bitflyer.products import PRODUCTS, REGIONS
+from bfsx.sim import faults as faults_mod
+from bfsx.sim.config import SimConfig, load_sim_config
+from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order
+from bfsx.sim.faults import Faults
+from bfsx.sim.flow import SyntheticFlow
+from bfsx.sim.ratelimit import RateLimiter
+
+JSON = "application/json"
+_MAX_COUNT = 1000
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (for tests and the demo)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON, headers=headers)
+
+
+def _rpc_error(rid: Any, err: tuple[int, str], data: Any = None) -> dict[str, Any]:
+    e: dict[str, Any] = {"code": err[0], "message": err[1]}
+    if data is not None:
+        e["data"] = data
+    return {"jsonrpc": "2.0", "id": rid, "error": e}
+
+
+class _Client:
+    """One realtime connection: its subscriptions, its account after ``auth``, its outgoing queue."""
+
+    __slots__ = ("account", "channels", "closed", "queue", "task", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, maxsize: int) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize)
+        self.channels: set[str] = set()
+        self.account: Account | None = None
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+
+    def send(self, frame: bytes) -> bool:
+        """Queue a frame; False when the socket is too slow (the caller drops it)."""
+        if self.closed:
+            return True
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+
+Handler = Callable[[web.Request, MultiMapping[str], bytes, "Account | None"], Any]
+
+
+class SimServer:
+    """The exchange simulator, usable in-process::
+
+        async with SimServer(SimConfig.fast()) as sim:
+            sim.url, sim.ws_url, sim.engine, await sim.set_faults(latency_ms=100), sim.state()
+    """
+
+    def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        cfg = config if config is not None else SimConfig()
+        if cfg.seed is None:
+            cfg = cfg.model_copy(update={"seed": random.SystemRandom().randrange(1, 2**31)})
+        self.config = cfg
+        self.seed: int = cfg.seed if cfg.seed is not None else 0
+        self.host = host
+        self.port = port
+        self.active_faults = Faults()
+        self.engine = Engine(cfg, self.active_faults)
+        self.engine.listener = self
+        self.flow = SyntheticFlow(self.engine, cfg.market, self.seed)
+        self.limiter = RateLimiter(cfg.limits)
+        self._fault_rng = random.Random(self.seed ^ 0x5EED5EED)
+        self._subs: dict[str, set[_Client]] = {}
+        self._clients: set[_Client] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self.executions_total = 0
+        self.frames_dropped = 0
+        self.sockets_dropped = 0
+        self._public: dict[str, Handler] = {}
+        self._private: dict[str, tuple[str, Handler]] = {}
+        self._routes()
+        self.app = web.Application(client_max_size=1 << 20)
+        self.app.router.add_get("/json-rpc", self._ws_handler)
+        self.app.router.add_post("/_sim/faults", self._faults_handler)
+        self.app.router.add_get("/_sim/faults", self._faults_get)
+        self.app.router.add_get("/_sim/state", self._state_handler)
+        self.app.router.add_route("*", "/{tail:.*}", self._rest_handler)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def url(self) -> str:
+        """REST base URL (paths are ``/v1/...`` under it)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/json-rpc"
+
+    async def start(self) -> None:
+        """Listen and start the market clock."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        if self.port == 0 and server is not None:
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1]
+        m = self.config.market
+        self._tasks = [
+            asyncio.create_task(self._every(m.step_seconds, self._tick), name="sim-flow"),
+            asyncio.create_task(self._every(m.diff_interval, self._diffs), name="sim-diffs"),
+            asyncio.create_task(self._every(m.snapshot_interval, self._snapshots), name="sim-snapshots"),
+            asyncio.create_task(self._every(m.ticker_interval, self._tickers), name="sim-ticker"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the clock, close every realtime connection (1001) and the listener."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        await self.close_websockets(1001, "")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _every(self, interval: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` every ``interval`` s on a fixed schedule (catching up short lags, never
+        skipping a call, so the flow's step sequence is the same however busy the machine is)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += interval
+            delay = deadline - loop.time()
+            if delay < -1.0:
+                deadline = loop.time()  # far behind (suspended?): resume from now
+                delay = 0.0
+            await asyncio.sleep(max(0.0, delay))
+            try:
+                fn()
+            except Exception as e:  # a bug in one tick must not stop the market
+                print(f"bfsx sim: {fn.__name__} failed: {e!r}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ test hooks
+    async def set_faults(self, **kw: Any) -> dict[str, Any]:
+        """Same as POST /_sim/faults; returns the faults now in force."""
+        req = faults_mod.parse_request(kw)
+        return await self._apply_faults(req)
+
+    faults = set_faults  # the name in docs/ARCHITECTURE.md
+
+    async def fetch_state(self) -> dict[str, Any]:
+        """Same as :meth:`state` (async, like ``SimHooks.fetch_state``)."""
+        return self.state()
+
+    def state(self) -> dict[str, Any]:
+        """Same JSON as GET /_sim/state."""
+        st = self.engine.state()
+        st["faults"] = self.active_faults.as_dict()
+        st["seed"] = self.seed
+        st["websockets"] = len(self._clients)
+        st["flow_steps"] = self.flow.steps
+        return st
+
+    async def _apply_faults(self, req: faults_mod.FaultsRequest) -> dict[str, Any]:
+        was_maintenance = self.active_faults.maintenance
+        faults_mod.apply(self.active_faults, req)
+        if self.active_faults.maintenance and not was_maintenance:
+            await self.close_websockets(channels.MAINTENANCE_CLOSE_CODE, channels.MAINTENANCE_CLOSE_REASON)
+        cw = req.close_websockets
+        if cw is not None and cw is not False:
+            code = 1000 if cw is True else int(cw)
+            reason = channels.MAINTENANCE_CLOSE_REASON if code == channels.MAINTENANCE_CLOSE_CODE else ""
+            await self.close_websockets(code, reason)
+        return self.active_faults.as_dict()
+
+    async def close_websockets(self, code: int, reason: str) -> None:
+        """Close every realtime connection now with ``code`` / ``reason``."""
+        clients = list(self._clients)
+        for c in clients:
+            self._forget(c)
+        closers = [asyncio.create_task(c.ws.close(code=code, message=reason.encode())) for c in clients]
+        if closers:
+            await asyncio.wait(closers, timeout=2.0)
+
+    async def _faults_handler(self, request: web.Request) -> web.Response:
+        try:
+            data = orjson.loads(await request.read() or b"{}")
+            req = faults_mod.parse_request(data)
+        except (orjson.JSONDecodeError, ValueError) as e:
+            return _json({"error": str(e)}, status=400)
+        return _json(await self._apply_faults(req))
+
+    async def _faults_get(self, request: web.Request) -> web.Response:
+        return _json(self.active_faults.as_dict())
+
+    async def _state_handler(self, request: web.Request) -> web.Response:
+        return _json(self.state())
+
+    # ------------------------------------------------------------------ timers
+    def _tick(self) -> None:
+        self.flow.step()
+        self.engine.expire_due()
+
+    def _diffs(self) -> None:
+        for code in self.engine.markets:
+            diff = self.engine.take_diff(code)
+            if diff is not None:
+                self._publish(channels.board(code), diff)
+
+    def _snapshots(self) -> None:
+        depth = self.config.market.snapshot_depth
+        for code in self.engine.markets:
+            ch = channels.board_snapshot(code)
+            if self._subs.get(ch):
+                self._publish(ch, self.engine.board(code, depth, ws=True))
+
+    def _tickers(self) -> None:
+        for code in self.engine.markets:
+            ch = channels.ticker(code)
+            if self._subs.get(ch):
+                self._publish(ch, self.engine.ticker(code, ws=True))
+
+    # ------------------------------------------------------------------ engine listener
+    def on_executions(self, product: str, rows: list[dict[str, Any]]) -> None:
+        self.executions_total += len(rows)
+        self._publish(channels.executions(product), rows)
+
+    def on_child_events(self, account: Account, events: list[dict[str, Any]]) -> None:
+        rate = self.active_faults.drop_private_events
+        if rate > 0:
+            kept = [e for e in events if self._fault_rng.random() >= rate]
+            self.frames_dropped += len(events) - len(kept)
+            events = kept
+        subs = self._subs.get(channels.CHILD_ORDER_EVENTS)
+        if not events or not subs:
+            return
+        frame: bytes | None = None
+        for c in list(subs):
+            if c.account is account:
+                frame = frame or self._frame(channels.CHILD_ORDER_EVENTS, events)
+                if not c.send(frame):
+                    self._drop_slow(c)
+
+    @staticmethod
+    def _frame(channel: str, message: Any) -> bytes:
+        return orjson.dumps({"jsonrpc": "2.0", "method": "channelMessage", "params": {"channel": channel, "message": message}})
+
+    def _publish(self, channel: str, message: Any) -> None:
+        """Encode once, queue to every subscriber of ``channel``."""
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        frame = self._frame(channel, message)
+        for c in list(subs):
+            if not c.send(frame):
+                self._drop_slow(c)
+
+    def _drop_slow(self, c: _Client) -> None:
+        self.sockets_dropped += 1
+        self._forget(c)
+        asyncio.get_running_loop().create_task(c.ws.close(code=1008, message=b"slow consumer"))
+
+    def _forget(self, c: _Client) -> None:
+        c.closed = True
+        for ch in c.channels:
+            subs = self._subs.get(ch)
+            if subs is not None:
+                subs.discard(c)
+        c.channels.clear()
+        self._clients.discard(c)
+        with contextlib.suppress(asyncio.QueueFull):
+            c.queue.put_nowait(None)
+
+    # ------------------------------------------------------------------ realtime
+    async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=channels.PING_INTERVAL, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        c = _Client(ws, self.config.ws_queue)
+        self._clients.add(c)
+        c.task = asyncio.create_task(self._writer(c))
+        try:
+            async for msg in ws:
+                if c.closed:
+                    break
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    self._on_text(c, msg.data)
+        finally:
+            self._forget(c)
+            if c.task is not None:
+                c.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await c.task
+        return ws
+
+    async def _writer(self, c: _Client) -> None:
+        try:
+            while True:
+                frame = await c.queue.get()
+                if frame is None or c.ws.closed:
+                    return
+                await c.ws.send_frame(frame, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            return
+
+    def _reply(self, c: _Client, data: Any) -> None:
+        if not c.send(orjson.dumps(data)):
+            self._drop_slow(c)
+
+    def _on_text(self, c: _Client, text: str | bytes) -> None:
+        try:
+            req = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self._reply(c, _rpc_error(None, channels.PARSE_ERROR, "Invalid JSON"))
+            return
+        if isinstance(req, list):
+            replies = [r for r in (self._rpc(c, one) for one in req) if r is not None]
+            if replies:
+                self._reply(c, replies)
+            return
+        reply = self._rpc(c, req)
+        if reply is not None:
+            self._reply(c, reply)
+
+    def _rpc(self, c: _Client, req: Any) -> dict[str, Any] | None:
+        """One JSON-RPC call; None for a notification (no ``id``)."""
+        if not isinstance(req, dict):
+            return _rpc_error(None, channels.INVALID_PARAMS)
+        has_id = "id" in req
+        rid = req.get("id")
+        out = self._call(c, req.get("method"), req.get("params"))
+        if not has_id:
+            return None
+        if isinstance(out, tuple):
+            return _rpc_error(rid, out)
+        return {"jsonrpc": "2.0", "id": rid, "result": out}
+
+    def _call(self, c: _Client, method: Any, params: Any) -> bool | tuple[int, str]:
+        if method in ("subscribe", "unsubscribe"):
+            channel = params.get("channel") if isinstance(params, dict) else None
+            if not isinstance(channel, str):
+                return channels.INVALID_PARAMS
+            if method == "unsubscribe":
+                c.channels.discard(channel)
+                subs = self._subs.get(channel)
+                if subs is not None:
+                    subs.discard(c)
+                return True
+            prefix, _product = channels.split(channel)
+            if not prefix:
+                return channels.INVALID_CHANNEL
+            if prefix in channels.PRIVATE_CHANNELS and c.account is None:
+                return channels.AUTH_REQUIRED
+            if channel in c.channels:
+                return channels.ALREADY_SUBSCRIBED
+            c.channels.add(channel)
+            if len(self._subs) < 10_000 or channel in self._subs:  # bounded even for junk product names
+                self._subs.setdefault(channel, set()).add(c)
+            return True
+        if method == "auth":
+            return self._auth(c, params)
+        return channels.METHOD_NOT_FOUND
+
+    def _auth(self, c: _Client, params: Any) -> bool | tuple[int, str]:
+        if not isinstance(params, dict):
+            return channels.INVALID_PARAMS
+        key, ts, nonce, sig = (params.get(k) for k in ("api_key", "timestamp", "nonce", "signature"))
+        if (
+            not isinstance(key, str)
+            or not isinstance(ts, int | float)
+            or isinstance(ts, bool)
+            or not isinstance(nonce, str)
+            or not isinstance(sig, str)
+        ):
+            return channels.INVALID_PARAMS
+        acct = self.engine.accounts.get(key)
+        ts_int = int(ts)
+        if acct is None or not 16 <= len(nonce) <= 255 or not auth.verify_ws(acct.api_secret, ts_int, nonce, sig):
+            return channels.INVALID_SIGNATURE
+        c.account = acct
+        return True
+
+    # ------------------------------------------------------------------ REST
+    def _routes(self) -> None:
+        pub = self._public
+        for alias in ("getmarkets", "markets"):
+            pub[f"/v1/{alias}"] = self._getmarkets
+            pub[f"/v1/{alias}/usa"] = self._getmarkets
+            pub[f"/v1/{alias}/eu"] = self._getmarkets
+        for name in ("getboard", "board"):
+            pub[f"/v1/{name}"] = self._getboard
+        for name in ("getticker", "ticker"):
+            pub[f"/v1/{name}"] = self._getticker
+        for name in ("getexecutions", "executions"):
+            pub[f"/v1/{name}"] = self._getexecutions
+        pub["/v1/getboardstate"] = self._getboardstate
+        pub["/v1/gethealth"] = self._gethealth
+        pub["/v1/getfundingrate"] = self._getfundingrate
+        priv = self._private
+        priv["/v1/me/getpermissions"] = ("GET", self._getpermissions)
+        priv["/v1/me/getbalance"] = ("GET", self._getbalance)
+        priv["/v1/me/getcollateral"] = ("GET", self._getcollateral)
+        priv["/v1/me/getcollateralaccounts"] = ("GET", self._getcollateralaccounts)
+        priv["/v1/me/sendchildorder"] = ("POST", self._sendchildorder)
+        priv["/v1/me/cancelchildorder"] = ("POST", self._cancelchildorder)
+        priv["/v1/me/cancelallchildorders"] = ("POST", self._cancelallchildorders)
+        priv["/v1/me/getchildorders"] = ("GET", self._getchildorders)
+        priv["/v1/me/getexecutions"] = ("GET", self._getmyexecutions)
+        priv["/v1/me/getpositions"] = ("GET", self._getpositions)
+        priv["/v1/me/gettradingcommission"] = ("GET", self._gettradingcommission)
+
+    async def _rest_handler(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/").lower() or "/"
+        started = time.monotonic()
+        response = await self._rest(request, path)
+        latency = self.active_faults.latency_ms / 1000.0
+        if latency > 0:
+            # the request has already had its effect (an order is live): only the reply is late
+            await asyncio.sleep(max(0.0, latency - (time.monotonic() - started)))
+        return response
+
+    def _error(self, code: ErrorCode, headers: dict[str, str], http: int | None = None, **fmt: Any) -> web.Response:
+        return _json(errors.error_body(code, **fmt), status=http or code.http, headers=headers)
+
+    async def _rest(self, request: web.Request, path: str) -> web.Response:
+        public = self._public.get(path)
+        private = self._private.get(path)
+        if public is None and private is None:
+            return web.Response(
+                status=404, text="<html><body><h1>404 Not Found</h1></body></html>", content_type="text/html"
+            )
+        now = time.monotonic()
+        wall = time.time()
+        lim = self.limiter
+        headers: dict[str, str] = {}
+        if self.active_faults.http_error_rate > 0 and self._fault_rng.random() < self.active_faults.http_error_rate:
+            status = self.active_faults.http_error_status
+            code = errors.OVER_LIMIT if status == 429 else errors.OVERLOAD
+            return self._error(code, headers, http=status)
+        body = await request.read()
+        if public is not None:
+            if request.method not in ("GET", "HEAD"):
+                return _json({"Message": "The requested resource does not support http method."}, status=405)
+            window = lim.ip(request.remote or "?")
+            ok = window.hit(now)
+            headers.update(limits.headers_for(window.reading(now, wall)))
+            if not ok:
+                return self._error(errors.OVER_LIMIT, headers, http=self.config.limits.over_limit_http_status)
+            return self._call_handler(public, request, body, None, headers)
+        assert private is not None
+        method, handler = private
+        key = request.headers.get("ACCESS-KEY")
+        if not key:
+            return self._error(errors.KEY_REQUIRED, headers)
+        acct = self.engine.accounts.get(key)
+        ts = request.headers.get("ACCESS-TIMESTAMP", "")
+        sig = request.headers.get("ACCESS-SIGN", "")
+        if acct is None or not auth.verify_rest(acct.api_secret, ts, request.method, request.raw_path, body, sig):
+            return self._error(errors.INVALID_SIGNATURE, headers)
+        if request.method != method:
+            return _json({"Message": "The requested resource does not support http method."}, status=405)
+        k = lim.key(acct.api_key)
+        ok = k.private.hit(now)
+        headers.update(limits.headers_for(k.private.reading(now, wall)))
+        over = self.config.limits.over_limit_http_status
+        if not ok:
+            return self._error(errors.OVER_LIMIT, headers, http=over)
+        if path in limits.ORDER_PATHS:
+            ok = k.orders.hit(now)
+            headers.update(limits.headers_for(k.orders.reading(now, wall), order=True))
+            if not ok:
+                return self._error(errors.OVER_LIMIT, headers, http=over)
+        return self._call_handler(handler, request, body, acct, headers)
+
+    def _call_handler(
+        self, handler: Handler, request: web.Request, body: bytes, acct: Account | None, headers: dict[str, str]
+    ) -> web.Response:
+        try:
+            result = handler(request, request.query, body, acct)
+        except EngineError as e:
+            http = self.config.limits.over_limit_http_status if e.code.status == -1 else e.code.http
+            return _json(e.body, status=http, headers=headers)
+        if result is None:
+            return web.Response(status=200, headers=headers)
+        return _json(result, headers=headers)
+
+    # --- argument helpers
+    @staticmethod
+    def _int(q: MultiMapping[str], name: str, default: int | None = None) -> int | None:
+        v = q.get(name)
+        if v is None or v == "":
+            return default
+        try:
+            return int(v)
+        except ValueError:
+            raise EngineError(errors.INVALID_PARAMETER) from None
+
+    def _count(self, q: MultiMapping[str]) -> int:
+        n = self._int(q, "count", 100)
+        assert n is not None
+        if n <= 0:
+            raise EngineError(errors.INVALID_PARAMETER)
+        return min(n, _MAX_COUNT)
+
+    def _product(self, q: MultiMapping[str] | dict[str, Any]) -> str:
+        v = q.get("product_code")
+        if v is not None and not isinstance(v, str):
+            raise EngineError(errors.INVALID_PRODUCT)
+        return self.engine.market(v).spec.code
+
+    @staticmethod
+    def _body(body: bytes) -> dict[str, Any]:
+        try:
+            data = orjson.loads(body or b"{}")
+        except orjson.JSONDecodeError:
+            raise EngineError(errors.INVALID_PARAMETER) from None
+        if not isinstance(data, dict):
+            raise EngineError(errors.INVALID_PARAMETER)
+        return data
+
+    # --- public
+    def _getmarkets(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        region = request.path.rstrip("/").rsplit("/", 1)[-1].lower()
+        served = self.engine.markets
+        codes = [c for c in REGIONS.get(region, ()) if c in served] if region in ("usa", "eu") else list(served)
+        return [{"product_code": c, "market_type": PRODUCTS[c].market_type} for c in codes]
+
+    def _getboard(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        return self.engine.board(self._product(q))
+
+    def _getticker(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        return self.engine.ticker(self._product(q))
+
+    def _getexecutions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        return self.engine.public_executions(
+            self._product(q), self._count(q), self._int(q, "before"), self._int(q, "after")
+        )
+
+    def _getboardstate(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        self._product(q)
+        return {"health": self.engine.health(), "state": self.engine.board_state()}
+
+    def _gethealth(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        self._product(q)
+        return {"status": self.engine.health()}
+
+    def _getfundingrate(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        self._product(q)
+        now = int(time.time())
+        settle = (now // 28_800 + 1) * 28_800 + 5 * 3600  # 05:00 / 13:00 / 21:00 UTC
+        if settle - now > 28_800:
+            settle -= 28_800
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(settle))
+        return {"current_funding_rate": 0.0, "next_funding_rate_settledate": stamp}
+
+    # --- private
+    def _getpermissions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        return list(PRIVATE_PATHS)
+
+    def _getbalance(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        assert acct is not None
+        return self.engine.balance(acct)
+
+    def _getcollateral(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        assert acct is not None
+        return self.engine.collateral(acct)
+
+    def _getcollateralaccounts(
+        self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
+    ) -> Any:
+        assert acct is not None
+        return self.engine.collateral_accounts(acct)
+
+    def _gettradingcommission(
+        self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
+    ) -> Any:
+        mkt = self.engine.markets[self._product(q)]
+        return {"commission_rate": 0.0 if mkt.spec.is_fx else self.config.spot_commission_rate}
+
+    def _getchildorders(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        assert acct is not None
+        return self.engine.child_orders(
+            acct,
+            self._product(q),
+            self._count(q),
+            self._int(q, "before"),
+            self._int(q, "after"),
+            q.get("child_order_state") or None,
+            q.get("child_order_id") or None,
+            q.get("child_order_acceptance_id") or None,
+        )
+
+    def _getmyexecutions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        assert acct is not None
+        return self.engine.my_executions(
+            acct,
+            self._product(q),
+            self._count(q),
+            self._int(q, "before"),
+            self._int(q, "after"),
+            q.get("child_order_id") or None,
+            q.get("child_order_acceptance_id") or None,
+        )
+
+    def _getpositions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        assert acct is not None
+        code = self._product({"product_code": q.get("product_code") or "FX_BTC_JPY"})
+        if not self.engine.markets[code].spec.is_fx:
+            raise EngineError(errors.INVALID_PRODUCT)
+        return self.engine.positions(acct, code)
+
+    def _later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run an order action after the reply is produced (acceptance is not placement)."""
+        loop = asyncio.get_running_loop()
+        delay = self.config.order_delay_ms / 1000.0
+        if delay > 0:
+            loop.call_later(delay, fn, *args)
+        else:
+            loop.call_soon(fn, *args)
+
+    def _sendchildorder(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
+        assert acct is not None
+        data = self._body(body)
+        size = data.get("size")
+        if (
+            isinstance(size, int | float)
+            and not isinstance(size, bool)
+            and not self.limiter.small_order(acct.api_key, float(size))
+        ):
+            raise EngineError(errors.OVER_LIMIT)
+        order: Order = self.engine.accept(acct, data)
+        self._later(self.engine.place, order)
+        return {"child_order_acceptance_id": order.acceptance_id}
+
+    def _cancelchildorder(
+        self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
+    ) -> Any:
+        assert acct is not None
+        data = self._body(body)
+        code = self._product(data)
+        acc_id, child_id = data.get("child_order_acceptance_id"), data.get("child_order_id")
+        if not isinstance(acc_id, str | None) or not isinstance(child_id, str | None) or not (acc_id or child_id):
+            raise EngineError(errors.INVALID_PARAMETER)
+        self._later(self.engine.cancel, acct, code, acc_id, child_id)
+        return None
+
+    def _cancelallchildorders(
+        self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
+    ) -> Any:
+        assert acct is not None
+        code = self._product(self._body(body))
+        self._later(self.engine.cancel_all, acct, code)
+        return None
+
+
+# ---------------------------------------------------------------------- the `bfsx sim` command
+def _fmt(v: float | int | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+class _LiveView:
+    """The one-line market view: rewritten in place on a terminal, a line now and then otherwise."""
+
+    def __init__(self, sim: SimServer, tty: bool) -> None:
+        self.sim = sim
+        self.tty = tty
+        self._last_total = sim.executions_total
+        self._last_time = time.monotonic()
+
+    def line(self) -> str:
+        now = time.monotonic()
+        total = self.sim.executions_total
+        rate = (total - self._last_total) / max(1e-6, now - self._last_time)
+        self._last_total, self._last_time = total, now
+        parts = []
+        for code, mkt in self.sim.engine.markets.items():
+            b = mkt.book
+            parts.append(f"{code} mid {_fmt(b.mid())} bid {_fmt(b.touch(1))} ask {_fmt(b.touch(-1))} last {_fmt(mkt.ltp)}")
+        state = self.sim.engine.board_state()
+        return " | ".join(parts) + f" | {rate:.0f} exec/s | {len(self.sim._clients)} ws | {state}"
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            line = self.line()
+            if self.tty:
+                sys.stdout.write("\r\x1b[K" + line)
+            else:
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+
+async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
+    from bfsx.cli import UserError
+
+    sim = SimServer(cfg, host, port)
+    try:
+        await sim.start()
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    print(f"REST {sim.url}  realtime {sim.ws_url}", flush=True)
+    keys = ", ".join(sim.engine.accounts)
+    print(f"seed {sim.seed}  products {', '.join(sim.engine.markets)}  accounts {keys}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    view: asyncio.Task[None] | None = None
+    tty = sys.stdout.isatty()
+    if not quiet:
+        interval = cfg.live_interval if tty else max(10.0, cfg.live_interval)
+        view = asyncio.create_task(_LiveView(sim, tty).run(interval))
+    try:
+        await stop.wait()
+    finally:
+        if view is not None:
+            view.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await view
+            if tty:
+                sys.stdout.write("\n")
+        await sim.stop()
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def run_sim(host: str, port: int, seed: int | None, config: str | None, quiet: bool) -> int:
+    """``bfsx sim``: serve until SIGINT/SIGTERM (exit 0). Bad config raises ``UserError`` (exit 2)."""
+    cfg = load_sim_config(config, seed)
+    return _run(_serve(cfg, host, port, quiet))
