@@ -1,0 +1,124 @@
+"""The position server's console: a live rich table on a terminal, plain log lines otherwise.
+
+Bots (market, position, profit, API budget, seconds since their last report) and markets (total
+position, exchange position, diff, consecutive count, total profit), plus the counters: bad
+packets by reason, reports, corrections, evictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from rich.console import Console as RichConsole
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from bfsx.posserver.server import CheckResult, PosServer
+
+log = logging.getLogger("bfsx.posserver.console")
+
+
+def _size(x: Decimal | float | None) -> str:
+    if x is None:
+        return "?"
+    return f"{float(x):+.8f}".rstrip("0").rstrip(".") if x else "0"
+
+
+def _jpy(x: float) -> str:
+    return f"{x:+,.0f}"
+
+
+class Console:
+    """Shows the server's state; ``live`` defaults to "stdout is a terminal"."""
+
+    def __init__(self, server: PosServer, *, live: bool | None = None, refresh: float = 1.0) -> None:
+        self.server = server
+        self.live = sys.stdout.isatty() if live is None else live
+        self.refresh = refresh
+        self._live: Live | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if not self.live:
+            return
+        self._live = Live(self.render(), console=RichConsole(), auto_refresh=False, transient=False)
+        self._live.start()
+        self._task = asyncio.get_running_loop().create_task(self._refresh(), name="posserver-console")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._live is not None:
+            self._live.update(self.render(), refresh=True)
+            self._live.stop()
+            self._live = None
+
+    async def _refresh(self) -> None:
+        while self._live is not None:
+            self._live.update(self.render(), refresh=True)
+            await asyncio.sleep(self.refresh)
+
+    def on_check(self, results: Sequence[CheckResult]) -> None:
+        """After every check: plain lines when there is no live table."""
+        if self.live:
+            return
+        for r in results:
+            diff = r.exchange - r.expected if r.exchange is not None else None
+            d = self.server._drift.get(r.market)
+            log.info(
+                "%s: Σ bots %s (%d) + base %s = %s | exchange %s | diff %s | streak %d | profit %s%s%s",
+                r.market, _size(r.total), len(self.server.registry.bots_of(r.market)), _size(r.base),
+                _size(r.expected), _size(r.exchange), _size(diff), d.streak if d else 0, _jpy(r.profit),
+                f" | skip: {r.skip_reason}" if r.skip_reason else "",
+                f" | CORRECTION {r.correction}" if r.correction else "",
+            )
+
+    def render(self) -> Group:
+        s = self.server
+        now_m = time.monotonic()
+        bots = Table(title="bots", expand=True, title_justify="left")
+        for col, just in (("bot", "left"), ("market", "left"), ("position", "right"), ("profit", "right"),
+                          ("API budget", "right"), ("since report", "right")):
+            bots.add_column(col, justify=just)  # type: ignore[arg-type]
+        evict = s.config.pos_server_evict_after
+        for b in sorted(s.registry.bots.values(), key=lambda b: (b.market, b.bot)):
+            age = now_m - b.last_seen
+            style = "red" if age > evict / 2 else ("yellow" if age > 3 * s.config.pos_server_report_interval else "")
+            bots.add_row(
+                b.bot, b.market, _size(b.position), Text(_jpy(b.profit), style="green" if b.profit >= 0 else "red"),
+                "-" if b.api_remaining is None else f"{b.api_remaining} ({b.budget.advice if b.budget else ''})",
+                Text(f"{age:.1f} s", style=style),
+            )
+        markets = Table(title="markets", expand=True, title_justify="left")
+        for col in ("market", "total", "base", "exchange", "diff", "consecutive", "profit", "status"):
+            markets.add_column(col, justify="left" if col in ("market", "status") else "right")
+        for m, ms in sorted(s.registry.markets.items()):
+            d = s._drift.get(m)
+            streak = d.streak if d is not None else 0
+            diff = ms.diff
+            markets.add_row(
+                m, _size(s.registry.total(m)), _size(ms.base), _size(ms.exchange),
+                Text(_size(diff), style="red" if diff else ""),
+                f"{streak}/{s.config.pos_server_consecutive}",
+                Text(_jpy(s.registry.profit(m)), style="green" if s.registry.profit(m) >= 0 else "red"),
+                ms.skip_reason or ("ok" if ms.last_check else "waiting for the first check"),
+            )
+        budget, n = s.account_budget()
+        bad = ", ".join(f"{k} {v}" for k, v in s.bad.items() if v) or "none"
+        c = s.counters
+        footer = Text(
+            f"account API: {budget.private_remaining} private left, advice {budget.advice} ({n} bots) | "
+            f"reports {c['reports']} | corrections {c['corrections']} | evictions {c['evictions']} | "
+            f"bad packets: {bad} | {s.host}:{s.port}"
+        )
+        return Group(bots, markets, footer)

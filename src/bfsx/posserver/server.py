@@ -1,0 +1,632 @@
+"""The position server (SPEC §5.5): one source of truth for the account's total position.
+
+Bots report their absolute position by UDP; the server keeps the latest report of every bot
+(:class:`~bfsx.posserver.registry.Registry`) and, every ``pos_server_check_interval``, compares per
+market ``Σ bots + base_position`` with the exchange. A :class:`~bfsx.account.drift.DriftCheck` per
+market decides when a difference is real; the server then sends a correcting MARKET order capped by
+``adjust_max_size``. It never judges on data it does not have (API error, timeout), while the
+exchange is not trading (health STOP / NO ORDER, board not RUNNING), while a bot's position moved in
+the last seconds, or — right after its own start — before every live bot had a chance to report.
+
+TCP serves the account-wide API budget (all bots' readings combined) and a status query.
+Everything mutable lives on the one event loop; SQLite, charts and InfluxDB run off it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bfsx.account.budget import ApiBudget, BudgetSnapshot
+from bfsx.account.drift import DriftCheck
+from bfsx.bitflyer.errors import BitflyerError
+from bfsx.bitflyer.products import get_product
+from bfsx.bitflyer.rest import RestClient
+from bfsx.bitflyer.states import health_rank
+from bfsx.config import (
+    ConfigError,
+    ConfigWatcher,
+    TradeConfig,
+    changed_keys,
+    is_loopback,
+    load_trade_config,
+)
+from bfsx.posserver import protocol as p
+from bfsx.posserver.history import History
+from bfsx.posserver.registry import BotState, Registry, dec
+from bfsx.posserver.samples import BotSample, MarketSample
+
+log = logging.getLogger("bfsx.posserver")
+
+DEFAULT_PORT = 51000
+DEFAULT_HOST = "localhost"
+#: Never judge a market within this many seconds of any bot's position change on it.
+MAX_QUIET_SECONDS = 5.0
+UDP_RCVBUF = 4 * 1024 * 1024
+BAD_LOG_EVERY = 60.0  # seconds between two log lines about bad packets of one reason
+#: trade.yaml keys the server applies without a restart (the rest are logged as "needs restart").
+LIVE_KEYS = frozenset({
+    "pos_server_graph_period", "pos_server_discord", "pos_server_discord_interval",
+    "pos_server_discord_send_text", "pos_server_bitflyer_color", "pos_server_check_interval",
+    "pos_server_consecutive", "pos_server_evict_after", "adjust_max_size", "log_level",
+    "pos_server_report_interval",
+})
+#: Keys that mean nothing to the server: never worth a "needs restart" line.
+IGNORED_KEYS = frozenset({
+    "strategy_py", "strategy_yaml", "bot_name", "log_folder", "console_output", "base_position",
+    "adjust_position_with_api", "adjust_position_interval", "adjust_consecutive", "close_on_exit",
+    "api_reserve", "over_limit_pause", "trade_health", "health_interval", "ws_silence_timeout",
+    "pos_server_query_interval", "ws_endpoint",
+})
+STOP_HEALTH = health_rank("NO ORDER")
+PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price is for charts only)
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """One market at one check (what the console, history and reporters show)."""
+
+    market: str
+    total: Decimal
+    base: Decimal
+    expected: Decimal
+    exchange: Decimal | None
+    profit: float
+    price: float | None
+    skip_reason: str
+    correction: str = ""
+
+
+def _default_state_dir(config: TradeConfig) -> Path:
+    # log_folder names a bot's folder (./logs/<bot_name> by default): the server's lives beside it.
+    return Path(config.log_folder or "./logs/pos_server").parent / "pos_server"
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: PosServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.server.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)
+
+
+class PosServer:
+    """The position server. ``await start()``, then ``await wait_closed()`` (or ``run()``)."""
+
+    def __init__(
+        self,
+        config: TradeConfig,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        rest: RestClient | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        chart_dir: str | os.PathLike[str] | None = None,
+        console: bool | None = None,
+        max_age: float = p.DEFAULT_MAX_AGE,
+        quiet_seconds: float | None = None,
+        startup_grace: float | None = None,
+        tcp_timeout: float = 30.0,
+        max_connections: int = 256,
+        max_bots: int = 1000,
+    ) -> None:
+        """``state_dir``: where the SQLite history lives (default ``<log_folder>/../pos_server``).
+        ``chart_dir``: also write the PNG charts there at every chart interval. ``quiet_seconds``:
+        no judging this long after a position change (default ``min(check_interval, 5)``).
+        ``startup_grace``: no judging this long after start (default ``2 × report_interval + 1``)."""
+        self.config = config
+        self.config_path = Path(config_path) if config_path is not None else config.source
+        bind = config.pos_server_bind_address()
+        if bind is None:
+            bind = (config.pos_server_bind or DEFAULT_HOST, DEFAULT_PORT)
+        self.host, self.port = bind
+        self._secret = config.pos_server_secret_value().encode()
+        if not self._secret and not is_loopback(self.host):
+            where = self.config_path or "trade.yaml"
+            raise ConfigError(f"{where}: refusing to bind {self.host} (not loopback) without 'pos_server_secret'")
+        self.own_budget = ApiBudget()
+        self.rest = rest if rest is not None else RestClient(
+            config.endpoint, config.api_key() or None, config.api_secret() or None, budget=self.own_budget)
+        if rest is not None:
+            self.own_budget = rest.budget
+        self.state_dir = Path(state_dir) if state_dir is not None else _default_state_dir(config)
+        self.chart_dir = Path(chart_dir) if chart_dir is not None else None
+        self.console_enabled = config.console_output if console is None else console
+        self.max_age = max_age
+        self._quiet_override = quiet_seconds
+        self._grace_override = startup_grace
+        self.tcp_timeout = tcp_timeout
+        self.max_connections = max_connections
+
+        self.registry = Registry(max_bots=max_bots)
+        self.guard = p.ReplayGuard()
+        self.sender = p.Sender(self._secret)
+        self.history = History(self.state_dir / "history.db", horizon=config.pos_server_graph_period * 3600)
+        self.bad: Counter[str] = Counter({r: 0 for r in p.REASONS})
+        self.counters: Counter[str] = Counter(
+            {"reports": 0, "corrections": 0, "correction_errors": 0, "evictions": 0, "queries": 0, "full": 0})
+        self.results: dict[str, CheckResult] = {}
+        self._drift: dict[str, DriftCheck] = {}
+        self._saved_bases: dict[str, Decimal] = {}
+        self._bad_logged: dict[str, float] = {}
+        self._prices: dict[str, tuple[float, float | None]] = {}
+        self.on_report: Callable[[p.Report, str], None] | None = None  # benches / tools: after each apply
+
+        self.started_at = 0.0  # unix
+        self._started_m = 0.0  # monotonic
+        self.reports_since_start = 0
+        self.checks = 0
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher: ConfigWatcher[TradeConfig] | None = None
+        self._closed = asyncio.Event()
+        self._stopping = False
+        self._console: Any = None
+
+    # ------------------------------------------------------------------ timing knobs
+    @property
+    def quiet_seconds(self) -> float:
+        if self._quiet_override is not None:
+            return self._quiet_override
+        return min(self.config.pos_server_check_interval, MAX_QUIET_SECONDS)
+
+    @property
+    def startup_grace(self) -> float:
+        if self._grace_override is not None:
+            return self._grace_override
+        return 2 * self.config.pos_server_report_interval + 1.0
+
+    def _drift_for(self, market: str) -> DriftCheck:
+        d = self._drift.get(market)
+        if d is None:
+            spec = get_product(market)
+            d = DriftCheck(
+                min_size=spec.min_size if spec is not None else Decimal("0.001"),
+                consecutive=self.config.pos_server_consecutive,
+                max_order=dec(self.config.adjust_max_size),
+            )
+            self._drift[market] = d
+        return d
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Open the history, bind UDP and TCP (same port), start the check loop and the watcher."""
+        self.started_at, self._started_m = time.time(), time.monotonic()
+        await self.history.open()
+        await self._restore()
+        await self._bind()
+        self._spawn(self._check_loop(), "check")
+        if self.config_path is not None and self.config_path.exists():
+            self._watcher = ConfigWatcher(self.config_path, load_trade_config, self._config_changed,
+                                          current=self.config, logger=log)
+            self._watcher.start()
+        if self.console_enabled:
+            from bfsx.posserver.console import Console
+
+            self._console = Console(self)
+            self._console.start()
+        log.info("position server on %s:%d (UDP reports, TCP budget/status); check every %.3g s, "
+                 "%d identical diffs, evict after %.3g s", self.host, self.port,
+                 self.config.pos_server_check_interval, self.config.pos_server_consecutive,
+                 self.config.pos_server_evict_after)
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port or None, type=socket.SOCK_DGRAM,
+                                       flags=socket.AI_PASSIVE)
+        addrs: list[tuple[int, str]] = []
+        for family, _, _, _, sa in infos:
+            if (family, sa[0]) not in addrs and family in (socket.AF_INET, socket.AF_INET6):
+                addrs.append((family, str(sa[0])))
+        if not addrs:
+            raise ConfigError(f"pos_server: cannot resolve {self.host!r}")
+        if self.port == 0:  # tests: pick a free port on the first address, then use it everywhere
+            with socket.socket(addrs[0][0], socket.SOCK_STREAM) as s:
+                s.bind((addrs[0][1], 0))
+                self.port = s.getsockname()[1]
+        try:
+            self._tcp = await asyncio.start_server(
+                self._on_connection, [a for _, a in addrs], self.port, reuse_address=True, limit=p.MAX_DATAGRAM + 64)
+        except OSError as e:
+            raise ConfigError(f"pos_server: cannot listen on {self.host}:{self.port} (TCP): {e.strerror or e}") from None
+        for fam, addr in addrs:
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(addr, self.port), family=fam)
+            except OSError as e:
+                if not self._udp and (fam, addr) == addrs[-1]:
+                    raise ConfigError(f"pos_server: cannot listen on {addr}:{self.port} (UDP): {e.strerror or e}") from None
+                log.debug("UDP bind %s:%d failed: %s", addr, self.port, e)
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            self._udp.append(transport)
+
+    async def stop(self) -> None:
+        """Stop serving and close everything (idempotent)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._console is not None:
+            self._console.stop()
+        for t in self._udp:
+            t.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for task in list(self._tasks) + list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._conns, return_exceptions=True)
+        if self._tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 2.0)
+        await self.rest.close()
+        await self.history.close()
+        self._closed.set()
+        log.info("position server stopped")
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def run(self) -> int:
+        """Start, serve until SIGINT / SIGTERM, stop; 0 on a clean stop."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+        return 0
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"posserver-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ UDP reports
+    def on_datagram(self, data: bytes, addr: Any) -> None:
+        """Verify one datagram and apply it; anything wrong is counted and changes nothing."""
+        try:
+            msg = p.decode(data, self._secret, max_age=self.max_age)
+            if not isinstance(msg, p.Report) or msg.header is None:
+                raise p.ProtocolError("malformed", "not a report on the UDP port")
+            self.guard.check(p.sender_of(msg), msg.header)
+        except p.ProtocolError as e:
+            self._bad(e, addr)
+            return
+        where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        applied = self.registry.apply(msg, where)
+        self.counters["reports"] += 1
+        self.reports_since_start += 1
+        if applied == "full":
+            self.counters["full"] += 1
+            self._log_rate("full", "registry full (%d bots): report of %s ignored", self.registry.max_bots, msg.bot)
+        else:
+            base = self.registry.markets[msg.market].base
+            if self._saved_bases.get(msg.market) != base:
+                self._saved_bases[msg.market] = base
+                self._spawn(self.history.save_base(msg.market, float(base), time.time()), "save-base")
+        if self.on_report is not None:
+            self.on_report(msg, applied)
+
+    def _bad(self, e: p.ProtocolError, addr: Any) -> None:
+        self.bad[e.reason] += 1
+        self._log_rate(e.reason, "bad packet from %s: %s", addr, e)
+
+    def _log_rate(self, key: str, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._bad_logged.get(key, -BAD_LOG_EVERY) >= BAD_LOG_EVERY:
+            self._bad_logged[key] = now
+            log.warning(fmt + " (further ones counted, logged at most once a minute)", *args)
+
+    # ------------------------------------------------------------------ TCP queries
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._conns) >= self.max_connections or task is None:
+            writer.close()
+            return
+        self._conns.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            await self._serve_connection(reader, writer, peer)
+        except asyncio.CancelledError:
+            # Server stopping: end quietly (asyncio's stream callback logs a cancelled handler).
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
+        while not self._stopping:
+            try:
+                prefix = await asyncio.wait_for(reader.readexactly(p.FRAME_PREFIX.size), self.tcp_timeout)
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                return
+            try:
+                n = p.read_frame_length(prefix, p.MAX_DATAGRAM)
+                data = await asyncio.wait_for(reader.readexactly(n), self.tcp_timeout)
+                msg = p.decode(data, self._secret, max_age=self.max_age)
+                if not isinstance(msg, p.BudgetQuery | p.StatusQuery) or msg.header is None:
+                    raise p.ProtocolError("malformed", "not a query on the TCP port")
+                self.guard.check(p.sender_of(msg), msg.header)
+            except p.ProtocolError as e:
+                self._bad(e, peer)
+                return  # a broken or hostile peer: drop the connection
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                return
+            self.counters["queries"] += 1
+            reply: p.Message
+            if isinstance(msg, p.BudgetQuery):
+                reply = self.budget_reply(msg.header.seq)
+            else:
+                reply = p.StatusReply(re=msg.header.seq, status=self.status())
+            writer.write(p.frame(self.sender.encode(reply)))
+            try:
+                await asyncio.wait_for(writer.drain(), self.tcp_timeout)
+            except (TimeoutError, ConnectionError):
+                return
+
+    def account_budget(self, now: float | None = None) -> tuple[BudgetSnapshot, int]:
+        """The account-wide budget: every bot's latest readings and the server's own usage
+        combined (:meth:`ApiBudget.combine`); returns it with the number of bots combined."""
+        t = time.time() if now is None else now
+        snaps = self.registry.budget_snapshots()
+        n = len(snaps)
+        own = self.own_budget.snapshot(t)
+        if own.private_since or own.private_reset:
+            snaps.append(own)
+        return ApiBudget.combine(snaps, t), n
+
+    def budget_reply(self, re: int) -> p.BudgetReply:
+        combined, n = self.account_budget()
+        return p.BudgetReply(re=re, remaining=combined.private_remaining, advice=combined.advice, bots=n,
+                             budget=combined)
+
+    def status(self) -> dict[str, Any]:
+        """Bots, market totals and counters as plain JSON values (docs/protocol.md §3)."""
+        now_m = time.monotonic()
+        bots = [
+            {"id": b.bot, "market": b.market, "pos": float(b.position), "base": float(b.base_position),
+             "profit": b.profit, "realized": b.realized, "pid": b.pid, "age": round(now_m - b.last_seen, 3),
+             "private_remaining": b.api_remaining, "advice": b.budget.advice if b.budget else None,
+             "addr": b.addr}
+            for b in sorted(self.registry.bots.values(), key=lambda b: b.bot)
+        ]
+        markets = []
+        for m, ms in sorted(self.registry.markets.items()):
+            d = self._drift.get(m)
+            markets.append({
+                "market": m, "total": float(self.registry.total(m)), "base": float(ms.base),
+                "expected": float(self.registry.expected(m)),
+                "exchange": float(ms.exchange) if ms.exchange is not None else None,
+                "diff": float(ms.diff) if ms.diff is not None else None,
+                "consecutive": d.streak if d is not None else 0, "profit": self.registry.profit(m),
+                "bots": len(self.registry.bots_of(m)), "last_check": ms.last_check,
+                "skip_reason": ms.skip_reason, "corrections": ms.corrections,
+                "health": ms.health, "state": ms.board_state,
+            })
+        try:
+            budget: dict[str, Any] | None = self.account_budget()[0].to_dict()
+        except Exception:  # never let a status query fail on a budget corner case
+            budget = None
+        return {
+            "started": self.started_at, "uptime": round(time.time() - self.started_at, 3), "checks": self.checks,
+            "bots": bots, "markets": markets, "counters": {**self.bad, **self.counters}, "budget": budget,
+        }
+
+    # ------------------------------------------------------------------ the check
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.pos_server_check_interval)
+            try:
+                await self.check_all()
+            except Exception:  # a bug in one round must not end the guard
+                log.exception("position check failed")
+
+    async def check_all(self) -> list[CheckResult]:
+        """One round: evict silent bots, check every market, record the samples."""
+        for b in self.registry.evict_silent(self.config.pos_server_evict_after):
+            self.counters["evictions"] += 1
+            log.warning("bot %s evicted after %.0f s of silence, holding %s on %s: its position now counts as drift",
+                        b.bot, self.config.pos_server_evict_after, b.position, b.market)
+        markets = list(self.registry.markets)
+        results = await asyncio.gather(*(self._check_market(m) for m in markets))
+        self.checks += 1
+        for r in results:
+            self.results[r.market] = r
+        await self._record(results)
+        if self._console is not None:
+            self._console.on_check(results)
+        return list(results)
+
+    async def _check_market(self, market: str) -> CheckResult:
+        ms = self.registry.markets[market]
+        drift = self._drift_for(market)
+        t0 = time.monotonic()
+        change_before = ms.last_change
+        state_r, actual_r, ticker_r = await asyncio.gather(
+            self.rest.get_board_state(market), self.rest.net_position(market), self._ticker(market),
+            return_exceptions=True,
+        )
+        reason = ""
+        actual: Decimal | None = None
+        if isinstance(actual_r, BaseException):
+            if not isinstance(actual_r, BitflyerError):
+                log.error("%s: getting the exchange position failed: %r", market, actual_r)
+            reason = f"exchange position unknown ({type(actual_r).__name__})"
+        else:
+            actual = actual_r
+        running = False
+        if isinstance(state_r, BaseException):
+            ms.health = ms.board_state = "UNKNOWN"
+            reason = reason or f"board state unknown ({type(state_r).__name__})"
+        else:
+            ms.health, ms.board_state = str(state_r.get("health", "")), str(state_r.get("state", ""))
+            running = ms.board_state == "RUNNING" and health_rank(ms.health) < STOP_HEALTH
+            if not running:
+                reason = reason or f"exchange {ms.health} / {ms.board_state}"
+        price = ticker_r if isinstance(ticker_r, float) else None
+        ms.price = price
+
+        warm = time.monotonic() - self._started_m >= self.startup_grace and self.reports_since_start > 0
+        # Quiet before AND during the requests: a fill reported meanwhile may or may not be in them.
+        quiet = ms.last_change == change_before and t0 - ms.last_change >= self.quiet_seconds
+        expected = self.registry.expected(market)
+        total = self.registry.total(market)
+        ms.exchange = actual
+        ms.diff = actual - expected if actual is not None else None
+        ms.last_check = time.time()
+        correction = None
+        if not warm:
+            reason = reason or f"waiting {self.startup_grace:.3g} s after start for every bot to report"
+            drift.observe(expected, None, quiet=False)  # no observation: a restart never judges
+        elif not running or actual is None:
+            # Not trading (or unknown): no order; a closed market resets the streak.
+            drift.observe(expected, actual if actual is not None and not running else None, quiet=False)
+        else:
+            if not quiet:
+                reason = f"a bot's position changed within {self.quiet_seconds:.3g} s"
+            correction = drift.observe(expected, actual, quiet=quiet)
+        ms.skip_reason = reason
+        done = ""
+        if correction is not None:
+            done = await self._correct(market, correction.side, correction.size, expected, actual, total, ms.base)
+        return CheckResult(market, total, ms.base, expected, actual, self.registry.profit(market), price, reason, done)
+
+    async def _ticker(self, market: str) -> float | None:
+        """The last price, for the charts: asked at most every ``PRICE_EVERY`` s (public requests
+        count against the IP's limit, shared with the bots on this host)."""
+        now = time.monotonic()
+        cached = self._prices.get(market)
+        if cached is not None and now - cached[0] < max(PRICE_EVERY, self.config.pos_server_check_interval):
+            return cached[1]
+        ticker = await self.rest.get_ticker(market)
+        ltp = ticker.get("ltp")
+        price = float(ltp) if isinstance(ltp, int | float) else None
+        self._prices[market] = (now, price)
+        return price
+
+    async def _correct(self, market: str, side: str, size: Decimal, expected: Decimal, actual: Decimal | None,
+                       total: Decimal, base: Decimal) -> str:
+        ms = self.registry.markets[market]
+        log.warning("%s: exchange %s ≠ expected %s (Σ bots %s + base %s) for %d checks → MARKET %s %s",
+                    market, actual, expected, total, base, self.config.pos_server_consecutive, side, size)
+        try:
+            acc = await self.rest.send_child_order(market, side, float(size))  # type: ignore[arg-type]
+        except BitflyerError as e:
+            self.counters["correction_errors"] += 1
+            log.error("%s: correcting order %s %s failed: %s", market, side, size, e)
+            return f"{side} {size} failed"
+        self.counters["corrections"] += 1
+        ms.corrections += 1
+        # The fill takes a moment to show in getpositions: hold judging as after any change.
+        ms.last_change = time.monotonic()
+        log.info("%s: correcting order %s %s accepted (%s)", market, side, size, acc)
+        return f"{side} {size}"
+
+    # ------------------------------------------------------------------ history
+    async def _restore(self) -> None:
+        """Markets that had bots shortly before a restart are checked again (with their last base):
+        if their last bot died while the server was down, its position is drift like an eviction.
+        Bots themselves are not restored: the live ones report within the startup grace."""
+        try:
+            bases = await self.history.bases()
+            recent = await self.history.recent_markets(time.time() - self.config.pos_server_evict_after)
+        except Exception as e:  # a broken history file must not stop the guard
+            log.warning("history: cannot read it: %s", e)
+            return
+        for market, base in bases.items():
+            self._saved_bases[market] = dec(base)
+            if market in recent:
+                self.registry.restore_market(market, dec(base))
+                log.info("%s: watched again after the restart (base_position %s)", market, base)
+
+    async def _record(self, results: list[CheckResult] | tuple[CheckResult, ...]) -> None:
+        ts = time.time()
+        m_rows = [
+            (r.market, MarketSample(ts=ts, position=float(r.total), profit=r.profit, price=r.price,
+                                    exchange_position=float(r.exchange - r.base) if r.exchange is not None else None),
+             float(r.base), float(r.exchange - r.expected) if r.exchange is not None else None)
+            for r in results
+        ]
+        b_rows = [self._bot_sample(b, ts) for b in self.registry.bots.values()]
+        try:
+            await self.history.record(m_rows, b_rows)
+        except Exception as e:
+            log.warning("history: write failed: %s", e)
+
+    @staticmethod
+    def _bot_sample(b: BotState, ts: float) -> BotSample:
+        return BotSample(ts=ts, bot=b.bot, market=b.market, position=float(b.position), profit=b.profit,
+                         api_remaining=b.api_remaining)
+
+    # ------------------------------------------------------------------ config reload
+    async def _config_changed(self, new: TradeConfig) -> None:
+        old = self.config
+        keys = changed_keys(old, new)
+        live = [k for k in keys if k in LIVE_KEYS]
+        restart = [k for k in keys if k not in LIVE_KEYS and k not in IGNORED_KEYS]
+        self.config = new
+        if {"pos_server_consecutive", "adjust_max_size"} & set(live):
+            for d in self._drift.values():
+                d.consecutive = new.pos_server_consecutive
+                d.max_order = dec(new.adjust_max_size)
+        if "log_level" in live:
+            from bfsx.logs import set_level
+
+            set_level(new.log_level)
+        if "pos_server_graph_period" in live:
+            self.history.horizon = max(new.pos_server_graph_period * 3600, self.history.horizon)
+        if live:
+            log.info("%s reloaded: %s applied", self.config_path, ", ".join(live))
+        if restart:
+            log.warning("%s: %s changed; needs a restart to apply (still using the old value)",
+                        self.config_path, ", ".join(restart))
+            # Keep the old values of what cannot change live, so status and bind stay truthful.
+            self.config = new.model_copy(update={k: getattr(old, k) for k in restart})
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_pos_server(config_path: str) -> int:
+    """``bfsx pos-server [TRADE_YAML]`` / ``python3 pos_server.py [mytrade.yaml]``."""
+    from bfsx.logs import setup_logging
+
+    path = Path(config_path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found (usage: bfsx pos-server [TRADE_YAML])")
+    config = load_trade_config(path)
+    server_dir = _default_state_dir(config)
+    # With the live table on a terminal, log lines go to the file only (they would tear the table).
+    console = config.console_output
+    setup_logging(server_dir, "pos_server", config.log_level, console=console and not os.isatty(1))
+    server = PosServer(config, config_path=path)
+    _install_uvloop()
+    return asyncio.run(server.run())
