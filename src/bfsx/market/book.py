@@ -121,7 +121,19 @@ class OrderBook:
                 rows.insert(i, level)
         self.wire_mid = mid = msg["mid_price"]
         self.diffs += 1
-        self._prune(mid)
+        # _prune inlined: this runs ~10 times a second and is the book's hot path
+        if self._view_cache:
+            self._view_cache.clear()
+        while keys and (keys[-1] < mid or not rows[-1]["size"]):
+            keys.pop()
+            rows.pop()
+        self.best_ask = keys[-1] if keys else 0.0
+        keys = self._bid_keys
+        rows = self._bid_rows
+        while keys and ((mid and keys[-1] > mid) or not rows[-1]["size"]):
+            keys.pop()
+            rows.pop()
+        self.best_bid = keys[-1] if keys else 0.0
 
     def _prune(self, mid: float) -> None:
         """Drop levels on the wrong side of the exchange's mid price, then cache the touch.
