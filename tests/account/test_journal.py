@@ -209,3 +209,22 @@ def test_fills_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
     assert len(ids) in (reported, reported + 1)  # at most one committed but not yet reported
     assert int(kv["last_exec_id"]) == len(ids)
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_wal_is_checkpointed_off_the_loop_and_folded_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.db"
+    j = Journal(path, checkpoint_every=50)
+    assert j._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # never inside a commit
+    for eid in range(1, 501):
+        j.record_fill(mkfill(eid))
+    deadline = time.monotonic() + 30
+    while j.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert j.checkpoints > 0
+    # Writes go on while the checkpointer runs; nothing may be lost.
+    for eid in range(501, 1001):
+        j.record_fill(mkfill(eid))
+    j.close()
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    with Journal(path) as again:
+        assert [f.exec_id for f in again.load()[0]] == list(range(1, 1001))

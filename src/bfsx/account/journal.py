@@ -11,7 +11,13 @@ recovers any fill the OS dropped. ``Journal(path, synchronous="FULL")`` is there
 
 Writes are synchronous on the loop thread on purpose: a thread executor would let the runtime act
 on a fill before it is on disk. One small WAL insert costs tens of microseconds (see
-``bench/journal_write.py``).
+``bench/journal_write.py``). What is *not* cheap is a WAL checkpoint (copying the WAL into the
+database file, with an fsync: ~10-15 ms, and SQLite runs it inside whichever commit crosses 1000
+WAL pages). So the loop's connection has auto-checkpoint off, and a small daemon thread with its
+own connection runs ``wal_checkpoint(PASSIVE)`` every ``checkpoint_every`` commits: PASSIVE never
+blocks the writer, so the loop never stalls on an fsync. Only when sustained writes keep a PASSIVE
+pass from ever catching up (the WAL restarts only once fully copied) and the WAL passes ~64 MB does
+the thread take the write lock for one TRUNCATE checkpoint, so the file stays bounded.
 
 Tables: ``fills`` (``exec_id`` UNIQUE: the dedupe that survives restarts; ``seq`` keeps arrival
 order so a replay rebuilds exactly the live FIFO state), ``orders`` (by acceptance id, latest
@@ -21,7 +27,9 @@ old fills into a :class:`~bfsx.account.position.Position` snapshot so the file s
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +41,8 @@ import orjson
 from bfsx.account.orders import OPEN_STATES, Fill, Order, OrderState
 from bfsx.account.position import SNAPSHOT_KEY, Position, jst_day_start
 from bfsx.bitflyer.messages import Side
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 COMPACTED_KEY = "compacted_exec_id"  # fills at or below this exec id are folded into the snapshot
@@ -77,10 +87,54 @@ _ORDER_COLS = (
 _OPEN = tuple(s.value for s in OPEN_STATES)
 
 
+class _Checkpointer(threading.Thread):
+    """Runs PASSIVE WAL checkpoints off the event loop when woken (and at most every ``idle`` s)."""
+
+    def __init__(self, path: Path, idle: float) -> None:
+        super().__init__(name=f"journal-checkpoint:{path.name}", daemon=True)
+        self.path = path
+        self.idle = idle
+        self.wake = threading.Event()
+        self.stopping = False
+        self.dirty = False
+        self.count = 0
+        self.max_frames = 16_384  # ~64 MB of 4 KiB pages
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            while True:
+                self.wake.wait(self.idle)
+                self.wake.clear()
+                if self.stopping:
+                    return
+                if not self.dirty:
+                    continue
+                self.dirty = False
+                try:
+                    _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames > self.max_frames:
+                        # Sustained writes never let a PASSIVE pass catch up, and the WAL only
+                        # restarts once fully copied: take the writer lock briefly to bound it.
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    self.count += 1
+                except sqlite3.Error as e:  # the next round retries; the WAL just grows meanwhile
+                    log.warning("journal checkpoint failed: %s", e)
+        finally:
+            db.close()
+
+
 class Journal:
     """SQLite journal of one bot. Use from one thread (the event loop's)."""
 
-    def __init__(self, path: str | Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        checkpoint_every: int = 256,
+        checkpoint_idle: float = 10.0,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit (isolation_level=None): every statement is its own durable transaction.
@@ -89,10 +143,28 @@ class Journal:
         if str(mode).lower() != "wal":
             raise RuntimeError(f"{self.path}: SQLite refused WAL mode ({mode})")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO kv VALUES ('schema', ?)", (SCHEMA_VERSION,))
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", (COMPACTED_KEY,)).fetchone()
         self._compacted = int(row[0]) if row else 0
+        self._checkpoint_every = max(1, checkpoint_every)
+        self._writes = 0
+        self._checkpointer = _Checkpointer(self.path, checkpoint_idle)
+        self._checkpointer.start()
+        self._closed = False
+
+    @property
+    def checkpoints(self) -> int:
+        """Background WAL checkpoints done so far."""
+        return self._checkpointer.count
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes >= self._checkpoint_every:
+            self._writes = 0
+            self._checkpointer.dirty = True
+            self._checkpointer.wake.set()
 
     # ------------------------------------------------------------------ writes (hot path)
     def record_fill(self, fill: Fill) -> bool:
@@ -104,7 +176,10 @@ class Journal:
             (fill.exec_id, fill.acceptance_id, fill.child_order_id, fill.product, fill.side,
              fill.price, fill.size, fill.commission, fill.sfd, fill.time),
         )
-        return cur.rowcount == 1
+        if cur.rowcount != 1:
+            return False
+        self._wrote()
+        return True
 
     def record_order(self, order: Order) -> None:
         """Journal an order's current fields (upsert by acceptance id); orders without one (refused
@@ -117,6 +192,7 @@ class Journal:
              order.price, order.size, order.filled_size, order.average_price, order.state.value,
              order.created, order.updated, order.reason),
         )
+        self._wrote()
 
     def set(self, key: str, value: str) -> None:
         """Store a small fact in the kv table."""
@@ -207,11 +283,18 @@ class Journal:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the database (idempotent)."""
+        """Stop the checkpointer, fold the WAL into the database file and close (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._checkpointer.stopping = True
+        self._checkpointer.wake.set()
+        self._checkpointer.join(timeout=10)
         try:
-            self._db.close()
-        except sqlite3.ProgrammingError:
-            pass
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as e:
+            log.warning("journal final checkpoint failed: %s", e)
+        self._db.close()
 
     def __enter__(self) -> Journal:
         return self

