@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import inspect
 import logging
@@ -27,7 +28,8 @@ from bfsx.account.journal import Journal
 from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
 from bfsx.account.position import Position
 from bfsx.bitflyer import channels
-from bfsx.bitflyer.errors import ApiError, BitflyerError, TransportError
+from bfsx.bitflyer.errors import ApiError, BitflyerError
+from bfsx.bitflyer.messages import Side
 from bfsx.bitflyer.products import ProductSpec, product_spec
 from bfsx.bitflyer.realtime import RealtimeClient
 from bfsx.bitflyer.rest import RestClient
@@ -35,14 +37,16 @@ from bfsx.bitflyer.states import can_order
 from bfsx.bot.strategy import Strategy
 from bfsx.cli import UserError
 from bfsx.config import (
+    TRADE_LIVE_KEYS,
     ConfigWatcher,
     StrategyConfig,
     TradeConfig,
+    changed_keys,
+    load_run,
     load_strategy_config,
     load_trade_config,
-    resolve_trade_args,
 )
-from bfsx.logs import add_secret, setup_logging
+from bfsx.logs import setup_logging
 from bfsx.market.candles import CandleBuilder
 from bfsx.market.feed import MarketFeed
 from bfsx.market.health import HealthPoller
@@ -50,6 +54,7 @@ from bfsx.market.health import HealthPoller
 Callback = Callable[..., Awaitable[None] | None]
 QUIET_SECONDS = 5.0  # no drift correction while this bot traded this recently
 STOP_CANCEL_TIMEOUT = 10.0
+JOURNAL_KEEP_DAYS = 7
 
 
 class _Listener:
@@ -88,7 +93,7 @@ class _Listener:
         try:
             while True:
                 try:
-                    await self._cb(*args)
+                    await call_maybe_async(self._cb, *args)
                 except Exception:
                     self._log.exception("strategy callback %s failed", getattr(self._cb, "__name__", self._cb))
                 if self._pending is None:
@@ -100,7 +105,7 @@ class _Listener:
 
 async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a plain or ``async def`` function and return its result."""
-    result = fn(*args)
+    result: Any = fn(*args)
     if inspect.isawaitable(result):
         return await result
     return result
@@ -144,6 +149,7 @@ class BotRuntime:
         strategy: Strategy,
         *,
         trade_path: str | None = None,
+        strategy_py_path: str | None = None,
         strategy_yaml_path: str | None = None,
     ) -> None:
         self.trade = trade
@@ -151,9 +157,10 @@ class BotRuntime:
         self.strategy = strategy
         self.product = trade.product
         self.spec: ProductSpec = product_spec(trade.product)
-        self.bot_name = trade.bot_name or f"bot_{trade.product}"
+        self.bot_name = trade.bot_name
         self.log = logging.getLogger(f"bfsx.bot.{self.bot_name}")
         self._trade_path = trade_path
+        self._strategy_py_path = strategy_py_path
         self._strategy_yaml_path = strategy_yaml_path
 
         key, secret = trade.api_key(), trade.api_secret()
@@ -169,7 +176,7 @@ class BotRuntime:
         self.health = HealthPoller(self.rest, self.product, interval=trade.health_interval)
         self.tracker = OrderTracker(self.product)
         self.position = Position()
-        folder = Path(trade.log_folder or f"./logs/{self.bot_name}")
+        folder = Path(trade.log_folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(folder / "journal.db")
         self.drift = DriftCheck(
@@ -185,6 +192,7 @@ class BotRuntime:
             self.posclient = PosServerClient(
                 host, int(port), trade.pos_server_secret_value(), self.bot_name, self.product,
                 report_interval=trade.pos_server_report_interval, query_interval=trade.pos_server_query_interval,
+                on_budget=self._on_account_budget,
             )
 
         self._tasks: set[asyncio.Task[None]] = set()
@@ -205,7 +213,9 @@ class BotRuntime:
 
     def add_candles(self, timescale: float, num: int, cb: Callback | None) -> CandleBuilder:
         listener = _Listener(cb, self.log, self._tasks) if cb is not None else None
-        return self.feed.add_candles(timescale, num, listener)
+        builder = CandleBuilder(timescale, num, listener)
+        self.feed.candle_builders.append(builder)
+        return builder
 
     def add_listener(self, kind: str, cb: Callback) -> None:
         listener = _Listener(cb, self.log, self._tasks)
@@ -224,13 +234,16 @@ class BotRuntime:
         return self.position.unrealized(price) if price else 0.0
 
     def api_remaining(self) -> int:
-        shared = self.posclient.account_budget if self.posclient is not None else None
-        if shared is not None:
-            return int(shared.remaining)
+        """Private calls left: our own budget, which honours the account-wide view when a position
+        server answers (``ApiBudget.apply_account``)."""
         return self.budget.private_remaining
 
+    def _on_account_budget(self, reply: Any) -> None:
+        if reply.budget is not None:
+            self.budget.apply_account(reply.budget)
+
     # ----------------------------------------------------------------- orders
-    def _refusal(self, side: str, size: float, *, closing: bool = False) -> str | None:
+    def _refusal(self, side: Side, size: float, *, closing: bool = False) -> str | None:
         """Why a new order must not be sent now, or None. Cancels never come through here."""
         if self._stopping and not closing:
             return "bot is stopping"
@@ -252,11 +265,11 @@ class BotRuntime:
             return f"API budget (private remaining {self.budget.private_remaining})"
         return None
 
-    def _reduces(self, side: str, size: float) -> bool:
+    def _reduces(self, side: Side, size: float) -> bool:
         pos = self.position.size
         return (pos > 0 and side == "SELL" and size <= pos + 1e-12) or (pos < 0 and side == "BUY" and size <= -pos + 1e-12)
 
-    async def send_order(self, side: str, size: float, price: float | None, *, closing: bool = False, **opts: Any) -> Order:
+    async def send_order(self, side: Side, size: float, price: float | None, *, closing: bool = False, **opts: Any) -> Order:
         size = float(Decimal(repr(size)).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN))
         order = Order.new(self.product, side, size, price)
         reason = self._refusal(side, size, closing=closing)
@@ -284,8 +297,9 @@ class BotRuntime:
         finally:
             self._inflight -= 1
         order.acceptance_id = acc
-        self.journal.record_order(order)
-        for fill in self.tracker.accepted(order):
+        fills = self.tracker.accepted(order)
+        self.journal.record_order(order)  # after parked events moved it on
+        for fill in fills:
             self._apply_fill(fill)
         return order
 
@@ -345,31 +359,50 @@ class BotRuntime:
         )
 
     async def resync(self) -> None:
-        """Fill any gap after a (re)connect: our open orders' states and the executions since our
-        last exec id, de-duplicated by exec id."""
+        """Fill any gap after a (re)connect or at start: the states of our unsettled orders and every
+        fill since our last exec id, de-duplicated by exec id."""
         try:
-            rows = []
-            for o in list(self.tracker.open_orders):
-                if o.acceptance_id:
-                    rows.extend(await self.rest.get_child_orders(self.product, acceptance_id=o.acceptance_id))
-            execs = []
-            after = self.tracker.last_exec_id
-            for _ in range(20):  # bounded paging; 500 per page
-                page = await self.rest.get_my_executions(self.product, count=500, after=after)
-                execs.extend(page)
-                if len(page) < 500:
-                    break
-                after = max(e["id"] for e in page)
+            rows: list[Any] = []
+            unsettled = [o.acceptance_id for o in self.tracker.unsettled_orders if o.acceptance_id]
+            if len(unsettled) > 20:
+                rows = list(await self.rest.get_child_orders(self.product, count=500))
+            else:
+                for acc in unsettled:
+                    rows.extend(await self.rest.get_child_orders(self.product, acceptance_id=acc))
+            execs = await self._executions_since(self.tracker.last_exec_id)
         except BitflyerError as e:
-            self.log.warning("resync failed (%s); will retry on the next reconnect or drift check", e)
+            self.log.warning("resync failed (%s); retrying on the next reconnect", e)
             return
+        recovered = self._reconcile(rows, execs)
+        try:
+            for acc in self.tracker.missing_fills():
+                own = await self.rest.get_my_executions(self.product, count=500, acceptance_id=acc)
+                recovered += self._reconcile([], own)
+        except BitflyerError as e:
+            self.log.warning("resync of missing fills failed (%s)", e)
+        if recovered:
+            self.log.warning("resync recovered %d missed fill(s); position %s", recovered, self.position.size)
+
+    async def _executions_since(self, after: int | None) -> list[Any]:
+        """Private executions newer than ``after``. Replies are newest first and capped at ``count``,
+        so page backwards with ``before`` until the cursor is reached (bounded)."""
+        out: list[Any] = []
+        before: int | None = None
+        for _ in range(20):
+            page = await self.rest.get_my_executions(self.product, count=500, before=before, after=after)
+            out.extend(page)
+            if len(page) < 500 or after is None:
+                break
+            before = min(int(e["id"]) for e in page)
+        return out
+
+    def _reconcile(self, rows: list[Any], execs: list[Any]) -> int:
         fills, changed = self.tracker.reconcile(rows, execs)
         for order in changed:
             self.journal.record_order(order)
         for fill in fills:
             self._apply_fill(fill)
-        if fills:
-            self.log.warning("resync recovered %d missed fill(s)", len(fills))
+        return len(fills)
 
     # ----------------------------------------------------------------- background tasks
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -403,7 +436,7 @@ class BotRuntime:
             except BitflyerError as e:
                 self.log.warning("drift check: exchange position unknown (%s); no action", e)
                 actual = None
-            expected = Decimal(repr(self.position.size))
+            expected = self.position.exact_size
             corr = self.drift.observe(expected, actual, quiet=quiet)
             if corr is None:
                 continue
@@ -430,23 +463,26 @@ class BotRuntime:
         self._spawn(call_maybe_async(self.strategy.parameters_changed), "parameters_changed")
 
     def _trade_yaml_changed(self, new: TradeConfig) -> None:
-        live = ("adjust_position_with_api", "adjust_max_size", "base_position", "api_reserve", "log_level", "close_on_exit")
-        for key in new.model_fields:
-            if getattr(new, key) != getattr(self.trade, key) and key not in live:
-                self.log.warning("trade.yaml: %s changed; it applies after a restart", key)
-        for key in live:
-            object.__setattr__(self.trade, key, getattr(new, key))
-        self.budget.reserve = new.api_reserve
-        self.drift.max_order = Decimal(str(new.adjust_max_size))
-        self.log.info("trade config reloaded")
+        changed = changed_keys(self.trade, new)
+        later = [k for k in changed if k not in TRADE_LIVE_KEYS]
+        if later:
+            self.log.warning("trade.yaml: %s changed; applies after a restart", ", ".join(later))
+        live = {k: getattr(new, k) for k in changed if k in TRADE_LIVE_KEYS}
+        self.trade = self.trade.model_copy(update=live)
+        self.budget.reserve = self.trade.api_reserve
+        self.budget.pause_seconds = self.trade.over_limit_pause
+        self.drift.max_order = Decimal(str(self.trade.adjust_max_size))
+        self.drift.consecutive = self.trade.adjust_consecutive
+        if live:
+            self.log.info("trade.yaml reloaded: %s", ", ".join(f"{k}={v}" for k, v in live.items()))
 
     # ----------------------------------------------------------------- lifecycle
     def restore(self) -> None:
         """Rebuild position, open orders and the exec cursor from the journal (after a restart)."""
+        self.journal.compact(keep_days=JOURNAL_KEEP_DAYS)
         fills, orders, kv = self.journal.load()
-        for fill in fills:
-            self.position.apply_fill(fill)
-        self.tracker.restore(orders, fills)
+        self.position.rebuild(fills, kv)
+        self.tracker.restore(orders, fills, kv)
         if fills or orders:
             self.log.info(
                 "restored from journal: %d fills, position %s, %d open orders",
@@ -477,9 +513,17 @@ class BotRuntime:
         if self.posclient is None:
             self._spawn(self._drift_loop(), "drift")
         if self._strategy_yaml_path:
-            self._watchers.append(ConfigWatcher(self._strategy_yaml_path, load_strategy_config, self._strategy_yaml_changed))
+            self._watchers.append(
+                ConfigWatcher(
+                    self._strategy_yaml_path, load_strategy_config, self._strategy_yaml_changed,
+                    current=self.strategy_config,
+                )
+            )
         if self._trade_path:
-            self._watchers.append(ConfigWatcher(self._trade_path, load_trade_config, self._trade_yaml_changed))
+            loader = functools.partial(
+                load_trade_config, strategy_py=self._strategy_py_path, strategy_yaml=self._strategy_yaml_path
+            )
+            self._watchers.append(ConfigWatcher(self._trade_path, loader, self._trade_yaml_changed, current=self.trade))
         for w in self._watchers:
             w.start()
         self.log.info("%s trading %s (position %s)", self.bot_name, self.product, self.position.size)
@@ -542,28 +586,23 @@ def _install_uvloop() -> None:
 
 def run_trade(files: list[str]) -> int:
     """``bfsx trade`` / ``python3 trade.py``: the four argument forms of SPEC §3.1."""
-    trade_path, strategy_py, strategy_yaml = resolve_trade_args(files)
-    trade = load_trade_config(trade_path)
-    strategy_py = strategy_py or trade.strategy_py
-    strategy_yaml = strategy_yaml or trade.strategy_yaml
-    if not strategy_py or not strategy_yaml:
-        raise UserError(f"{trade_path}: strategy_py and strategy_yaml are required (or give them on the command line)")
-    strategy_cfg = load_strategy_config(strategy_yaml)
-    trade = trade.with_bot_name(strategy_yaml)
-    for s in (trade.api_secret(), trade.pos_server_secret_value()):
-        if s:
-            add_secret(s)
-    folder = Path(trade.log_folder or f"./logs/{trade.bot_name}")
-    setup_logging(folder, trade.bot_name or "bot", strategy_cfg.log_level or trade.log_level, trade.console_output)
+    trade, strategy_cfg = load_run(files)
+    strategy_py, strategy_yaml = str(trade.strategy_py), str(trade.strategy_yaml)
+    folder = Path(trade.log_folder)
+    setup_logging(folder, trade.bot_name, strategy_cfg.log_level or trade.log_level, trade.console_output)
     cls = load_strategy_class(strategy_py)
     try:
         strategy = cls()
     except Exception as e:
         raise UserError(f"{strategy_py}: {cls.__name__}() failed: {e}") from None
     _install_uvloop()
+    trade_path = str(trade.source) if trade.source else None
 
     async def main() -> int:
-        rt = BotRuntime(trade, strategy_cfg, strategy, trade_path=trade_path, strategy_yaml_path=strategy_yaml)
+        rt = BotRuntime(
+            trade, strategy_cfg, strategy,
+            trade_path=trade_path, strategy_py_path=strategy_py, strategy_yaml_path=strategy_yaml,
+        )
         return await rt.run()
 
     return asyncio.run(main())
