@@ -148,7 +148,8 @@ def describe_error(e: ValidationError) -> str:
     """First pydantic error as one line: ``market.taker_rate: Input should be ...``."""
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "config"
-    return f"{where}: {err['msg']}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}"
 
 
 def load_sim_config(path: str | Path | None, seed: int | None = None) -> SimConfig:
