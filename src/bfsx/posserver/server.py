@@ -56,7 +56,7 @@ MAX_QUIET_SECONDS = 5.0
 UDP_RCVBUF = 4 * 1024 * 1024
 BAD_LOG_EVERY = 60.0  # seconds between two log lines about bad packets of one reason
 #: trade.yaml keys the server applies without a restart (the rest are logged as "needs restart").
-LIVE_KEYS = frozenset({
+LIVE_KEYS = frozenset({  # the InfluxDB target is not live: it needs a restart
     "pos_server_graph_period", "pos_server_discord", "pos_server_discord_interval",
     "pos_server_discord_send_text", "pos_server_bitflyer_color", "pos_server_check_interval",
     "pos_server_consecutive", "pos_server_evict_after", "adjust_max_size", "log_level",
@@ -116,6 +116,7 @@ class PosServer:
         state_dir: str | os.PathLike[str] | None = None,
         chart_dir: str | os.PathLike[str] | None = None,
         console: bool | None = None,
+        chart_interval: float | None = None,
         max_age: float = p.DEFAULT_MAX_AGE,
         quiet_seconds: float | None = None,
         startup_grace: float | None = None,
@@ -124,7 +125,8 @@ class PosServer:
         max_bots: int = 1000,
     ) -> None:
         """``state_dir``: where the SQLite history lives (default ``<log_folder>/../pos_server``).
-        ``chart_dir``: also write the PNG charts there at every chart interval. ``quiet_seconds``:
+        ``chart_dir``: also write the PNG charts there every ``chart_interval`` seconds (default
+        ``pos_server_discord_interval`` minutes) and at stop. ``quiet_seconds``:
         no judging this long after a position change (default ``min(check_interval, 5)``).
         ``startup_grace``: no judging this long after start (default ``2 × report_interval + 1``)."""
         self.config = config
@@ -177,6 +179,10 @@ class PosServer:
         self._closed = asyncio.Event()
         self._stopping = False
         self._console: Any = None
+        self.influx: Any = None  # InfluxWriter when pos_server_discord_influxdb is set
+        self.reporter: Any = None  # DiscordReporter (also renders the charts for chart_dir)
+        self.chart_interval = chart_interval
+        self.charts_written = 0
 
     # ------------------------------------------------------------------ timing knobs
     @property
@@ -215,6 +221,7 @@ class PosServer:
             self._watcher = ConfigWatcher(self.config_path, load_trade_config, self._config_changed,
                                           current=self.config, logger=log)
             self._watcher.start()
+        self._start_reporting()
         if self.console_enabled:
             from bfsx.posserver.console import Console
 
@@ -268,6 +275,7 @@ class PosServer:
             self._watcher.stop()
         if self._console is not None:
             self._console.stop()
+        await self._stop_reporting()
         for t in self._udp:
             t.close()
         if self._tcp is not None:
@@ -572,6 +580,9 @@ class PosServer:
             for r in results
         ]
         b_rows = [self._bot_sample(b, ts) for b in self.registry.bots.values()]
+        if self.influx is not None:  # only queues: the writer's thread does the network
+            self.influx.write_markets({m: [sample] for m, sample, _, _ in m_rows})
+            self.influx.write_bots(b_rows)
         try:
             await self.history.record(m_rows, b_rows)
         except Exception as e:
@@ -581,6 +592,87 @@ class PosServer:
     def _bot_sample(b: BotState, ts: float) -> BotSample:
         return BotSample(ts=ts, bot=b.bot, market=b.market, position=float(b.position), profit=b.profit,
                          api_remaining=b.api_remaining)
+
+    # ------------------------------------------------------------------ reporting
+    def _report_settings(self) -> Any:
+        from bfsx.posserver.discord import ReportSettings
+
+        c = self.config
+        return ReportSettings(
+            webhook_url=c.pos_server_discord_value(), interval_minutes=c.pos_server_discord_interval,
+            period_hours=c.pos_server_graph_period, send_text=c.pos_server_discord_send_text,
+            bitflyer_color=c.pos_server_bitflyer_color,
+        )
+
+    def _start_reporting(self) -> None:
+        target = self.config.pos_server_discord_influxdb
+        if target is not None:
+            from bfsx.posserver.influx import InfluxWriter
+
+            self.influx = InfluxWriter(target[0], int(target[1]))
+            log.info("InfluxDB points to %s:%d", target[0], target[1])
+        if self.config.pos_server_discord_value() or self.chart_dir is not None:
+            from bfsx.posserver.discord import DiscordReporter
+
+            self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples)
+            self.reporter.start()
+        if self.chart_dir is not None:
+            self._spawn(self._chart_loop(), "charts")
+
+    async def _stop_reporting(self) -> None:
+        if self.chart_dir is not None and self.reporter is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.write_charts(), 30.0)
+        if self.reporter is not None:
+            await self.reporter.close()
+        if self.influx is not None:
+            await self.influx.aclose(5.0)
+
+    async def market_history(self, since: float) -> dict[str, list[MarketSample]]:
+        """Every market's samples from ``since`` on (for the charts)."""
+        markets = set(await self.history.markets()) | set(self.registry.markets)
+        out: dict[str, list[MarketSample]] = {}
+        for m in sorted(markets):
+            samples = await self.history.market_samples(m, since)
+            if samples:
+                out[m] = samples
+        return out
+
+    def bot_samples(self) -> list[BotSample]:
+        """The latest sample of every live bot (for the per-bot text)."""
+        ts = time.time()
+        return [self._bot_sample(b, ts) for b in sorted(self.registry.bots.values(), key=lambda b: b.bot)]
+
+    async def write_charts(self) -> list[Path]:
+        """Render the charts (off the loop) and write them to ``chart_dir``; returns the files."""
+        if self.chart_dir is None or self.reporter is None:
+            return []
+        files = await self.reporter.render_files()
+        folder = self.chart_dir
+
+        def _write() -> list[Path]:
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = []
+            for name, data in files:
+                path = folder / name
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                tmp.replace(path)  # a reader never sees half a PNG
+                paths.append(path)
+            return paths
+
+        paths = await asyncio.to_thread(_write)
+        self.charts_written += len(paths)
+        return paths
+
+    async def _chart_loop(self) -> None:
+        while True:
+            interval = self.chart_interval or self.config.pos_server_discord_interval * 60.0
+            await asyncio.sleep(max(interval, 0.5))
+            try:
+                await self.write_charts()
+            except Exception:
+                log.exception("writing the charts failed")
 
     # ------------------------------------------------------------------ config reload
     async def _config_changed(self, new: TradeConfig) -> None:
@@ -599,6 +691,13 @@ class PosServer:
             set_level(new.log_level)
         if "pos_server_graph_period" in live:
             self.history.horizon = max(new.pos_server_graph_period * 3600, self.history.horizon)
+        if self.reporter is not None:
+            self.reporter.update(self._report_settings())
+        elif new.pos_server_discord_value():
+            from bfsx.posserver.discord import DiscordReporter
+
+            self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples)
+            self.reporter.start()
         if live:
             log.info("%s reloaded: %s applied", self.config_path, ", ".join(live))
         if restart:
