@@ -55,6 +55,8 @@ Callback = Callable[..., Awaitable[None] | None]
 QUIET_SECONDS = 5.0  # no drift correction while this bot traded this recently
 STOP_CANCEL_TIMEOUT = 10.0
 JOURNAL_KEEP_DAYS = 7
+ORDER_AUDIT_INTERVAL = 2.0  # how often to look for orders whose events look lost (no API call if none)
+ORDER_AUDIT_AFTER = 4.0  # seconds without the expected event before asking the exchange
 
 
 class _Listener:
@@ -204,6 +206,7 @@ class BotRuntime:
         self._last_activity = 0.0
         self._watchers: list[ConfigWatcher[Any]] = []
         self.fills_applied = 0
+        self._cancel_requested: dict[str, float] = {}  # acceptance id -> monotonic time of the request
 
     # ----------------------------------------------------------------- registration (Strategy API)
     def add_timer(self, interval: float, cb: Callback, basetime: float | None) -> None:
@@ -312,6 +315,8 @@ class BotRuntime:
         except BitflyerError as e:
             self.log.warning("cancel %s failed: %s", acc, e)
             return False
+        if len(self._cancel_requested) < 10_000:  # bounded; pruned by the order audit
+            self._cancel_requested.setdefault(acc, time.monotonic())
         return True
 
     async def cancel_all(self) -> int:
@@ -451,6 +456,33 @@ class BotRuntime:
             except BitflyerError as e:
                 self.log.error("correcting order failed: %s", e)
 
+    def _stuck_orders(self, now: float) -> list[str]:
+        """Open orders whose events look lost: no ORDER event long after acceptance, or still open
+        long after a cancel was accepted. A resting order with no news is not suspect."""
+        stuck = []
+        for o in self.tracker.open_orders:
+            acc = o.acceptance_id
+            if not acc:
+                continue
+            asked = self._cancel_requested.get(acc)
+            if (asked is not None and now - asked > ORDER_AUDIT_AFTER) or (
+                o.state == OrderState.PENDING and time.time() - o.created > ORDER_AUDIT_AFTER
+            ):
+                stuck.append(acc)
+        for acc in list(self._cancel_requested):
+            order = self.tracker.get(acc)
+            if order is None or not order.is_open:
+                del self._cancel_requested[acc]
+        return stuck
+
+    async def _order_audit_loop(self) -> None:
+        """Settle orders whose private events were lost (and count their fills) without waiting for
+        a reconnect: the bot's position stays right, so no correcting order is needed."""
+        while not self._stopping:
+            await asyncio.sleep(ORDER_AUDIT_INTERVAL)
+            if self._stuck_orders(time.monotonic()) or self.tracker.missing_fills():
+                await self.resync()
+
     async def _on_connect(self, reconnected: bool) -> None:
         if reconnected:
             self.log.warning("realtime reconnected: resyncing orders and fills")
@@ -510,6 +542,7 @@ class BotRuntime:
         await call_maybe_async(self.strategy.initialize)
         for interval, cb, basetime in self._timers:
             self._spawn(self._timer_loop(interval, cb, basetime), "timer")
+        self._spawn(self._order_audit_loop(), "order-audit")
         if self.posclient is None:
             self._spawn(self._drift_loop(), "drift")
         if self._strategy_yaml_path:
