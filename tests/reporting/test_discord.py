@@ -9,6 +9,7 @@ import logging
 import pytest
 from PIL import Image
 
+from bfsx.config import StrategyConfig, TradeConfig
 from bfsx.posserver.charts import render_market_chart
 from bfsx.posserver.discord import (
     MESSAGE_LIMIT,
@@ -241,6 +242,31 @@ async def test_reporter_settings_apply_live_and_slow_webhook_never_blocks(discor
         await reporter.close()
     later = [r for r in discord.requests[1:] if r.path.startswith("/api/webhooks/999/")]
     assert later and "```" in later[0].payload["content"]
+
+
+def test_settings_from_the_real_configs() -> None:
+    trade = TradeConfig(
+        pos_server_discord=f"https://discord.com/api/webhooks/1/{TOKEN}",
+        pos_server_discord_interval=0.5,
+        pos_server_graph_period=12,
+        pos_server_discord_send_text=True,
+        pos_server_bitflyer_color=True,
+    )
+    settings = ReportSettings.from_config(trade)
+    assert settings == ReportSettings(f"https://discord.com/api/webhooks/1/{TOKEN}", 0.5, 12.0, True, True)
+    assert settings.interval_seconds == 30.0
+    assert TOKEN not in repr(settings)
+    strategy = StrategyConfig(
+        discord_webhook=f"https://discord.com/api/webhooks/2/{TOKEN}", discord_interval=5
+    )
+    bot = ReportSettings.from_strategy_config(strategy)
+    assert (bot.webhook_url.endswith(TOKEN), bot.interval_minutes, bot.period_hours, bot.send_text) == (
+        True,
+        5.0,
+        6.0,
+        True,
+    )
+    assert ReportSettings.from_config(TradeConfig()).webhook_url == ""
 
 
 async def test_reporter_off_and_empty() -> None:

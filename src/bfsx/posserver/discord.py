@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import groupby, zip_longest
 from typing import Any, Final
@@ -311,7 +311,7 @@ def _retry_after(headers: Mapping[str, str], body: bytes, *, fallback: float) ->
 class ReportSettings:
     """The live-reloadable reporting keys of trade.yaml (SPEC 3.2), in their own units."""
 
-    webhook_url: str = ""  # pos_server_discord; "" = off
+    webhook_url: str = field(default="", repr=False)  # pos_server_discord; "" = off. A secret.
     interval_minutes: float = 60.0  # pos_server_discord_interval (may be fractional)
     period_hours: float = 6.0  # pos_server_graph_period
     send_text: bool = False  # pos_server_discord_send_text
@@ -319,19 +319,38 @@ class ReportSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> ReportSettings:
-        """Read the ``pos_server_*`` attributes of a trade config (missing ones keep defaults)."""
+        """The position server's settings from a ``TradeConfig`` (missing keys keep defaults)."""
         d = cls()
         return cls(
-            webhook_url=str(getattr(config, "pos_server_discord", d.webhook_url) or ""),
+            webhook_url=_clear(getattr(config, "pos_server_discord", d.webhook_url)),
             interval_minutes=float(getattr(config, "pos_server_discord_interval", d.interval_minutes)),
             period_hours=float(getattr(config, "pos_server_graph_period", d.period_hours)),
             send_text=bool(getattr(config, "pos_server_discord_send_text", d.send_text)),
             bitflyer_color=bool(getattr(config, "pos_server_bitflyer_color", d.bitflyer_color)),
         )
 
+    @classmethod
+    def from_strategy_config(cls, config: Any) -> ReportSettings:
+        """A bot's own chart settings from its ``StrategyConfig``: ``discord_webhook``,
+        ``discord_interval`` (minutes), ``discord_graph_period`` (hours); the one-row text is on."""
+        d = cls()
+        return cls(
+            webhook_url=_clear(getattr(config, "discord_webhook", d.webhook_url)),
+            interval_minutes=float(getattr(config, "discord_interval", d.interval_minutes)),
+            period_hours=float(getattr(config, "discord_graph_period", d.period_hours)),
+            send_text=True,
+        )
+
     @property
     def interval_seconds(self) -> float:
         return max(self.interval_minutes * 60.0, 0.05)
+
+
+def _clear(value: Any) -> str:
+    """A config value in clear text: the webhook URL is a pydantic ``SecretStr`` in the configs."""
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    return str(value or "").strip()
 
 
 Report = tuple[str | None, list[tuple[str, bytes]]]
