@@ -92,7 +92,8 @@ class RealtimeClient:
         self._handlers: dict[str, Handler] = {}
         self._connect_cbs: list[ConnectCallback] = []
         self._silence_cbs: list[SilenceCallback] = []
-        self._last: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # watched channel -> when the watchdog last saw it speak
+        self._heard: set[str] = set()  # watched channels that spoke since the last watchdog tick
         self._live: set[str] = set()  # channels requested on the current connection
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
@@ -155,7 +156,7 @@ class RealtimeClient:
                     return
                 self.frames += 1
                 if channel in self._watch:
-                    self._last[channel] = _monotonic()
+                    self._heard.add(channel)  # cheaper than a clock read per frame
                 handler = self._handlers.get(channel)
                 if handler is not None:
                     try:
@@ -373,6 +374,7 @@ class RealtimeClient:
         for c in wanted:
             if c in self._watch:
                 self._last[c] = now  # the silence clock starts at the subscription
+                self._heard.discard(c)
         for c, reply in zip(wanted, await self._await(futs), strict=True):
             err = reply.get("error")
             if err is not None and not (isinstance(err, dict) and err.get("code") == channels.ALREADY_SUBSCRIBED[0]):
@@ -385,6 +387,10 @@ class RealtimeClient:
         while not ws.closed:
             await asyncio.sleep(interval)
             now = _monotonic()
+            heard, last = self._heard, self._last
+            for ch in heard:
+                last[ch] = now
+            heard.clear()
             for ch, limit in self._watch.items():
                 if ch not in self._handlers:
                     continue
