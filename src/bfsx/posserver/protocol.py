@@ -16,7 +16,6 @@ TCP frames carry the same bytes behind a u32 big-endian length.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import itertools
 import math
@@ -175,7 +174,7 @@ def encode(msg: Message, secret: str | bytes, *, boot: int, seq: int, now: float
     t = time.time() if now is None else now
     head = HEADER.pack(MAGIC, VERSION, mtype, boot, seq, int(t * 1_000_000))
     payload = head + orjson.dumps(body)
-    return payload + hmac.new(_key(secret), payload, hashlib.sha256).digest()
+    return payload + hmac.digest(_key(secret), payload, "sha256")
 
 
 def frame(data: bytes) -> bytes:
@@ -211,9 +210,12 @@ def _str(body: Mapping[str, Any], key: str, limit: int, *, empty: bool = False) 
     return v
 
 
+_NUMBER = (float, int)  # exact types: a JSON true must not pass as 1
+
+
 def _float(body: Mapping[str, Any], key: str) -> float:
-    v = body.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    v: Any = body.get(key)
+    if type(v) not in _NUMBER or not math.isfinite(v):
         raise ProtocolError("malformed", f"bad {key}")
     return float(v)
 
@@ -287,7 +289,7 @@ def decode(
     if version != VERSION:
         raise ProtocolError("bad_version", f"version {version}")
     payload, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
-    if not hmac.compare_digest(hmac.new(_key(secret), payload, hashlib.sha256).digest(), mac):
+    if not hmac.compare_digest(hmac.digest(_key(secret), payload, "sha256"), mac):
         raise ProtocolError("bad_signature")
     try:
         kind = MsgType(mtype)
