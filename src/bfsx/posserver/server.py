@@ -227,6 +227,8 @@ class PosServer:
 
             self._console = Console(self)
             self._console.start()
+        if not self.config.has_credentials:
+            log.warning("apikey / secret missing: the exchange position is unknown, no drift is ever corrected")
         log.info("position server on %s:%d (UDP reports, TCP budget/status); check every %.3g s, "
                  "%d identical diffs, evict after %.3g s", self.host, self.port,
                  self.config.pos_server_check_interval, self.config.pos_server_consecutive,
@@ -331,11 +333,6 @@ class PosServer:
         if applied == "full":
             self.counters["full"] += 1
             self._log_rate("full", "registry full (%d bots): report of %s ignored", self.registry.max_bots, msg.bot)
-        else:
-            base = self.registry.markets[msg.market].base
-            if self._saved_bases.get(msg.market) != base:
-                self._saved_bases[msg.market] = base
-                self._spawn(self.history.save_base(msg.market, float(base), time.time()), "save-base")
         if self.on_report is not None:
             self.on_report(msg, applied)
 
@@ -580,6 +577,15 @@ class PosServer:
             for r in results
         ]
         b_rows = [self._bot_sample(b, ts) for b in self.registry.bots.values()]
+        # Bases are saved here, once per check, whatever the report rate.
+        bases = [(m, ms.base) for m, ms in self.registry.markets.items()
+                 if ms.base_known and self._saved_bases.get(m) != ms.base]
+        for m, base in bases:
+            try:
+                await self.history.save_base(m, float(base), ts)
+                self._saved_bases[m] = base
+            except Exception as e:
+                log.warning("history: saving the base of %s failed: %s", m, e)
         if self.influx is not None:  # only queues: the writer's thread does the network
             self.influx.write_markets({m: [sample] for m, sample, _, _ in m_rows})
             self.influx.write_bots(b_rows)
