@@ -287,36 +287,45 @@ class RestClient:
         return self._list(await self._get(path), path)
 
     async def get_board(self, product: str) -> Board:
+        """getboard: the whole book (bids descending, asks ascending)."""
         return cast(Board, self._dict(await self._get("/v1/getboard", {"product_code": product}), "getboard"))
 
     async def get_ticker(self, product: str) -> Ticker:
+        """getticker (may be ~1 s stale on the real exchange: edge cache)."""
         return cast(Ticker, self._dict(await self._get("/v1/getticker", {"product_code": product}), "getticker"))
 
     async def get_executions(
         self, product: str, count: int = 100, before: int | None = None, after: int | None = None
     ) -> list[Execution]:
+        """Public executions, newest first; ``before`` / ``after`` page by id."""
         params = {"product_code": product, "count": count, "before": before, "after": after}
         return cast(list[Execution], self._list(await self._get("/v1/getexecutions", params), "getexecutions"))
 
     async def get_board_state(self, product: str) -> BoardState:
+        """getboardstate: ``health`` and ``state``."""
         data = await self._get("/v1/getboardstate", {"product_code": product})
         return cast(BoardState, self._dict(data, "getboardstate"))
 
     async def get_health(self, product: str) -> dict[str, Any]:
+        """gethealth: ``{"status": ...}``."""
         return self._dict(await self._get("/v1/gethealth", {"product_code": product}), "gethealth")
 
     # ---- private ---------------------------------------------------------------------------
 
     async def get_permissions(self) -> list[str]:
+        """The private paths this key may call."""
         return cast(list[str], self._list(await self._get("/v1/me/getpermissions"), "getpermissions"))
 
     async def get_balance(self) -> list[Balance]:
+        """Spot balances per currency."""
         return cast(list[Balance], self._list(await self._get("/v1/me/getbalance"), "getbalance"))
 
     async def get_collateral(self) -> Collateral:
+        """FX / CFD collateral and margin figures."""
         return cast(Collateral, self._dict(await self._get("/v1/me/getcollateral"), "getcollateral"))
 
     async def get_positions(self, product: str = "FX_BTC_JPY") -> list[PositionRow]:
+        """Open FX lots, one row per lot (not netted; see :meth:`net_position`)."""
         data = await self._get("/v1/me/getpositions", {"product_code": product})
         return cast(list[PositionRow], self._list(data, "getpositions"))
 
@@ -450,6 +459,7 @@ class RestClient:
         await self.request("POST", "/v1/me/cancelchildorder", body=body)
 
     async def cancel_all_child_orders(self, product: str) -> None:
+        """Cancel every open child order on ``product`` (counts in the order bucket)."""
         await self.request("POST", "/v1/me/cancelallchildorders", body={"product_code": product})
 
     async def get_child_orders(
@@ -464,6 +474,7 @@ class RestClient:
         order_id: str | None = None,
         timeout: float | None = None,
     ) -> list[ChildOrder]:
+        """getchildorders, newest first; ACTIVE rows have ``id`` 0 (do not page them by id)."""
         params = {
             "product_code": product,
             "count": count,
@@ -486,6 +497,7 @@ class RestClient:
         acceptance_id: str | None = None,
         order_id: str | None = None,
     ) -> list[PrivateExecution]:
+        """The account's own fills (/v1/me/getexecutions), newest first; page with ``after``."""
         params = {
             "product_code": product,
             "count": count,
@@ -498,6 +510,7 @@ class RestClient:
         return cast(list[PrivateExecution], self._list(data, "getexecutions"))
 
     async def get_trading_commission(self, product: str) -> dict[str, Any]:
+        """``{"commission_rate": ...}``."""
         data = await self._get("/v1/me/gettradingcommission", {"product_code": product})
         return self._dict(data, "gettradingcommission")
 
