@@ -3,8 +3,10 @@ or dead server never blocks the writer and its buffer stays bounded, and it reco
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,8 @@ from bfsx.posserver.influx import BOT_MEASUREMENT, MARKET_MEASUREMENT, InfluxWri
 from bfsx.posserver.samples import BotSample, MarketSample
 
 from .conftest import InfluxServer
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "influxdb.md"
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -80,13 +84,20 @@ def test_points_round_trip_and_grafana_query(influxd: InfluxServer, writers: lis
     assert markets[0]["diff"] == pytest.approx(0.01)
     assert markets[1]["price"] is None and markets[1]["diff"] is None
 
-    # The example query of docs/influxdb.md, as Grafana would send it.
-    grafana = query(
+    # Every example query of docs/influxdb.md, with Grafana's macros filled in as Grafana would.
+    queries = re.findall(r"```sql\n(.*?)\n```", DOCS.read_text(), flags=re.S)
+    assert len(queries) >= 4
+    for q in queries:
+        rows = query(
+            influxd, q.replace("$timeFilter", "time > now() - 6h").replace("$__interval", "1m"), "bfsx_test"
+        )
+        assert rows, q
+    per_bot = query(
         influxd,
         'SELECT last("profit") FROM "bfsx_bot" WHERE time > now() - 6h GROUP BY time(1m), "bot" fill(none)',
         "bfsx_test",
     )
-    assert {round(p["last"], 1) for p in grafana} == {1234.5, -300.0, 1500.0}
+    assert {round(p["last"], 1) for p in per_bot} == {1234.5, -300.0, 1500.0}
 
 
 def test_hung_or_dead_server_never_blocks_and_buffer_is_bounded(

@@ -396,9 +396,9 @@ def _png(fig: Figure, *, palette: bool = True) -> bytes:
     rgba = np.frombuffer(raw.getbuffer(), dtype=np.uint8).reshape(height, width, 4)
     image = Image.fromarray(rgba[..., :3])
     if palette:
-        image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        image = image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buf = io.BytesIO()
-    image.save(buf, format="png", optimize=True)
+    image.save(buf, format="png", compress_level=6)  # "optimize" costs 8x the time for ~10%
     return buf.getvalue()
 
 
