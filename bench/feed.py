@@ -9,7 +9,7 @@
 
 The stream imitates FX_BTC_JPY as captured (bitflyer-api.md §4.3): per 5 s of market time one
 board snapshot (``--levels`` per side, 1,000 by default), 35 diffs of 3–5 levels near the touch,
-10 tickers and 40 execution batches of 1–6 prints. Frames are text, as aiohttp hands them over.
+10 tickers and 40 execution batches of 1–6 prints. Frames are the bytes of text frames, as the\nrealtime client's read loop receives them (``decode_text=False``).
 Targets (issue 3): (b)/(a) ≥ 0.5 and (b)/(c) ≥ 50 at 1,000 levels.
 
 Run: ``python -m bench.feed [--levels N] [--cycles N]`` (or ``python -m bench`` for every bench).
@@ -60,7 +60,7 @@ except ImportError:  # pragma: no cover - only before bitflyer/realtime.py lands
         def on_connect(self, cb: Any) -> None:
             pass
 
-        def dispatch_frame(self, data: str | bytes) -> None:
+        def dispatch_frame(self, data: bytes) -> None:
             msg = orjson.loads(data)
             params = msg.get("params")
             if params is not None:
@@ -152,19 +152,18 @@ class _Market:
                 "preopen_end": None, "circuit_break_end": None}
 
 
-def _frame(channel: str, message: Any) -> str:
-    return orjson.dumps({"jsonrpc": "2.0", "method": "channelMessage",
-                         "params": {"channel": channel, "message": message}}).decode()
+def _frame(channel: str, message: Any) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "method": "channelMessage", "params": {"channel": channel, "message": message}})
 
 
-def build_stream(levels: int = 1000, cycles: int = 30, seed: int = 7) -> list[tuple[str, str]]:
+def build_stream(levels: int = 1000, cycles: int = 30, seed: int = 7) -> list[tuple[str, bytes]]:
     """``[(kind, text frame)]`` in arrival order; kind is snapshot / diff / executions / ticker."""
     rng = random.Random(seed)
     market = _Market(rng, levels)
     start = datetime(2026, 9, 23, 3, 31, 27, tzinfo=UTC)
     snap_ch, board_ch = channels.board_snapshot(PRODUCT), channels.board(PRODUCT)
     exec_ch, tick_ch = channels.executions(PRODUCT), channels.ticker(PRODUCT)
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, bytes]] = []
     next_id, tick_id, ltp = 2_652_079_303, 243_332_856, market.mid()
     for c in range(cycles):
         events = (["diff"] * DIFFS_PER_CYCLE + ["ticker"] * TICKERS_PER_CYCLE
@@ -187,7 +186,7 @@ def build_stream(levels: int = 1000, cycles: int = 30, seed: int = 7) -> list[tu
 
 
 # --------------------------------------------------------------------------- consumers
-def _loads_only(frames: list[str]) -> float:
+def _loads_only(frames: list[bytes]) -> float:
     loads = orjson.loads
     t0 = _clock()
     for f in frames:
@@ -197,6 +196,9 @@ def _loads_only(frames: list[str]) -> float:
 
 def make_pipeline() -> tuple[Any, MarketFeed]:
     client = make_client()
+    connected = getattr(client, "connected", None)
+    if connected is not None:
+        connected.set()  # as after a handshake: the feed takes its live path
     feed = MarketFeed(PRODUCT, client, candle_clock=False)
     feed.add_candles(1.0, 1000)
     touch = [0.0, 0.0]
@@ -209,7 +211,7 @@ def make_pipeline() -> tuple[Any, MarketFeed]:
     return client, feed
 
 
-def _pipeline(frames: list[str]) -> float:
+def _pipeline(frames: list[bytes]) -> float:
     client, _feed = make_pipeline()
     dispatch = client.dispatch_frame
     t0 = _clock()
@@ -218,7 +220,7 @@ def _pipeline(frames: list[str]) -> float:
     return _clock() - t0
 
 
-def _pybotters(frames: list[str]) -> float:
+def _pybotters(frames: list[bytes]) -> float:
     import pybotters
     from pybotters.ws import ClientWebSocketResponse
 
@@ -246,7 +248,7 @@ def _pybotters(frames: list[str]) -> float:
     return asyncio.run(run())
 
 
-def _interleaved(fns: dict[str, Callable[[list[str]], float]], frames: list[str], rounds: int) -> dict[str, float]:
+def _interleaved(fns: dict[str, Callable[[list[bytes]], float]], frames: list[bytes], rounds: int) -> dict[str, float]:
     """Best time of each consumer over ``rounds``, taking turns so drift and noise hit all alike."""
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
@@ -256,7 +258,7 @@ def _interleaved(fns: dict[str, Callable[[list[str]], float]], frames: list[str]
     return best
 
 
-def _per_kind(stream: list[tuple[str, str]]) -> dict[str, tuple[float, float]]:
+def _per_kind(stream: list[tuple[str, bytes]]) -> dict[str, tuple[float, float]]:
     """Mean µs per frame of each kind for (a) and (b), timed frame by frame (includes timer cost)."""
     loads = orjson.loads
     client, _feed = make_pipeline()
@@ -305,7 +307,7 @@ def run(levels: int = 1000, cycles: int = 30, rounds: int = 15, pybotters_rounds
     return {"frames": n, "a": a, "b": b, "c": c, "b/a": b / a, "b/c": b / c}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[bytes] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.feed", description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--levels", type=int, default=1000, help="board levels per side in snapshots (default 1000)")
     ap.add_argument("--cycles", type=int, default=30, help="5-second market cycles in the stream (default 30)")

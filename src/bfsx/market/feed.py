@@ -29,11 +29,20 @@ TickerListener = Callable[[Ticker], object]
 
 
 class RealtimeSource(Protocol):
-    """What the feed needs from :class:`bfsx.bitflyer.realtime.RealtimeClient`."""
+    """What the feed needs from :class:`bfsx.bitflyer.realtime.RealtimeClient`.
+
+    If the client also has a ``connected`` :class:`asyncio.Event` (set once a connection is
+    subscribed, cleared when it drops), the feed uses it to spot board frames of a new connection
+    that arrive before ``on_connect`` fires.
+    """
 
     def subscribe(self, channel: str, handler: Handler) -> None: ...
 
     def on_connect(self, cb: Callable[[bool], Awaitable[None] | None]) -> None: ...
+
+
+def _always() -> bool:
+    return True
 
 
 class MarketFeed:
@@ -74,6 +83,9 @@ class MarketFeed:
         self._clock: asyncio.TimerHandle | None = None
         self.reconnects = 0
         self.subscribed: list[str] = []
+        connected = getattr(realtime, "connected", None)
+        self._is_live: Callable[[], bool] = connected.is_set if isinstance(connected, asyncio.Event) else _always
+        self._cleared_for_connection = False
         if board:
             self._subscribe(realtime, channels.board_snapshot(product), self._snapshot_handler())
             self._subscribe(realtime, channels.board(product), self._diff_handler())
@@ -91,8 +103,11 @@ class MarketFeed:
     def _snapshot_handler(self) -> Handler:
         book = self.book
         listeners = self.on_board
+        is_live = self._is_live
 
         def on_snapshot(msg: Board) -> None:
+            if not is_live():
+                self._new_connection()
             book.apply_snapshot(msg)
             for cb in listeners:
                 cb(book)
@@ -104,7 +119,11 @@ class MarketFeed:
         apply = book.apply_diff
         listeners = self.on_board
 
+        is_live = self._is_live
+
         def on_diff(msg: Board) -> None:
+            if not is_live():  # a frame of a connection still in its handshake
+                self._new_connection()
             apply(msg)
             if listeners and book.ready:
                 for cb in listeners:
@@ -140,12 +159,22 @@ class MarketFeed:
 
         return on_ticker
 
+    def _new_connection(self) -> None:
+        """Board frames are flowing on a connection that ``on_connect`` has not announced yet
+        (the client subscribes first, then calls back): the book may hold levels that changed
+        unseen while disconnected, so drop them now, once per connection."""
+        if not self._cleared_for_connection:
+            self._cleared_for_connection = True
+            self.book.clear()
+
     def _on_connect(self, reconnected: bool) -> None:
         if reconnected:
             self.reconnects += 1
-            # levels may have changed unseen while disconnected: wait for the next snapshot
-            self.book.clear()
-            log.info("%s feed reconnected: book cleared until the next snapshot", self.product)
+            if not self._cleared_for_connection:
+                # levels may have changed unseen while disconnected: wait for the next snapshot
+                self.book.clear()
+            log.info("%s feed reconnected: book rebuilt from the next snapshot", self.product)
+        self._cleared_for_connection = False
         if self._candle_clock and self._clock is None and self.candle_builders:
             self._schedule_clock()
 
