@@ -209,7 +209,11 @@ async def test_reporter_posts_charts_and_text_every_interval(discord: FakeDiscor
     for f in req.files:
         assert assert_png(f.data) == (1200, 800)
     content = req.payload["content"]
-    assert content.startswith("**bfsx** 03/14 15:00 JST · total PnL **0 JPY**")  # +590 and -590
+    assert content.splitlines()[:3] == [
+        "**bfsx** 03/14 15:00 JST · total PnL **0 JPY**",  # +590 and -590
+        "BTC_JPY: +0.04 BTC · -590 JPY",
+        "FX_BTC_JPY: +0.04 BTC · +590 JPY",
+    ]
     assert "mm_spread  FX_BTC_JPY" in content and "```" in content
     assert asked[0] == NOW - 2 * 3600
     assert reporter.posts_ok == 1

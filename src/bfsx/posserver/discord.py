@@ -32,6 +32,7 @@ import orjson
 
 from bfsx.bitflyer.timestamps import JST
 from bfsx.posserver.charts import (
+    base_unit,
     format_jpy,
     format_size,
     render_bot_chart,
@@ -531,9 +532,17 @@ class DiscordReporter(_PeriodicPoster):
             jobs.append(("pnl_total.png", _bind_total(history, s.period_hours, at)))
         files = await self._render(jobs) if jobs else []
         total = sum(samples[-1].profit for samples in history.values())
-        text = (
+        lines = [
             f"**bfsx** {datetime.fromtimestamp(at, JST):%m/%d %H:%M} JST · total PnL **{format_jpy(total)}**"
-        )
+        ]
+        # One line per market: what a phone notification shows before the images load.
+        for market, samples in sorted(history.items()):
+            last = samples[-1]
+            line = f"{market}: {format_size(last.position, base_unit(market))} · {format_jpy(last.profit)}"
+            if last.exchange_position is not None and abs(last.exchange_position - last.position) > 1e-9:
+                line += f" · exchange {format_size(last.exchange_position)}"
+            lines.append(line)
+        text = "\n".join(lines)
         if s.send_text:
             bots: Sequence[BotSample] = await _maybe_await(self._bot_samples())
             text += "\n" + format_bot_text(bots)
