@@ -689,8 +689,16 @@ class Engine:
                     self._expire(order, when)
                 else:
                     mkt.book.add(order)
-                    heapq.heappush(self._expiry, (order.expire_at, order.serial, order))
+                    self._schedule_expiry(order)
         self.flush()
+
+    def _schedule_expiry(self, order: Order) -> None:
+        heap = self._expiry
+        heapq.heappush(heap, (order.expire_at, order.serial, order))
+        if len(heap) > 1024 and len(heap) > 4 * sum(len(a.active) for a in self.accounts.values()):
+            # finished orders linger until their (30-day) expiry time: drop them so the heap stays bounded
+            self._expiry = [e for e in heap if e[2].state == "ACTIVE"]
+            heapq.heapify(self._expiry)
 
     def _expire(self, order: Order, when: datetime) -> None:
         if order.resting:

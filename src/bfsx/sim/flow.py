@@ -41,9 +41,11 @@ class SyntheticFlow:
         self.rng = random.Random(seed)
         self.steps = 0
         self.ladders: dict[str, dict[int, Ladder]] = {}
+        self.walk: dict[str, list[float]] = {}  # product -> [anchor, deviation]
         when = engine.now()
         for code, mkt in engine.markets.items():
             mkt.fair_mid = float(cfg.start_for(code))
+            self.walk[code] = [mkt.fair_mid, 0.0]
             mkt.ltp = round(mkt.fair_mid)
             self.ladders[code] = {BUY: Ladder(BUY), SELL: Ladder(SELL)}
             for side in (BUY, SELL):
@@ -84,10 +86,16 @@ class SyntheticFlow:
     def _step_market(self, mkt: Market, ladders: dict[int, Ladder], when: datetime) -> None:
         cfg, rng = self.cfg, self.rng
         dt = cfg.step_seconds
-        mid = mkt.fair_mid * math.exp(cfg.volatility * math.sqrt(dt) * rng.gauss(0.0, 1.0))
+        # fair mid = anchor (random walk with jumps) x exp(deviation) (Ornstein-Uhlenbeck): the
+        # deviation is the short-term back-and-forth that lets resting quotes get filled
+        state = self.walk[mkt.spec.code]
+        anchor = state[0] * math.exp(cfg.volatility * math.sqrt(dt) * rng.gauss(0.0, 1.0))
         if rng.random() < cfg.jump_probability * dt:
-            mid *= math.exp(rng.gauss(0.0, cfg.jump_size))
-        mkt.fair_mid = max(mid, 1000.0)
+            anchor *= math.exp(rng.gauss(0.0, cfg.jump_size))
+        decay = math.exp(-cfg.reversion * dt)
+        dev = state[1] * decay + cfg.noise * math.sqrt(1.0 - decay * decay) * rng.gauss(0.0, 1.0)
+        state[0], state[1] = max(anchor, 1000.0), dev
+        mkt.fair_mid = state[0] * math.exp(dev)
         self._sweep(mkt, when)
         for side in (BUY, SELL):
             self._requote(mkt, ladders[side], when)

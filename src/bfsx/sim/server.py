@@ -550,6 +550,9 @@ class SimServer:
         v = q.get("product_code")
         if v is not None and not isinstance(v, str):
             raise EngineError(errors.INVALID_PRODUCT)
+        if v and v.startswith("[") and v.endswith("]"):
+            # ccxt's fetch_positions sends a one-element list as "['FX_BTC_JPY']": take the element
+            v = v.strip("[]").split(",")[0].strip().strip("'\"")
         return self.engine.market(v).spec.code
 
     @staticmethod
