@@ -55,6 +55,7 @@ Callback = Callable[..., Awaitable[None] | None]
 QUIET_SECONDS = 5.0  # no drift correction while this bot traded this recently
 STOP_CANCEL_TIMEOUT = 10.0
 JOURNAL_KEEP_DAYS = 7
+CHART_SAMPLE_SECONDS = 10.0
 ORDER_AUDIT_INTERVAL = 2.0  # how often to look for orders whose events look lost (no API call if none)
 ORDER_AUDIT_AFTER = 4.0  # seconds without the expected event before asking the exchange
 
@@ -196,6 +197,12 @@ class BotRuntime:
                 report_interval=trade.pos_server_report_interval, query_interval=trade.pos_server_query_interval,
                 on_budget=self._on_account_budget,
             )
+
+        self.charts: Any = None  # BotChartReporter when the strategy yaml names a discord_webhook
+        if strategy_config.discord_webhook_value():
+            from bfsx.posserver.discord import BotChartReporter, ReportSettings
+
+            self.charts = BotChartReporter(self.bot_name, ReportSettings.from_strategy_config(strategy_config))
 
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: dict[str, list[_Listener]] = {"executions": [], "board": [], "fill": []}
@@ -483,6 +490,17 @@ class BotRuntime:
             if self._stuck_orders(time.monotonic()) or self.tracker.missing_fills():
                 await self.resync()
 
+    async def _chart_sample_loop(self) -> None:
+        """One sample every few seconds for this bot's own chart (bounded in the reporter)."""
+        from bfsx.posserver.samples import BotSample
+
+        while not self._stopping:
+            self.charts.record(BotSample(
+                ts=time.time(), bot=self.bot_name, market=self.product, position=self.position.size,
+                profit=self.realized_today() + self.unrealized(), api_remaining=self.budget.private_remaining,
+            ))
+            await asyncio.sleep(CHART_SAMPLE_SECONDS)
+
     async def _on_connect(self, reconnected: bool) -> None:
         if reconnected:
             self.log.warning("realtime reconnected: resyncing orders and fills")
@@ -491,6 +509,10 @@ class BotRuntime:
     # ----------------------------------------------------------------- config reload
     def _strategy_yaml_changed(self, new: StrategyConfig) -> None:
         self.strategy_config = new
+        if self.charts is not None:
+            from bfsx.posserver.discord import ReportSettings
+
+            self.charts.update(ReportSettings.from_strategy_config(new))
         self.log.info("strategy config reloaded")
         self._spawn(call_maybe_async(self.strategy.parameters_changed), "parameters_changed")
 
@@ -543,6 +565,9 @@ class BotRuntime:
         for interval, cb, basetime in self._timers:
             self._spawn(self._timer_loop(interval, cb, basetime), "timer")
         self._spawn(self._order_audit_loop(), "order-audit")
+        if self.charts is not None:
+            self.charts.start()
+            self._spawn(self._chart_sample_loop(), "chart-samples")
         if self.posclient is None:
             self._spawn(self._drift_loop(), "drift")
         if self._strategy_yaml_path:
@@ -583,6 +608,8 @@ class BotRuntime:
         if self.posclient is not None:
             self._report()
             await self.posclient.stop()
+        if self.charts is not None:
+            await self.charts.close()
         await self.health.stop()
         await self.realtime.close()
         await self.rest.close()
