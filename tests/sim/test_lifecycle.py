@@ -248,3 +248,29 @@ async def test_fx_lots_net_fifo_and_realise_pnl(sim: SimServer, rest: WireClient
     realised = (p3 - p1) * 0.01 + (p3 - p2) * 0.005
     assert coll["collateral"] == pytest.approx(10_000_000 + realised, abs=1e-6)
     assert sim.state()["accounts"]["demo-key-2"]["positions"][FX]["net"] == -0.005
+
+
+async def test_funds_failure_as_http_error() -> None:
+    async with SimServer(SimConfig.fast(market=QUIET, funds_failure="http")) as sim, WireClient(
+        sim.url, "demo-key-1", "demo-secret-1"
+    ) as c:
+        body = {"product_code": FX, "child_order_type": "MARKET", "side": "BUY", "size": 5.0}
+        r = await c.post("/v1/me/sendchildorder", body)
+        assert r.status == 400 and r.data["status"] == -205
+        r = await c.post("/v1/me/sendchildorder", {**body, "product_code": "BTC_JPY", "side": "SELL", "size": 2.0})
+        assert r.status == 400 and r.data == {"status": -200, "error_message": "Insufficient funds", "data": None}
+
+
+async def test_order_delay_keeps_cancel_after_placement() -> None:
+    """With an acceptance->placement delay, a cancel sent right after the reply still finds the order."""
+    async with SimServer(SimConfig.fast(market=QUIET, order_delay_ms=200)) as sim, WireClient(
+        sim.url, "demo-key-1", "demo-secret-1"
+    ) as c:
+        ws = await _events_socket(sim, "demo-key-1", "demo-secret-1")
+        try:
+            bid, _ = await _touch(c)
+            acc = await c.order(FX, "BUY", 0.01, bid - 5000)
+            await c.post("/v1/me/cancelchildorder", {"product_code": FX, "child_order_acceptance_id": acc})
+            assert _types(await _final(ws, acc)) == ["ORDER", "CANCEL"]
+        finally:
+            await ws.close()

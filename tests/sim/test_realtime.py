@@ -139,3 +139,16 @@ async def test_private_events_need_auth_and_reach_only_the_owner(sim: SimServer,
         assert ws.events() == [] and other.events(acc) == []  # subscribed after the first order
     finally:
         await other.close()
+
+
+async def test_slow_consumer_is_dropped_not_buffered(sim: SimServer, ws: WireSocket) -> None:
+    """Each socket's queue is bounded: a consumer that falls behind is closed (1008), memory stays flat."""
+    await ws.subscribe(channels.ticker(FX))
+    client = next(iter(sim._clients))
+    cap = sim.config.ws_queue
+    for _ in range(cap + 1):  # synchronously: the writer task cannot drain in between
+        sim._publish(channels.ticker(FX), {"n": 1})
+    await ws.wait_for(lambda: ws.close_code is not None)
+    assert ws.close_code == 1008 and ws.close_reason == "slow consumer"
+    assert sim.sockets_dropped == 1 and client not in sim._clients
+    assert not sim._subs.get(channels.ticker(FX))

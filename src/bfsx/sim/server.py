@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -338,12 +339,21 @@ class SimServer:
         return ws
 
     async def _writer(self, c: _Client) -> None:
+        q = c.queue
         try:
             while True:
-                frame = await c.queue.get()
-                if frame is None or c.ws.closed:
+                frame = await q.get()
+                # drain what is queued without a task switch per frame: send_frame only suspends
+                # when the transport's buffer is over its high-water mark
+                while frame is not None:
+                    if c.ws.closed:
+                        return
+                    await c.ws.send_frame(frame, WSMsgType.TEXT)
+                    if q.empty():
+                        break
+                    frame = q.get_nowait()
+                if frame is None:
                     return
-                await c.ws.send_frame(frame, WSMsgType.TEXT)
         except (ConnectionError, RuntimeError):
             return
 
@@ -722,7 +732,7 @@ class _LiveView:
         parts = []
         for code, mkt in self.sim.engine.markets.items():
             b = mkt.book
-            parts.append(f"{code} mid {_fmt(b.mid())} bid {_fmt(b.touch(1))} ask {_fmt(b.touch(-1))} last {_fmt(mkt.ltp)}")
+            parts.append(f"{code} {_fmt(b.touch(1))}/{_fmt(b.touch(-1))} last {_fmt(mkt.ltp)}")
         state = self.sim.engine.board_state()
         return " | ".join(parts) + f" | {rate:.0f} exec/s | {len(self.sim._clients)} ws | {state}"
 
@@ -731,7 +741,8 @@ class _LiveView:
             await asyncio.sleep(interval)
             line = self.line()
             if self.tty:
-                sys.stdout.write("\r\x1b[K" + line)
+                width = shutil.get_terminal_size((120, 24)).columns
+                sys.stdout.write("\r\x1b[K" + line[: max(20, width - 1)])
             else:
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
