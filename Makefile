@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint bench influxdb clean
+.PHONY: install run test lint bench influxdb clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -19,6 +19,8 @@ influxdb:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb) >/dev/null \
 	      || echo "warning: could not install influxdb"; \
 	  else echo "warning: influxd missing and cannot apt-get install it"; fi; }
+
+install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/bfsx demo
