@@ -58,6 +58,7 @@ JOURNAL_KEEP_DAYS = 7
 CHART_SAMPLE_SECONDS = 10.0
 ORDER_AUDIT_INTERVAL = 2.0  # how often to look for orders whose events look lost (no API call if none)
 ORDER_AUDIT_AFTER = 4.0  # seconds without the expected event before asking the exchange
+RESYNC_MAX_PAGES = 20  # getchildorders pages of 500 a resync may read (10,000 orders back)
 
 
 class _Listener:
@@ -213,6 +214,7 @@ class BotRuntime:
         self._last_activity = 0.0
         self._watchers: list[ConfigWatcher[Any]] = []
         self.fills_applied = 0
+        self.fills_recovered = 0  # of which found by a resync (their events were lost)
         self._cancel_requested: dict[str, float] = {}  # acceptance id -> monotonic time of the request
 
     # ----------------------------------------------------------------- registration (Strategy API)
@@ -374,13 +376,8 @@ class BotRuntime:
         """Fill any gap after a (re)connect or at start: the states of our unsettled orders and every
         fill since our last exec id, de-duplicated by exec id."""
         try:
-            rows: list[Any] = []
-            unsettled = [o.acceptance_id for o in self.tracker.unsettled_orders if o.acceptance_id]
-            if len(unsettled) > 20:
-                rows = list(await self.rest.get_child_orders(self.product, count=500))
-            else:
-                for acc in unsettled:
-                    rows.extend(await self.rest.get_child_orders(self.product, acceptance_id=acc))
+            unsettled = {o.acceptance_id for o in self.tracker.unsettled_orders if o.acceptance_id}
+            rows = await self._child_order_rows(unsettled)
             execs = await self._executions_since(self.tracker.last_exec_id)
         except BitflyerError as e:
             self.log.warning("resync failed (%s); retrying on the next reconnect", e)
@@ -393,7 +390,30 @@ class BotRuntime:
         except BitflyerError as e:
             self.log.warning("resync of missing fills failed (%s)", e)
         if recovered:
+            self.fills_recovered += recovered
             self.log.warning("resync recovered %d missed fill(s); position %s", recovered, self.position.size)
+
+    async def _child_order_rows(self, wanted: set[str]) -> list[Any]:
+        """getchildorders rows for the ``wanted`` acceptance ids: one targeted lookup each when they
+        are few, else pages of 500 (newest first, paged back by ``id``) until every wanted id was
+        seen. One page of 500 is not enough: after many lost events the unsettled orders reach
+        further back, and an order never looked up keeps its missed fills hidden (bounded)."""
+        rows: list[Any] = []
+        if len(wanted) <= 20:
+            for acc in wanted:
+                rows.extend(await self.rest.get_child_orders(self.product, acceptance_id=acc))
+            return rows
+        left = set(wanted)
+        before: int | None = None
+        for _ in range(RESYNC_MAX_PAGES):
+            page = await self.rest.get_child_orders(self.product, count=500, before=before)
+            rows.extend(page)
+            left.difference_update(r.get("child_order_acceptance_id") for r in page)
+            ids = [int(r["id"]) for r in page if r.get("id")]  # ACTIVE rows have id 0: not a paging key
+            if not left or len(page) < 500 or not ids:
+                break
+            before = min(ids)
+        return rows
 
     async def _executions_since(self, after: int | None) -> list[Any]:
         """Private executions newer than ``after``. Replies are newest first and capped at ``count``,
