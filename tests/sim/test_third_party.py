@@ -16,10 +16,11 @@ simulator fails the test instead of touching the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import ccxt.async_support as ccxt_async  # type: ignore[import-untyped]
@@ -50,7 +51,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecat
 
 @pytest.fixture
 def sim_config() -> SimConfig:
-    # calmer than fast(): fewer takers and no jumps, so an order resting 10,000 JPY away is never
+    # calmer than fast(): fewer takers and no jumps, so an order resting 30,000 JPY away is never
     # reached, and the top of the board stays still between steps for the store comparison
     return SimConfig.fast(market={"taker_rate": 2.0, "churn_per_second": 10.0, "jump_probability": 0.0})
 
@@ -90,17 +91,17 @@ class LoopbackGuard:
     def paths(self) -> list[str]:
         return [u.path for u in self.urls]
 
-    def check(self, port: int) -> None:
-        elsewhere = [str(u) for u in self.urls if (u.host, u.port) != (LOOPBACK, port)]
+    def check(self) -> None:
+        elsewhere = [str(u) for u in self.urls if u.host != LOOPBACK]
         assert not elsewhere, f"requests outside the loopback simulator: {elsewhere}"
         assert not self.refused, f"host names looked up: {self.refused}"
 
 
 @pytest.fixture
-def guard(sim: SimServer) -> Iterator[LoopbackGuard]:
+def guard() -> Iterator[LoopbackGuard]:
     g = LoopbackGuard()
     yield g
-    g.check(sim.port)
+    g.check()
 
 
 async def test_guard_refuses_host_names() -> None:
@@ -131,6 +132,15 @@ def loopback_signers() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------- helpers
+class Simulator(Protocol):
+    """What these tests need of the ``sim`` and ``sim_process`` fixtures."""
+
+    @property
+    def url(self) -> str: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+
 async def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
     """Poll ``cond`` until it returns something truthy (generous timeout, no timing assertion)."""
     loop = asyncio.get_running_loop()
@@ -144,14 +154,14 @@ async def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) ->
         await asyncio.sleep(0.01)
 
 
-def far_bid(sim: SimServer, product: str, below: int = 10_000) -> int:
+def far_bid(sim: Simulator, product: str, below: int = 30_000) -> int:
     """A bid price well under the touch, off the synthetic ladder's grid (never filled, unique level)."""
     best_bid = sim.state()["markets"][product]["best_bid"]
     assert best_bid is not None
     return (int(best_bid) - below) // GRID * GRID - 17
 
 
-def open_orders(sim: SimServer, key: str = KEY) -> dict[str, dict[str, Any]]:
+def open_orders(sim: Simulator, key: str = KEY) -> dict[str, dict[str, Any]]:
     rows = sim.state()["accounts"][key]["open_orders"]
     return {o["child_order_acceptance_id"]: o for o in rows}
 
@@ -159,6 +169,10 @@ def open_orders(sim: SimServer, key: str = KEY) -> dict[str, dict[str, Any]]:
 def data(result: pybotters.FetchResult) -> Any:
     """The decoded JSON of a pybotters fetch (typed loosely, as the wire is)."""
     return result.data
+
+
+async def connected(app: pybotters.WebSocketApp) -> None:
+    await app  # pybotters: awaiting the app waits for its handshake
 
 
 def subscribe(channel: str, rid: int) -> dict[str, Any]:
@@ -220,89 +234,88 @@ async def test_pybotters_websocket_auth_and_datastore(
     app = pb_client.ws_connect(
         sim.ws_url, send_json=[subscribe(ch, i) for i, ch in enumerate(subs)], hdlr_json=[store.onmessage, record]
     )
-    try:
-        await asyncio.wait_for(app._wait_handshake(), 10)
-        # pybotters' auth hook ran before the subscriptions; child_order_events needs it
-        await wait_for(lambda: len(replies) == len(subs), "the subscribe replies")
-        assert {i: r.get("result") for i, r in replies.items()} == {i: True for i in range(len(subs))}, replies
+    await asyncio.wait_for(connected(app), 10)
+    # pybotters' auth hook ran before the subscriptions; child_order_events needs it
+    await wait_for(lambda: len(replies) == len(subs), "the subscribe replies")
+    assert {i: r.get("result") for i, r in replies.items()} == {i: True for i in range(len(subs))}, replies
 
-        # board: snapshot + diffs agree with the engine's book (top levels, polled while it moves)
-        await wait_for(lambda: diffs >= 5, "board diffs")
+    # board: snapshot + diffs agree with the engine's book (top levels, polled while it moves)
+    await wait_for(lambda: diffs >= 5, "board diffs")
 
-        def top(n: int = 10) -> bool:
-            book = store.board.sorted({"product_code": FX}, limit=n)
-            engine = sim.engine.board(FX, n, ws=True)
-            return all(
-                [(x["price"], x["size"]) for x in book[side]] == [(x["price"], x["size"]) for x in engine[side]]
-                for side in ("bids", "asks")
-            )
+    def top(n: int = 10) -> bool:
+        book = store.board.sorted({"product_code": FX}, limit=n)
+        engine = sim.engine.board(FX, n, ws=True)
+        return all(
+            [(x["price"], x["size"]) for x in book[side]] == [(x["price"], x["size"]) for x in engine[side]]
+            for side in ("bids", "asks")
+        )
 
-        await wait_for(top, "store board == engine board (top 10)")
-        # after its first snapshot the store unsubscribes it (a JSON-RPC notification, no id) and
-        # lives on diffs alone; the simulator must honour that
-        snapshot_subs = sim._subs.get(channels.board_snapshot(FX))  # no public view of subscribers
-        await wait_for(lambda: not snapshot_subs, "the snapshot unsubscribe")
+    await wait_for(top, "store board == engine board (top 10)")
+    # after its first snapshot the store unsubscribes it (a JSON-RPC notification, no id) and
+    # lives on diffs alone; the simulator must honour that
+    snapshot_subs = sim._subs.get(channels.board_snapshot(FX))  # no public view of subscribers
+    assert snapshot_subs is not None
+    await wait_for(lambda: not snapshot_subs, "the snapshot unsubscribe")
 
-        # child orders: ORDER inserts, CANCEL removes; the resting order also shows on the board
-        price = far_bid(sim, FX)
-        order = {"product_code": FX, "child_order_type": "LIMIT", "side": "BUY", "price": price, "size": 0.0123}
-        sent = await pb_client.fetch("POST", "/v1/me/sendchildorder", data=order)
-        assert sent.response.status == 200, sent.text
-        acc = data(sent)["child_order_acceptance_id"]
-        row = await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}), "ORDER in the store")
-        assert (row["side"], row["price"], row["size"], row["child_order_type"]) == ("BUY", price, 0.0123, "LIMIT")
-        # the store's REST initializer reads the same order from getchildorders
-        from_rest = pybotters.bitFlyerDataStore()
-        await from_rest.initialize(pb_client.get("/v1/me/getchildorders", params={"product_code": FX}))
-        rest_row = from_rest.childorders.get({"child_order_acceptance_id": acc})
-        assert rest_row is not None and (rest_row["price"], rest_row["size"]) == (price, 0.0123)
-        level = {"product_code": FX, "side": "bids", "price": float(price)}
-        await wait_for(lambda: (store.board.get(level) or {}).get("size") == 0.0123, "the order's board level")
+    # child orders: ORDER inserts, CANCEL removes; the resting order also shows on the board
+    price = far_bid(sim, FX)
+    order = {"product_code": FX, "child_order_type": "LIMIT", "side": "BUY", "price": price, "size": 0.0123}
+    sent = await pb_client.fetch("POST", "/v1/me/sendchildorder", data=order)
+    assert sent.response.status == 200, sent.text
+    acc = data(sent)["child_order_acceptance_id"]
+    row = await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}), "ORDER in the store")
+    assert (row["side"], row["price"], row["size"], row["child_order_type"]) == ("BUY", price, 0.0123, "LIMIT")
+    # the store's REST initializer reads the same order from getchildorders
+    from_rest = pybotters.bitFlyerDataStore()
+    await from_rest.initialize(pb_client.get("/v1/me/getchildorders", params={"product_code": FX}))
+    rest_row = from_rest.childorders.get({"child_order_acceptance_id": acc})
+    assert rest_row is not None and (rest_row["price"], rest_row["size"]) == (price, 0.0123)
+    level = {"product_code": FX, "side": "bids", "price": float(price)}
+    await wait_for(lambda: (store.board.get(level) or {}).get("size") == 0.0123, "the order's board level")
 
-        await pb_client.fetch("POST", "/v1/me/cancelchildorder", data={"product_code": FX, "child_order_acceptance_id": acc})
-        await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}) is None, "CANCEL in the store")
-        events = [e["event_type"] for e in store.childorderevents.find({"child_order_acceptance_id": acc})]
-        assert events == ["ORDER", "CANCEL"]
-        await wait_for(lambda: store.board.get(level) is None, "the level to leave the board")
+    await pb_client.fetch("POST", "/v1/me/cancelchildorder", data={"product_code": FX, "child_order_acceptance_id": acc})
+    await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}) is None, "CANCEL in the store")
+    events = [e["event_type"] for e in store.childorderevents.find({"child_order_acceptance_id": acc})]
+    assert events == ["ORDER", "CANCEL"]
+    await wait_for(lambda: store.board.get(level) is None, "the level to leave the board")
 
-        # positions: a market buy opens FX lots, the market sell closes them; collateral comes
-        # from the store's REST initializer and moves by the realised PnL pybotters computes
-        await store.initialize(pb_client.get("/v1/me/getcollateral"))
-        start_collateral = store.collateral.find()[0]["collateral"]
-        assert start_collateral == sim.state()["accounts"][KEY]["collateral"]["collateral"]
-        buy = {"product_code": FX, "child_order_type": "MARKET", "side": "BUY", "size": 0.01}
-        assert (await pb_client.fetch("POST", "/v1/me/sendchildorder", data=buy)).response.status == 200
+    # positions: a market buy opens FX lots, the market sell closes them; collateral comes
+    # from the store's REST initializer and moves by the realised PnL pybotters computes
+    await store.initialize(pb_client.get("/v1/me/getcollateral"))
+    start_collateral = store.collateral.find()[0]["collateral"]
+    assert start_collateral == sim.state()["accounts"][KEY]["collateral"]["collateral"]
+    buy = {"product_code": FX, "child_order_type": "MARKET", "side": "BUY", "size": 0.01}
+    assert (await pb_client.fetch("POST", "/v1/me/sendchildorder", data=buy)).response.status == 200
 
-        def lots() -> list[tuple[str, float, float]]:
-            rows = sim.state()["accounts"][KEY]["positions"][FX]["lots"]
-            return sorted((r["side"], float(r["price"]), r["size"]) for r in rows)
+    def lots() -> list[tuple[str, float, float]]:
+        rows = sim.state()["accounts"][KEY]["positions"][FX]["lots"]
+        return sorted((r["side"], float(r["price"]), r["size"]) for r in rows)
 
-        def stored() -> list[tuple[str, float, float]]:
-            return sorted((p["side"], float(p["price"]), p["size"]) for p in store.positions.find({"product_code": FX}))
+    def stored() -> list[tuple[str, float, float]]:
+        return sorted((p["side"], float(p["price"]), p["size"]) for p in store.positions.find({"product_code": FX}))
 
-        await wait_for(lambda: round(sum(s for _, _, s in stored()), 8) == 0.01, "the position in the store")
-        assert stored() == lots()
-        await from_rest.initialize(pb_client.get("/v1/me/getpositions", params={"product_code": FX}))
-        assert sorted((p["side"], p["price"], p["size"]) for p in from_rest.positions.find()) == lots()
-        assert {side for side, _, _ in stored()} == {"BUY"}
+    await wait_for(lambda: round(sum(s for _, _, s in stored()), 8) == 0.01, "the position in the store")
+    assert stored() == lots()
+    await from_rest.initialize(pb_client.get("/v1/me/getpositions", params={"product_code": FX}))
+    assert sorted((p["side"], p["price"], p["size"]) for p in from_rest.positions.find()) == lots()
+    assert {side for side, _, _ in stored()} == {"BUY"}
 
-        sell = {"product_code": FX, "child_order_type": "MARKET", "side": "SELL", "size": 0.01}
-        assert (await pb_client.fetch("POST", "/v1/me/sendchildorder", data=sell)).response.status == 200
-        await wait_for(lambda: not stored(), "the position to close in the store")
-        assert lots() == []
-        # pybotters rounds realised PnL to whole yen; the simulator keeps the exact value
-        collateral = sim.state()["accounts"][KEY]["collateral"]["collateral"]
-        assert abs(store.collateral.find()[0]["collateral"] - collateral) < 1
-    finally:
-        if app.current_ws is not None:
-            await app.current_ws.close()
+    sell = {"product_code": FX, "child_order_type": "MARKET", "side": "SELL", "size": 0.01}
+    assert (await pb_client.fetch("POST", "/v1/me/sendchildorder", data=sell)).response.status == 200
+    await wait_for(lambda: not stored(), "the position to close in the store")
+    assert lots() == []
+    # pybotters rounds realised PnL to whole yen; the simulator keeps the exact value
+    collateral = sim.state()["accounts"][KEY]["collateral"]["collateral"]
+    assert abs(store.collateral.find()[0]["collateral"] - collateral) < 1
+    # (the pb_client fixture closes the session, which ends the app's socket and its reconnect loop)
     pb_warnings = [r.getMessage() for r in caplog.records if r.name.startswith("pybotters")]
     assert pb_warnings == []
 
 
 # ---------------------------------------------------------------------- ccxt
-@pytest.fixture
-async def exchange(sim: SimServer, guard: LoopbackGuard) -> AsyncIterator[Any]:
+@contextlib.asynccontextmanager
+async def ccxt_bitflyer(url: str, guard: LoopbackGuard) -> AsyncIterator[Any]:
+    """ccxt's async bitflyer class with the simulator as its REST root, on a guarded session."""
     session = aiohttp.ClientSession(**guard.session_kwargs())
     ex = ccxt_async.bitflyer(
         {
@@ -310,7 +323,7 @@ async def exchange(sim: SimServer, guard: LoopbackGuard) -> AsyncIterator[Any]:
             "secret": SECRET,
             "session": session,
             "enableRateLimit": False,  # its 1 request/s throttle would only slow the test
-            "urls": {"api": {"rest": sim.url}},
+            "urls": {"api": {"rest": url}},
         }
     )
     try:
@@ -320,7 +333,19 @@ async def exchange(sim: SimServer, guard: LoopbackGuard) -> AsyncIterator[Any]:
         await session.close()
 
 
-async def test_ccxt_bitflyer(sim: SimServer, guard: LoopbackGuard, exchange: Any) -> None:
+@pytest.fixture(params=["sim", "sim_process"])
+def target(request: pytest.FixtureRequest) -> Simulator:
+    """The in-process simulator, and the real ``bfsx sim`` process."""
+    sim: Simulator = request.getfixturevalue(request.param)
+    return sim
+
+
+async def test_ccxt_bitflyer(target: Simulator, guard: LoopbackGuard) -> None:
+    async with ccxt_bitflyer(target.url, guard) as exchange:
+        await _ccxt_basics(target, guard, exchange)
+
+
+async def _ccxt_basics(sim: Simulator, guard: LoopbackGuard, exchange: Any) -> None:
     markets = await exchange.load_markets()
     assert markets["BTC/JPY"]["id"] == SPOT and markets["BTC/JPY"]["spot"]
     assert markets["BTC/JPY:JPY"]["id"] == FX and markets["BTC/JPY:JPY"]["swap"]
@@ -357,9 +382,14 @@ async def test_ccxt_bitflyer(sim: SimServer, guard: LoopbackGuard, exchange: Any
     assert (await exchange.fetch_order(acc, "BTC/JPY"))["status"] == "canceled"
 
 
-async def test_ccxt_bitflyer_extras(sim: SimServer, guard: LoopbackGuard, exchange: Any) -> None:
+async def test_ccxt_bitflyer_extras(sim: SimServer, guard: LoopbackGuard) -> None:
     """Calls ccxt makes beyond the basics: trading fee, positions (it sends ``product_code`` as a
     stringified list), my trades, and the error body mapped to its exception."""
+    async with ccxt_bitflyer(sim.url, guard) as exchange:
+        await _ccxt_extras(sim, exchange)
+
+
+async def _ccxt_extras(sim: SimServer, exchange: Any) -> None:
     assert (await exchange.fetch_trading_fee("BTC/JPY"))["taker"] == sim.config.spot_commission_rate
     assert (await exchange.fetch_trading_fee("BTC/JPY:JPY"))["taker"] == 0.0
 
