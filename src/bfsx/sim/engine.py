@@ -10,6 +10,7 @@ child_order_events per account), batched once per operation so a taker sweep is 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 from collections import deque
@@ -177,25 +178,34 @@ class Account:
         self.collateral = round((cfg.jpy if cfg.collateral is None else cfg.collateral) * SAT)
         self.lots: dict[str, deque[Lot]] = {}
         self.active: dict[str, Order] = {}  # acceptance id -> order, insertion (time) ordered
-        self.finished: deque[Order] = deque(maxlen=history)
+        self.finished: deque[Order] = deque(maxlen=history)  # in page-id order
         self.fills: deque[Fill] = deque(maxlen=history)
+        self._by_acceptance: dict[str, Order] = {}  # every order still known (active or in `finished`)
+        self._by_child: dict[str, Order] = {}
 
     def __repr__(self) -> str:  # never print the secret
         return f"Account({self.api_key!r})"
 
+    def track(self, order: Order) -> None:
+        """Index a placed order for lookups by either id."""
+        self._by_acceptance[order.acceptance_id] = order
+        self._by_child[order.child_order_id] = order
+
+    def retire(self, order: Order) -> None:
+        """Move a finished order to the bounded history (forgetting the oldest one)."""
+        self.active.pop(order.acceptance_id, None)
+        if self.finished.maxlen is not None and len(self.finished) == self.finished.maxlen:
+            old = self.finished[0]
+            self._by_acceptance.pop(old.acceptance_id, None)
+            self._by_child.pop(old.child_order_id, None)
+        self.finished.append(order)
+        self.track(order)
+
     def find(self, acceptance_id: str | None, child_order_id: str | None) -> Order | None:
         if acceptance_id:
-            o = self.active.get(acceptance_id)
-            if o is not None:
-                return o
-        for o in self.active.values():
-            if child_order_id and o.child_order_id == child_order_id:
-                return o
-        for o in reversed(self.finished):
-            if (acceptance_id and o.acceptance_id == acceptance_id) or (
-                child_order_id and o.child_order_id == child_order_id
-            ):
-                return o
+            return self._by_acceptance.get(acceptance_id)
+        if child_order_id:
+            return self._by_child.get(child_order_id)
         return None
 
     def net(self, product: str) -> int:
@@ -326,6 +336,7 @@ class Engine:
         self._child_serial = 0
         self._page_id = FIRST_PAGE_ID
         self._expiry: list[tuple[float, int, Order]] = []
+        self.synthetic_filled: list[Order] = []  # drained by the flow every step
         self._pub: dict[str, list[dict[str, Any]]] = {}
         self._priv: dict[Account, list[dict[str, Any]]] = {}
 
@@ -357,8 +368,8 @@ class Engine:
         return self._serial
 
     def new_synthetic(self, product: str, side: int, price: int, size: int, when: datetime) -> Order:
-        s = self._next_serial()
-        return Order(s, product, side, price, size, size, None, ids.acceptance_id(when, s))
+        # the acceptance id is only built if the order ever trades (most synthetic quotes never do)
+        return Order(self._next_serial(), product, side, price, size, size, None, "", accepted_at=when)
 
     # ------------------------------------------------------------------ output batching
     def _emit_private(self, account: Account, event: dict[str, Any]) -> None:
@@ -408,6 +419,8 @@ class Engine:
                 if maker.remaining == 0:
                     lvl.orders.popleft()
                     maker.resting = False
+                    if maker.account is None:
+                        self.synthetic_filled.append(maker)
                 self._trade(mkt, taker, maker, price, q, when)
             book.mark(opp_side, price)
             if not lvl.orders:
@@ -448,6 +461,9 @@ class Engine:
         self.last_exec_id += 1
         xid = self.last_exec_id
         buy, sell = (taker, maker) if taker.side == BUY else (maker, taker)
+        for o in (buy, sell):
+            if not o.acceptance_id:
+                o.acceptance_id = ids.acceptance_id(o.accepted_at or when, o.serial)
         mkt.history.append((xid, taker.side, price, size, when, buy.acceptance_id, sell.acceptance_id))
         mkt.ltp = price
         mkt.volume += size
@@ -523,8 +539,7 @@ class Engine:
         order.page_id = self._page_id
         acct = order.account
         if acct is not None:
-            acct.active.pop(order.acceptance_id, None)
-            acct.finished.append(order)
+            acct.retire(order)
 
     # ------------------------------------------------------------------ user orders
     def accept(self, account: Account, body: dict[str, Any]) -> Order:
@@ -667,6 +682,7 @@ class Engine:
             self.flush()
             return
         acct.active[order.acceptance_id] = order
+        acct.track(order)
         self._emit_private(
             acct,
             self._event(
@@ -857,8 +873,7 @@ class Engine:
         paging = before is not None or after is not None
         rows: list[dict[str, Any]] = []
         actives = [] if paging else sorted(account.active.values(), key=lambda o: -o.serial)
-        done = sorted(account.finished, key=lambda o: -o.page_id)
-        for o in [*actives, *done]:
+        for o in itertools.chain(actives, reversed(account.finished)):
             if o.product != product:
                 continue
             if state and o.state != state.upper():

@@ -9,8 +9,10 @@ user order changes the book.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections.abc import Iterable
 from datetime import datetime
 
 from sortedcontainers import SortedDict
@@ -76,14 +78,15 @@ class SyntheticFlow:
     def step(self) -> None:
         """Advance every market by one step and flush the resulting executions."""
         self.steps += 1
+        filled, self.engine.synthetic_filled = self.engine.synthetic_filled, []
         if not self.engine.is_open():
             return  # maintenance: the book is frozen, nothing trades
         when = self.engine.now()
         for code, mkt in self.engine.markets.items():
-            self._step_market(mkt, self.ladders[code], when)
+            self._step_market(mkt, self.ladders[code], filled, when)
         self.engine.flush()
 
-    def _step_market(self, mkt: Market, ladders: dict[int, Ladder], when: datetime) -> None:
+    def _step_market(self, mkt: Market, ladders: dict[int, Ladder], filled: list[Order], when: datetime) -> None:
         cfg, rng = self.cfg, self.rng
         dt = cfg.step_seconds
         # fair mid = anchor (random walk with jumps) x exp(deviation) (Ornstein-Uhlenbeck): the
@@ -97,6 +100,7 @@ class SyntheticFlow:
         state[0], state[1] = max(anchor, 1000.0), dev
         mkt.fair_mid = state[0] * math.exp(dev)
         self._sweep(mkt, when)
+        self._holes(mkt, ladders, filled)
         for side in (BUY, SELL):
             self._requote(mkt, ladders[side], when)
         self._refill(mkt, ladders, when, 1.0 - math.exp(-cfg.refill_rate * dt))
@@ -106,6 +110,17 @@ class SyntheticFlow:
             side = BUY if rng.random() < 0.5 else SELL
             taker = self.engine.new_synthetic(mkt.spec.code, side, 0, self._taker_size(), when)
             self.engine.match(taker, None, when)
+
+    def _holes(self, mkt: Market, ladders: dict[int, Ladder], filled: list[Order]) -> None:
+        """Quotes taken by trades leave holes that refill over time (queue position is lost)."""
+        code = mkt.spec.code
+        for order in filled:
+            if order.product != code:
+                continue
+            ladder = ladders[order.side]
+            if ladder.quotes.get(order.price) is order:
+                del ladder.quotes[order.price]
+                ladder.holes.add(order.price)
 
     def _sweep(self, mkt: Market, when: datetime) -> None:
         """The price moved through resting orders: asks at or below the fair mid are lifted and bids
@@ -144,10 +159,6 @@ class SyntheticFlow:
         """Move the ladder with the mid: pull quotes that left the range, quote the new grid prices."""
         lo, hi = self._range(mkt.fair_mid, ladder.side)
         q = ladder.quotes
-        # quotes taken by trades leave holes that refill over time (queue position is lost)
-        for price in [p for p, o in q.items() if not o.resting]:
-            del q[price]
-            ladder.holes.add(price)
         while q and q.peekitem(0)[0] < lo:
             self._pull(mkt, ladder, q.peekitem(0)[0])
         while q and q.peekitem(-1)[0] > hi:
@@ -156,9 +167,11 @@ class SyntheticFlow:
         sp = self.cfg.level_spacing
         fill = self.cfg.level_fill_probability
         old_lo, old_hi = ladder.lo, ladder.hi
-        for price in range(lo, hi + 1, sp):
-            if old_lo is not None and old_hi is not None and old_lo <= price <= old_hi:
-                continue
+        if old_lo is None or old_hi is None:
+            fresh: Iterable[int] = range(lo, hi + 1, sp)
+        else:  # only the grid prices the move uncovered (all prices are multiples of sp)
+            fresh = itertools.chain(range(lo, min(old_lo, hi + sp), sp), range(max(old_hi + sp, lo), hi + 1, sp))
+        for price in fresh:
             if price not in q and self.rng.random() < fill:
                 self._add(mkt, ladder, price, when)
         ladder.lo, ladder.hi = lo, hi
