@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from operator import neg
 from typing import Any
 
 import pytest
+from sortedcontainers import SortedDict, SortedList
 
 from bfsx.market import OrderBook
 
@@ -21,16 +23,17 @@ def board(mid: float, bids: list[tuple[float, float]], asks: list[tuple[float, f
 
 
 class Reference:
-    """The book semantics of bitflyer-api.md §4.3, written the obvious way."""
+    """The book semantics of bitflyer-api.md §4.3, written the obvious way on SortedDicts."""
 
     def __init__(self) -> None:
-        self.bids: dict[float, float] = {}
-        self.asks: dict[float, float] = {}
+        self.bids = SortedDict()
+        self.asks = SortedDict()
         self.ready = False
+        self.pruned = 0
 
     def snapshot(self, msg: dict[str, Any]) -> None:
-        self.bids = {x["price"]: x["size"] for x in msg["bids"] if x["price"] and x["size"]}
-        self.asks = {x["price"]: x["size"] for x in msg["asks"] if x["price"] and x["size"]}
+        self.bids = SortedDict({x["price"]: x["size"] for x in msg["bids"] if x["price"] and x["size"]})
+        self.asks = SortedDict({x["price"]: x["size"] for x in msg["asks"] if x["price"] and x["size"]})
         self.ready = True
         self.prune(msg["mid_price"])
 
@@ -48,11 +51,15 @@ class Reference:
         self.prune(msg["mid_price"])
 
     def prune(self, mid: float) -> None:
-        self.bids = {p: s for p, s in self.bids.items() if p <= mid}
-        self.asks = {p: s for p, s in self.asks.items() if p >= mid}
+        while self.bids and self.bids.peekitem(-1)[0] > mid:
+            self.bids.popitem(-1)
+            self.pruned += 1
+        while self.asks and self.asks.peekitem(0)[0] < mid:
+            self.asks.popitem(0)
+            self.pruned += 1
 
     def views(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-        return sorted(self.bids.items(), reverse=True), sorted(self.asks.items())
+        return list(reversed(self.bids.items())), list(self.asks.items())
 
 
 class Market:
@@ -71,12 +78,15 @@ class Market:
         for _ in range(levels):
             self.asks[float(p)] = self.size()
             p += self.rng.randint(1, 30)
+        self.stale = 0
+        # prices ordered from the touch outwards, for picking levels near the touch
+        self.order = {"bids": SortedList(self.bids, key=neg), "asks": SortedList(self.asks)}
 
     def size(self) -> float:
         return round(self.rng.uniform(0.001, 2.0), 8)
 
     def mid(self) -> float:
-        return (max(self.bids) + min(self.asks)) / 2
+        return (self.order["bids"][0] + self.order["asks"][0]) / 2
 
     def snapshot(self) -> dict[str, Any]:
         return board(self.mid(), sorted(self.bids.items(), reverse=True), sorted(self.asks.items()))
@@ -87,19 +97,38 @@ class Market:
         for _ in range(rng.randint(3, 5)):
             side = rng.choice(("bids", "asks"))
             book = self.bids if side == "bids" else self.asks
-            ordered = sorted(book, reverse=side == "bids")
+            ordered = self.order[side]
             r = rng.random()
-            if r < 0.3 and len(book) > 5:
-                price = ordered[min(int(rng.expovariate(0.3)), len(ordered) - 1)]
+            if r < 0.04 and len(book) > 20:  # a sweep: the touch levels go, the other side steps in
+                swept = list(ordered[: rng.randint(1, 4)])
+                for price in swept:
+                    ordered.remove(price)
+                    del book[price]
+                    if rng.random() < 0.3:
+                        self.stale += 1  # a missed deletion: once the other side steps over it, it crosses
+                    else:
+                        out[side][price] = 0.0
+                opposite = "asks" if side == "bids" else "bids"
+                if swept[-1] not in (self.asks if side == "bids" else self.bids):
+                    self.order[opposite].add(swept[-1])
+                new = self.asks if side == "bids" else self.bids
+                new[swept[-1]] = out[opposite][swept[-1]] = self.size()
+            elif r < 0.3 and len(book) > 5:
+                index = min(int(rng.expovariate(0.3)), len(ordered) - 1)
+                price = ordered[index]
                 del book[price]
-                out[side][price] = 0.0
+                ordered.remove(price)
+                if index or rng.random() > 0.1:
+                    out[side][price] = 0.0
+                else:  # the deletion of the touch is missed: a stale level that mid_price exposes
+                    self.stale += 1
             elif r < 0.55:  # a new level, sometimes improving the touch
-                touch = ordered[0]
                 step = rng.randint(-3, 40)
-                price = float(touch - step if side == "bids" else touch + step)
-                other = min(self.asks) if side == "bids" else max(self.bids)
-                if (side == "bids" and price >= other) or (side == "asks" and price <= other):
+                price = float(ordered[0] - step if side == "bids" else ordered[0] + step)
+                if (side == "bids" and price >= self.order["asks"][0]) or (side == "asks" and price <= self.order["bids"][0]):
                     continue
+                if price not in book:
+                    ordered.add(price)
                 book[price] = out[side][price] = self.size()
             else:
                 price = ordered[min(int(rng.expovariate(0.2)), len(ordered) - 1)]
@@ -138,6 +167,7 @@ def test_snapshot_and_diffs_match_reference() -> None:
             assert_same(book, ref)
     assert_same(book, ref)
     assert book.diffs == 3000 and book.snapshots == 7
+    assert market.stale > 10 and ref.pruned > 5  # the stream did exercise the crossing prune
 
 
 def test_diffs_before_the_first_snapshot_are_ignored() -> None:

@@ -1,8 +1,9 @@
 """The order book, rebuilt from realtime snapshots and diffs (SPEC §5.2, bitflyer-api.md §4.3).
 
 Layout, chosen by measurement (``bench/feed.py``): per side, a plain list of prices sorted so that
-**the touch is the last element** (bids ascending, asks descending) and a parallel list holding
-the level dicts as they arrived (``{"price", "size"}``), so no size is ever copied out of them.
+**the touch is the last element** (bids as prices ascending, asks as negated prices ascending)
+and a parallel list holding the level dicts as they arrived (``{"price", "size"}``), so no size is
+ever copied out of them.
 
 * A diff level is one C ``bisect`` (O(log n)) plus, for a new or removed level, a ``memmove`` of the
   few elements behind it: bitFlyer's diffs touch levels near the touch, so the cost stays flat
@@ -29,21 +30,25 @@ _SIZE = itemgetter("size")
 Side = Literal["bids", "asks", "BUY", "SELL"]
 
 
-def _load(levels: Sequence[PriceLevel], descending: bool) -> tuple[list[float], list[PriceLevel]]:
-    """Sorted prices and the parallel level dicts of one snapshot side, touch last.
+def _load(levels: Sequence[PriceLevel], negate: bool) -> tuple[list[float], list[PriceLevel]]:
+    """Ascending keys (prices, or negated prices for asks) and the parallel level dicts of one
+    snapshot side, touch last.
 
-    Bids arrive best first (descending) and are kept ascending; asks arrive best first (ascending)
-    and are kept descending: one reverse each. Order is not guaranteed on the wire (§4.3), so an
-    unsorted side is sorted (and de-duplicated). An Itayose price-0 level sorts to the low end,
-    where one check finds it. Empty levels are not scanned for (bitFlyer never sends them; that
-    scan would cost as much as the load): a zero-size touch is dropped by the prune.
+    Both sides arrive best first, so one reverse puts the touch last. Asks are keyed by their
+    negated price so that one ascending ``bisect`` serves both sides (``bisect(key=neg)`` on a
+    descending list costs twice as much per search). Order is not guaranteed on the wire (§4.3), so
+    an unsorted side is sorted (and de-duplicated). An Itayose price-0 level sorts to the far end
+    of bids and to the touch of asks, where one check finds it. Empty levels are not scanned for
+    (bitFlyer never sends them; that scan would cost as much as the load): a zero-size touch is
+    dropped by the prune.
     """
     rows = list(reversed(levels))
-    keys = list(map(_PRICE, rows))
-    if keys != sorted(keys, reverse=descending) or (keys and not keys[-1 if descending else 0]):
+    keys = list(map(neg, map(_PRICE, rows))) if negate else list(map(_PRICE, rows))
+    if keys != sorted(keys) or (keys and not keys[-1 if negate else 0]):
         merged = {lv["price"]: lv for lv in rows if lv["price"] and lv["size"]}
-        keys = sorted(merged, reverse=descending)
-        rows = [merged[p] for p in keys]
+        prices = sorted(merged, reverse=negate)
+        keys = [-p for p in prices] if negate else prices
+        rows = [merged[p] for p in prices]
     return keys, rows
 
 
@@ -60,7 +65,7 @@ class OrderBook:
     def __init__(self) -> None:
         self._bid_keys: list[float] = []  # prices ascending: best bid last
         self._bid_rows: list[PriceLevel] = []  # level dicts, same order
-        self._ask_keys: list[float] = []  # prices descending: best ask last
+        self._ask_keys: list[float] = []  # negated prices ascending: best ask (as -price) last
         self._ask_rows: list[PriceLevel] = []
         self._view_cache: dict[tuple[str, int], list[tuple[float, float]]] = {}
         #: Best bid price (0.0 when unknown). Updated on every message: read it freely.
@@ -108,8 +113,8 @@ class OrderBook:
         keys = self._ask_keys
         rows = self._ask_rows
         for level in msg["asks"]:
-            price = level["price"]
-            i = bisect_right(keys, -price, key=neg)  # descending list: search on -price
+            price = -level["price"]
+            i = bisect_right(keys, price)
             if i and keys[i - 1] == price:
                 if level["size"]:
                     rows[i - 1] = level
@@ -124,10 +129,10 @@ class OrderBook:
         # _prune inlined: this runs ~10 times a second and is the book's hot path
         if self._view_cache:
             self._view_cache.clear()
-        while keys and (keys[-1] < mid or not rows[-1]["size"]):
+        while keys and ((mid and keys[-1] > -mid) or not rows[-1]["size"]):  # an ask below mid
             keys.pop()
             rows.pop()
-        self.best_ask = keys[-1] if keys else 0.0
+        self.best_ask = -keys[-1] if keys else 0.0
         keys = self._bid_keys
         rows = self._bid_rows
         while keys and ((mid and keys[-1] > mid) or not rows[-1]["size"]):
@@ -154,10 +159,10 @@ class OrderBook:
         self.best_bid = keys[-1] if keys else 0.0
         keys = self._ask_keys
         rows = self._ask_rows
-        while keys and (keys[-1] < mid or not rows[-1]["size"]):
+        while keys and ((mid and keys[-1] > -mid) or not rows[-1]["size"]):  # an ask below mid
             keys.pop()
             rows.pop()
-        self.best_ask = keys[-1] if keys else 0.0
+        self.best_ask = -keys[-1] if keys else 0.0
 
     def clear(self) -> None:
         """Forget every level and wait for the next snapshot (used on a reconnect: no stale levels)."""
@@ -204,7 +209,9 @@ class OrderBook:
         cached = self._view_cache.get((tag, n or 0))
         if cached is None:
             start = -n if n else 0
-            cached = list(zip(keys[start:][::-1], map(_SIZE, rows[start:][::-1]), strict=True))
+            top = keys[start:][::-1]
+            prices = map(neg, top) if tag == "a" else top
+            cached = list(zip(prices, map(_SIZE, rows[start:][::-1]), strict=True))
             self._view_cache[(tag, n or 0)] = cached
         return cached.copy()
 
@@ -215,7 +222,8 @@ class OrderBook:
             i = bisect_right(keys, price)
         else:
             keys, rows = self._ask_keys, self._ask_rows
-            i = bisect_right(keys, -price, key=neg)
+            price = -price
+            i = bisect_right(keys, price)
         return float(rows[i - 1]["size"]) if i and keys[i - 1] == price else 0.0
 
     def depth(self, side: Side, price_limit: float) -> float:
@@ -223,7 +231,7 @@ class OrderBook:
         if side in ("bids", "BUY"):
             i = bisect_left(self._bid_keys, price_limit)
             return float(sum(map(_SIZE, self._bid_rows[i:])))
-        i = bisect_left(self._ask_keys, -price_limit, key=neg)
+        i = bisect_left(self._ask_keys, -price_limit)
         return float(sum(map(_SIZE, self._ask_rows[i:])))
 
     def __len__(self) -> int:

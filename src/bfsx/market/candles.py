@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from math import floor
 
 from bfsx.bitflyer import timestamps
@@ -37,16 +38,23 @@ class Candle:
 CandleCallback = Callable[[list[Candle]], object]
 
 
+@lru_cache(maxsize=16)
+def _minute_epoch(minute: str) -> int:
+    return int(datetime.fromisoformat(minute).replace(tzinfo=UTC).timestamp())
+
+
 def epoch_second(stamp: str) -> int:
     """Unix seconds of an exec_date's whole second (``2026-09-23T03:31:27[.fff…][Z]``, UTC).
 
-    The realtime format is fixed, so ``fromisoformat`` on the first 19 characters is enough; anything
-    else falls back to the lenient :func:`bfsx.bitflyer.timestamps.parse`.
+    The minute is parsed once (cached) and the seconds added; a stamp of another shape falls back
+    to the lenient :func:`bfsx.bitflyer.timestamps.parse`.
     """
     try:
-        return int(datetime.fromisoformat(stamp[:19]).replace(tzinfo=UTC).timestamp())
-    except ValueError:
-        return int(timestamps.parse(stamp).timestamp())
+        if stamp[16] == ":" and stamp[10] == "T":
+            return _minute_epoch(stamp[:16]) + int(stamp[17:19])
+    except (IndexError, ValueError):
+        pass
+    return int(timestamps.parse(stamp).timestamp())
 
 
 def _fraction(stamp: str) -> float:
