@@ -152,3 +152,17 @@ async def test_slow_consumer_is_dropped_not_buffered(sim: SimServer, ws: WireSoc
     assert ws.close_code == 1008 and ws.close_reason == "slow consumer"
     assert sim.sockets_dropped == 1 and client not in sim._clients
     assert not sim._subs.get(channels.ticker(FX))
+
+
+async def test_stale_deletions_option_leaves_levels_until_the_snapshot() -> None:
+    from bfsx.sim.config import SimConfig
+
+    async with SimServer(SimConfig.fast(market={"stale_deletions": 1.0})) as sim:
+        ws = await WireSocket.connect(sim.ws_url)
+        try:
+            await ws.subscribe(channels.board(FX))
+            await ws.wait_for(lambda: len(ws.channel(channels.board(FX))) >= 20, timeout=20)
+            diffs = ws.channel(channels.board(FX))
+            assert diffs and all(x["size"] > 0 for d in diffs for x in d["bids"] + d["asks"])
+        finally:
+            await ws.close()

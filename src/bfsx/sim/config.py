@@ -65,6 +65,9 @@ class MarketConfig(_Strict):
     taker_size_mean: float = Field(default=0.03, gt=0, description="BTC, mean of the exponential taker size")
     taker_size_max: float = Field(default=2.0, gt=0, description="BTC, cap on one taker order")
     diff_interval: float = Field(default=0.1, gt=0, description="seconds between lightning_board_ diffs")
+    stale_deletions: float = Field(
+        default=0.0, ge=0, le=1, description="fraction of level deletions left out of diffs (as bitFlyer sometimes does)"
+    )
     snapshot_interval: float = Field(default=5.0, gt=0, description="seconds between board snapshots")
     snapshot_depth: int = Field(default=300, ge=1, description="levels per side in a snapshot")
     ticker_interval: float = Field(default=0.5, gt=0)

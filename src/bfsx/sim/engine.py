@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -337,6 +338,7 @@ class Engine:
         self._page_id = FIRST_PAGE_ID
         self._expiry: list[tuple[float, int, Order]] = []
         self.synthetic_filled: list[Order] = []  # drained by the flow every step
+        self._diff_rng = random.Random((config.seed or 0) ^ 0xD1FF)  # not the flow's generator
         self._pub: dict[str, list[dict[str, Any]]] = {}
         self._priv: dict[Account, list[dict[str, Any]]] = {}
 
@@ -798,8 +800,12 @@ class Engine:
         book = self.markets[product].book
         if not book.dirty_bids and not book.dirty_asks:
             return None
+        stale = self.config.market.stale_deletions
         bids = [{"price": float(p), "size": btc(_total(book.bids, p))} for p in sorted(book.dirty_bids, reverse=True)]
         asks = [{"price": float(p), "size": btc(_total(book.asks, p))} for p in sorted(book.dirty_asks)]
+        if stale > 0:  # a missed deletion leaves a stale level until the next snapshot
+            bids = [x for x in bids if x["size"] or self._diff_rng.random() >= stale]
+            asks = [x for x in asks if x["size"] or self._diff_rng.random() >= stale]
         book.dirty_bids.clear()
         book.dirty_asks.clear()
         return {"mid_price": _mid_json(book.mid()), "bids": bids, "asks": asks}

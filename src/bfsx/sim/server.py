@@ -740,12 +740,15 @@ class _LiveView:
         while True:
             await asyncio.sleep(interval)
             line = self.line()
-            if self.tty:
-                width = shutil.get_terminal_size((120, 24)).columns
-                sys.stdout.write("\r\x1b[K" + line[: max(20, width - 1)])
-            else:
-                sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            try:
+                if self.tty:
+                    width = shutil.get_terminal_size((120, 24)).columns
+                    sys.stdout.write("\r\x1b[K" + line[: max(20, width - 1)])
+                else:
+                    sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except OSError:  # stdout went away (closed pipe): keep serving, stop printing
+                return
 
 
 async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
