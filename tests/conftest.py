@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -49,6 +50,14 @@ class SimProcess(SimHooks):
         self.port = port
         self.ws_url = f"ws://127.0.0.1:{port}/json-rpc"
         self.proc = proc
+        self.stderr_file: IO[bytes] | None = None
+
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far."""
+        if self.stderr_file is None:
+            return ""
+        self.stderr_file.seek(0)
+        return self.stderr_file.read().decode(errors="replace")
 
     def state(self) -> dict[str, Any]:
         """GET /_sim/state, blocking (handy outside a loop)."""
@@ -67,6 +76,9 @@ class SimProcess(SimHooks):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.stderr_file is not None:
+            self.stderr_file.close()
+            self.stderr_file = None
         return self.proc.returncode
 
 
@@ -74,12 +86,16 @@ def start_sim_process(*extra: str, seed: int = 1, timeout: float = 20.0) -> SimP
     """Start ``python -m bfsx.cli sim`` on a free port and wait until it answers gethealth."""
     port = free_port()
     cmd = [sys.executable, "-m", "bfsx.cli", "sim", "--port", str(port), "--seed", str(seed), "--quiet", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr goes to a file, not a pipe nobody reads (a full pipe would stall the simulator)
+    err_file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SimProcess, closed in stop()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file)
     sp = SimProcess(port, proc)
+    sp.stderr_file = err_file
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
+            err_file.seek(0)
+            err = err_file.read().decode(errors="replace")
             raise RuntimeError(f"bfsx sim exited with {proc.returncode}: {err.strip()}")
         try:
             with urllib.request.urlopen(f"{sp.url}/v1/gethealth", timeout=1) as r:
