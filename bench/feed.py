@@ -259,6 +259,39 @@ def _pybotters(frames: list[bytes]) -> float:
     return asyncio.run(run())
 
 
+def _cross_check(frames: list[bytes]) -> str:
+    """Feed the stream once to (b) and (c) and compare what they end with: same board, same prints."""
+    import pybotters
+    from pybotters.ws import ClientWebSocketResponse
+
+    class _WS(ClientWebSocketResponse):
+        def __init__(self) -> None:
+            pass
+
+        async def send_json(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    async def run() -> Any:
+        store = pybotters.bitFlyerDataStore()
+        ws = _WS()
+        for f in frames:
+            store.onmessage(orjson.loads(f), ws)
+        await asyncio.sleep(0)
+        return store
+
+    store = asyncio.run(run())
+    client, feed = make_pipeline()
+    for f in frames:
+        client.dispatch_frame(f)
+    board = store.board.sorted({"product_code": PRODUCT})
+    same_board = ([(x["price"], x["size"]) for x in board["bids"]] == feed.book.bids()
+                  and [(x["price"], x["size"]) for x in board["asks"]] == feed.book.asks())
+    same_prints = len(store.executions) == feed.executions.count
+    return (f"cross-check after the stream: board {'identical' if same_board else 'DIFFERENT'} to pybotters' "
+            f"({feed.book.bid_levels}+{feed.book.ask_levels} levels), prints {'identical' if same_prints else 'DIFFERENT'} "
+            f"({feed.executions.count})")
+
+
 def _interleaved(fns: dict[str, Callable[[list[bytes]], float]], frames: list[bytes], rounds: int) -> dict[str, float]:
     """Best time of each consumer over ``rounds``, taking turns so drift and noise hit all alike."""
     best = dict.fromkeys(fns, float("inf"))
@@ -331,6 +364,7 @@ def run(levels: int = 1000, cycles: int = 30, rounds: int = 15, pybotters_rounds
     print(f"(b)/(c) = {b / c:.0f}   (target >= 50)")
     print(f"without the snapshots after the first, as pybotters runs live: (b) {len(live) / tb_live:,.0f} msgs/s, "
           f"(c) {len(live) / tc_live:,.0f} msgs/s, (b)/(c) = {tc_live / tb_live:.0f}")
+    print(_cross_check(frames))
     kinds = _per_kind(stream)
     counts = _kind_counts(stream)
     print(f"\n{'per frame kind':<16}{'count':>7}{'(a) µs':>10}{'(b) µs':>10}{'(b)-(a) µs':>12}{'(b)/(a)':>9}")
