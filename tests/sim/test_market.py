@@ -84,3 +84,14 @@ async def test_a_bid_at_the_touch_fills_on_the_default_market() -> None:
             assert fills[0]["price"] == bid  # a maker fill at its own price
         finally:
             await ws.close()
+
+
+def test_user_market_orders_move_the_mid() -> None:
+    cfg = SimConfig.fast(seed=4, market={"volatility": 0, "noise": 0, "jump_probability": 0, "impact": 1e-4})
+    engine = Engine(cfg)
+    flow = SyntheticFlow(engine, cfg.market, cfg.seed)
+    acct = engine.accounts["demo-key-1"]
+    start = engine.markets[FX].fair_mid
+    engine.place(engine.accept(acct, {"product_code": FX, "child_order_type": "MARKET", "side": "BUY", "size": 0.5}))
+    flow.step()
+    assert engine.markets[FX].fair_mid > start * (1 + 0.4e-4)

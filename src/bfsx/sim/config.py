@@ -54,6 +54,9 @@ class MarketConfig(_Strict):
     reversion: float = Field(default=0.5, ge=0, description="per second: how fast the short-term part decays")
     jump_probability: float = Field(default=0.003, ge=0, le=1, description="chance of a jump per second")
     jump_size: float = Field(default=0.001, ge=0, description="relative size (stdev) of a jump")
+    impact: float = Field(
+        default=5e-5, ge=0, description="permanent relative move of the mid per BTC of user market-taking volume"
+    )
     half_spread: int = Field(default=100, ge=0, description="JPY between the mid and the first synthetic level")
     level_spacing: int = Field(default=50, ge=1, description="JPY between synthetic ladder levels")
     levels: int = Field(default=400, ge=1, le=5000, description="synthetic levels per side")

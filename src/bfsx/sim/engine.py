@@ -338,6 +338,7 @@ class Engine:
         self._page_id = FIRST_PAGE_ID
         self._expiry: list[tuple[float, int, Order]] = []
         self.synthetic_filled: list[Order] = []  # drained by the flow every step
+        self.user_flow: dict[str, int] = {}  # product -> signed sats users took since the last step
         self._diff_rng = random.Random((config.seed or 0) ^ 0xD1FF)  # not the flow's generator
         self._pub: dict[str, list[dict[str, Any]]] = {}
         self._priv: dict[Account, list[dict[str, Any]]] = {}
@@ -701,7 +702,11 @@ class Engine:
         if order.time_in_force == "FOK" and self.fillable(order.side, order.product, limit, order.size) < order.size:
             self._expire(order, when)
         else:
+            before = order.remaining
             self.match(order, limit, when)
+            taken = before - order.remaining
+            if taken:  # the flow moves the fair mid by the user's taking volume (price impact)
+                self.user_flow[order.product] = self.user_flow.get(order.product, 0) + order.side * taken
             if order.remaining:
                 if order.order_type == "MARKET" or order.time_in_force != "GTC":
                     self._expire(order, when)

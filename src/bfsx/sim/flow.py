@@ -18,7 +18,7 @@ from datetime import datetime
 from sortedcontainers import SortedDict
 
 from bfsx.sim.config import MarketConfig
-from bfsx.sim.engine import BUY, SELL, Engine, Market, Order, to_sats
+from bfsx.sim.engine import BUY, SAT, SELL, Engine, Market, Order, to_sats
 
 _BIG = 10**18  # size of a sweep order: bounded by its limit price, not by size
 
@@ -92,6 +92,9 @@ class SyntheticFlow:
         # fair mid = anchor (random walk with jumps) x exp(deviation) (Ornstein-Uhlenbeck): the
         # deviation is the short-term back-and-forth that lets resting quotes get filled
         state = self.walk[mkt.spec.code]
+        taken = self.engine.user_flow.pop(mkt.spec.code, 0)
+        if taken:  # permanent impact of users' market-taking volume
+            state[0] *= math.exp(cfg.impact * taken / SAT)
         anchor = state[0] * math.exp(cfg.volatility * math.sqrt(dt) * rng.gauss(0.0, 1.0))
         if rng.random() < cfg.jump_probability * dt:
             anchor *= math.exp(rng.gauss(0.0, cfg.jump_size))
