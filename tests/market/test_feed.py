@@ -104,6 +104,26 @@ async def test_candle_clock_confirms_quiet_seconds() -> None:
     assert len(candles) == len(seen)
 
 
+async def test_candle_clock_starts_for_builders_added_to_the_list() -> None:
+    """The bot runtime appends its builders to ``candle_builders`` itself: the first prints start the clock."""
+    import asyncio
+    import time
+
+    from bfsx.bitflyer import timestamps
+    from bfsx.market import CandleBuilder
+
+    client = live_client()
+    feed = MarketFeed(PRODUCT, client, candle_grace=0.0)
+    seen: list[Candle] = []
+    feed.candle_builders.append(CandleBuilder(0.2, 50, lambda cs: seen.append(cs[-1])))
+    client.dispatch_frame(frame(channels.executions(PRODUCT), execs(1, timestamps.ws(timestamps.now()), ("SELL", 7.0, 1.0))))
+    deadline = time.time() + 20
+    while len(seen) < 2 and time.time() < deadline:
+        await asyncio.sleep(0.05)
+    feed.close()
+    assert len(seen) >= 2 and seen[-1].count == 0 and seen[-1].close == 7.0
+
+
 def test_board_frames_of_an_unannounced_connection_drop_the_old_levels() -> None:
     """Frames arriving between a new connection's subscription and its on_connect callback."""
     client = live_client()

@@ -143,6 +143,8 @@ class MarketFeed:
                 buy, sell, volume = executions.batch_buy_volume, executions.batch_sell_volume, executions.batch_volume
                 for builder in builders:
                     builder.fold(batch, buy, sell, volume)
+                if self._clock is None and self._candle_clock:  # builders appended directly to the list
+                    self._start_clock()
             for cb in listeners:
                 cb(batch)
 
@@ -176,7 +178,7 @@ class MarketFeed:
             log.info("%s feed reconnected: book rebuilt from the next snapshot", self.product)
         self._cleared_for_connection = False
         if self._candle_clock and self._clock is None and self.candle_builders:
-            self._schedule_clock()
+            self._start_clock()
 
     # ------------------------------------------------------------------ candles
     def add_candles(self, timescale: float, maxlen: int, callback: CandleCallback | None = None) -> CandleBuilder:
@@ -184,12 +186,7 @@ class MarketFeed:
         builder = CandleBuilder(timescale, maxlen, callback)
         self.candle_builders.append(builder)
         if self._candle_clock and self._clock is None:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                pass  # started from _on_connect once the loop runs
-            else:
-                self._schedule_clock()
+            self._start_clock()
         return builder
 
     def tick(self, now: float | None = None) -> None:
@@ -198,20 +195,28 @@ class MarketFeed:
         for builder in self.candle_builders:
             builder.advance(t)
 
-    def _schedule_clock(self) -> None:
-        """Tick a few times per smallest timescale so quiet seconds still come out as candles."""
-        step = min((b.timescale for b in self.candle_builders), default=1.0) / 4
-        step = min(max(step, 0.05), 1.0)
-        loop = asyncio.get_running_loop()
+    def _start_clock(self) -> None:
+        """Tick a few times per smallest timescale so quiet seconds still come out as candles.
+
+        Started by :meth:`add_candles`, on connect, or on the first prints once builders exist
+        (whichever comes first with a running loop); a no-op without a running loop.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        def step() -> float:  # recomputed: builders may be added later
+            return min(max(min((b.timescale for b in self.candle_builders), default=4.0) / 4, 0.05), 1.0)
 
         def fire() -> None:
             try:
                 self.tick()
             except Exception:
                 log.exception("candle listener failed")
-            self._clock = loop.call_later(step, fire)
+            self._clock = loop.call_later(step(), fire)
 
-        self._clock = loop.call_later(step, fire)
+        self._clock = loop.call_later(step(), fire)
 
     def close(self) -> None:
         """Stop the candle clock (the realtime client is closed by its owner)."""
