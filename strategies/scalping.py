@@ -1,5 +1,6 @@
-"""A fast scalper on self-built second candles: enter with a limit order at the touch when taker
-volume is one-sided and price moves with it; leave on take-profit, stop-loss or a time limit.
+"""A fast scalper on self-built second candles: when taker volume is one-sided and the price moves
+with it, enter with a limit order (at the far touch by default, so it fills at a capped price);
+leave on take-profit, stop-loss or a time limit.
 
 Every parameter is documented in ``scalping.yaml`` and reloads live.
 """
@@ -37,10 +38,15 @@ class MyStrategy(bfsx.Strategy):
         move = bars[-1].close - bars[0].open
         lot = self._p("lot", 0.01)
         threshold = self._p("imbalance", 0.4)
-        if imbalance > threshold and move > 0 and self.best_bid:
-            self._entry_order = await self.buy(lot, self.best_bid)
-        elif imbalance < -threshold and move < 0 and self.best_ask:
-            self._entry_order = await self.sell(lot, self.best_ask)
+        bid, ask = self.best_bid, self.best_ask
+        if not bid or not ask:
+            return
+        # "take": a limit at the far touch (fills now, price capped); "join": a limit at the near touch.
+        take = self.parameters.get("entry", "take") == "take"
+        if imbalance > threshold and move > 0:
+            self._entry_order = await self.buy(lot, ask if take else bid)
+        elif imbalance < -threshold and move < 0:
+            self._entry_order = await self.sell(lot, bid if take else ask)
         else:
             return
         self._entry_at = time.monotonic()

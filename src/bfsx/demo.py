@@ -78,6 +78,17 @@ class DemoTiming:
     manual_size: float = 0.03
     cycle: float = 300.0  # repeat the faults this often when running until Ctrl+C
 
+    @classmethod
+    def for_minutes(cls, minutes: float | None) -> DemoTiming:
+        """The default timeline, compressed when the run is too short to show both faults."""
+        t = cls()
+        if minutes is None or minutes * 60 >= 150:
+            return t
+        total = minutes * 60
+        t.drop_at, t.drop_for, t.manual_at = 0.2 * total, 0.15 * total, 0.42 * total
+        t.check_interval = min(t.check_interval, max(1.0, total / 40))
+        return t
+
 
 def _strategy_source(name: str) -> tuple[Path, Path]:
     """The sample strategy files: from the source tree, or the current folder's ``strategies/``."""
@@ -94,7 +105,7 @@ class Demo:
     def __init__(self, out: Path, minutes: float | None, timing: DemoTiming | None = None, seed: int = 7) -> None:
         self.out = out
         self.minutes = minutes
-        self.t = timing or DemoTiming()
+        self.t = timing or DemoTiming.for_minutes(minutes)
         self.seed = seed
         self.sim_port = free_port()
         self.pos_port = free_port()
