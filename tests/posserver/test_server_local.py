@@ -195,7 +195,7 @@ async def test_account_budget_keeps_n_bots_under_the_private_limit(server_factor
 async def _applied(s: PosServer, c: PosServerClient) -> None:
     for _ in range(400):
         bot = s.registry.bots.get(c.bot_id)
-        if bot is not None and bot.seq == c._sender.last_seq:
+        if bot is not None and bot.seq == c.last_report_seq:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"report of {c.bot_id} not applied")

@@ -99,7 +99,7 @@ async def test_a_matching_reports_no_correction(sim: SimServer, server: PosServe
     spot = await FakeBot(sim, server, "spot", market="BTC_JPY", base=1.0).start()  # holds 1 BTC outside bots
     await a.trade("BUY", "0.03")
     await b.trade("SELL", "0.01")
-    await _checks(server, 8, wait_for)  # well over consecutive (3) checks in a quiet state
+    await _checks(server, 6, wait_for)  # well over consecutive (3) checks in a quiet state
     assert server.counters["corrections"] == 0
     r = server.results[FX]
     assert r.exchange == r.expected == Decimal("0.02") and r.skip_reason == ""
@@ -146,11 +146,11 @@ async def test_e_no_correction_while_stopped_or_in_maintenance(sim: SimServer, s
     a = await FakeBot(sim, server, "a").start()
     await a.trade("BUY", "0.01", report=False)  # drift of +0.01
     await sim.set_faults(health="STOP")
-    await _checks(server, 8, wait_for)
+    await _checks(server, 5, wait_for)
     assert server.counters["corrections"] == 0
     assert "STOP" in server.results[FX].skip_reason
     await sim.set_faults(health=None, maintenance=True)
-    await _checks(server, 8, wait_for)
+    await _checks(server, 5, wait_for)
     assert server.counters["corrections"] == 0
     assert "CLOSED" in server.results[FX].skip_reason
     assert _net(sim) == Decimal("0.01")

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bfsx.account.budget import BudgetSnapshot
 from bfsx.cli import UserError
+from bfsx.config import is_loopback
 from bfsx.posserver import protocol as p
 
 log = logging.getLogger("bfsx.posserver.client")
@@ -31,16 +32,6 @@ BUDGET_STALE_INTERVALS = 3.0
 
 class PosServerUnavailable(Exception):
     """No valid reply from the position server (down, timeout, wrong secret, bad reply)."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -68,7 +59,10 @@ class _Connection:
                 await other.close()
         self.busy = True
         try:
-            return await asyncio.wait_for(self._request(msg), self.timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the inner call completes, and stop() would then wait forever.
+            async with asyncio.timeout(self.timeout):
+                return await self._request(msg)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, p.ProtocolError) as e:
             await self.close()
             raise PosServerUnavailable(f"{type(e).__name__}: {e}") from None
@@ -132,10 +126,12 @@ class PosServerClient:
         self._reply: p.BudgetReply | None = None
         self._reply_at = 0.0  # monotonic
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._conn = _Connection(host, self.port, self._secret, self._sender, timeout)
         self._pid = os.getpid()
         self.reports_sent = 0
         self.send_errors = 0
+        self.last_report_seq = 0  # sequence number of the latest report sent (tools, tests)
 
     # ------------------------------------------------------------------------------ reports
     def report(
@@ -163,6 +159,7 @@ class PosServerClient:
         try:
             self._transport.sendto(self._sender.encode(self._latest))
             self.reports_sent += 1
+            self.last_report_seq = self._sender.last_seq
         except (OSError, ValueError) as e:  # ValueError: a non-finite number
             self.send_errors += 1
             log.debug("position report not sent: %s", e)
@@ -197,8 +194,14 @@ class PosServerClient:
         """Open the UDP endpoint, send the latest report (if any) and start the background tasks."""
         if self._transport is not None:
             return
+        self._closing = False
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(_Datagrams, remote_addr=(self.host, self.port))
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        # "localhost" may resolve to ::1 first while the server listens on 127.0.0.1 only; a lost
+        # datagram says nothing, so prefer IPv4 (a server bound to "localhost" listens on both).
+        family, _, _, _, addr = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
+        transport, _ = await loop.create_datagram_endpoint(
+            _Datagrams, remote_addr=(str(addr[0]), int(addr[1])), family=family)
         self._transport = transport
         self._send()
         self._tasks = [
@@ -208,10 +211,13 @@ class PosServerClient:
 
     async def stop(self) -> None:
         """Send a last report, stop the tasks, close the sockets."""
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        self._closing = True
+        tasks, self._tasks = self._tasks, []
+        while tasks:
+            for t in tasks:
+                t.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            tasks = list(pending)
         self._send()
         await self._conn.close()
         if self._transport is not None:
@@ -219,13 +225,13 @@ class PosServerClient:
             self._transport = None
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.report_interval)
             self._send()
 
     async def _query_loop(self) -> None:
         warned = False
-        while True:
+        while not self._closing:
             try:
                 await self.query_budget()
                 if warned:

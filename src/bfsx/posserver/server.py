@@ -282,9 +282,12 @@ class PosServer:
             t.close()
         if self._tcp is not None:
             self._tcp.close()
-        for task in list(self._tasks) + list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._conns, return_exceptions=True)
+        tasks = list(self._tasks) + list(self._conns)
+        while tasks:  # cancel again if a task swallowed it (a wait_for race on 3.11)
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            tasks = list(pending)
         if self._tcp is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tcp.wait_closed(), 2.0)
@@ -366,12 +369,14 @@ class PosServer:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
         while not self._stopping:
             try:
-                prefix = await asyncio.wait_for(reader.readexactly(p.FRAME_PREFIX.size), self.tcp_timeout)
+                async with asyncio.timeout(self.tcp_timeout):
+                    prefix = await reader.readexactly(p.FRAME_PREFIX.size)
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
             try:
                 n = p.read_frame_length(prefix, p.MAX_DATAGRAM)
-                data = await asyncio.wait_for(reader.readexactly(n), self.tcp_timeout)
+                async with asyncio.timeout(self.tcp_timeout):
+                    data = await reader.readexactly(n)
                 msg = p.decode(data, self._secret, max_age=self.max_age)
                 if not isinstance(msg, p.BudgetQuery | p.StatusQuery) or msg.header is None:
                     raise p.ProtocolError("malformed", "not a query on the TCP port")
@@ -389,7 +394,8 @@ class PosServer:
                 reply = p.StatusReply(re=msg.header.seq, status=self.status())
             writer.write(p.frame(self.sender.encode(reply)))
             try:
-                await asyncio.wait_for(writer.drain(), self.tcp_timeout)
+                async with asyncio.timeout(self.tcp_timeout):
+                    await writer.drain()
             except (TimeoutError, ConnectionError):
                 return
 
