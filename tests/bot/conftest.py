@@ -91,7 +91,8 @@ StartBot = Callable[..., Awaitable[BotRuntime]]
 
 @pytest.fixture
 async def start_bot(sim: SimServer, tmp_path: Path) -> AsyncIterator[StartBot]:
-    """``await start_bot(strategy, strategy_config=None, strategy_yaml_path=None, **trade_keys)``:
+    """``await start_bot(strategy, strategy_config=None, strategy_yaml_path=None, config=None,
+    trade_path=None, **trade_keys)``:
     a running BotRuntime (connected, book ready). Stopped at teardown; its run() must return 0."""
     running: list[tuple[BotRuntime, asyncio.Task[int]]] = []
     counter = itertools.count(1)
@@ -101,13 +102,16 @@ async def start_bot(sim: SimServer, tmp_path: Path) -> AsyncIterator[StartBot]:
         *,
         strategy_config: StrategyConfig | None = None,
         strategy_yaml_path: str | None = None,
+        config: TradeConfig | None = None,
+        trade_path: str | None = None,
         ready: bool = True,
         **trade: Any,
     ) -> BotRuntime:
         folder = tmp_path / f"bot{next(counter)}"
         trade.setdefault("log_folder", str(folder))
-        cfg = trade_config(sim, folder, **trade)
-        rt = BotRuntime(cfg, strategy_config or StrategyConfig(), strategy, strategy_yaml_path=strategy_yaml_path)
+        cfg = config or trade_config(sim, folder, **trade)
+        rt = BotRuntime(cfg, strategy_config or StrategyConfig(), strategy,
+                        strategy_yaml_path=strategy_yaml_path, trade_path=trade_path)
         task = asyncio.create_task(rt.run())
         running.append((rt, task))
         if ready:
@@ -206,9 +210,12 @@ class BotProcess:
 
     def wait_log(self, text: str, timeout: float = 40.0) -> str:
         def seen() -> bool:
+            if text in self.log():
+                return True
             if self.proc.poll() is not None:
-                raise AssertionError(f"bot exited {self.proc.returncode} before logging {text!r}: {self.stderr()[-2000:]}\n{self.log()[-3000:]}")
-            return text in self.log()
+                raise AssertionError(f"bot exited {self.proc.returncode} before logging {text!r}: "
+                                     f"{self.stderr()[-2000:]}\n{self.log()[-3000:]}")
+            return False
 
         wait_sync(seen, timeout, f"{text!r} in {self.log_file}")
         return self.log()

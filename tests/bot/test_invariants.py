@@ -79,11 +79,15 @@ async def test_1000_random_orders_with_20pct_of_events_dropped_then_resync(sim: 
     while len(orders) < 1000:
         # Ten at a time, concurrently: replies and events of several orders interleave.
         orders += await asyncio.gather(*(random_order(s, rng) for _ in range(10)))
-        for o in rng.sample(s.open_orders, min(5, len(s.open_orders))):
+        # Cancels: a few at random, and the resting orders the market came close to (the exchange
+        # would refuse the bot's next taker order as a self trade against them).
+        near = [o for o in s.open_orders if o.price and abs(o.price - s.mid_price) < 1000]
+        picked = {id(o): o for o in [*near, *rng.sample(s.open_orders, min(3, len(s.open_orders)))]}
+        for o in picked.values():
             cancels += await s.cancel(o)
     accepted = [o for o in orders if o.acceptance_id]
     # The exchange refuses the orders that would trade with the bot's own resting ones: fine.
-    assert len(accepted) > 700
+    assert len(accepted) > 800
     assert {o.reason for o in orders if not o.acceptance_id} <= {"-159: You cannot place an order as it is the Self Trade."}
     assert cancels > 100
     assert sim.frames_dropped > 200  # the fault really bit
@@ -92,7 +96,7 @@ async def test_1000_random_orders_with_20pct_of_events_dropped_then_resync(sim: 
     await s.cancel_all()  # every order the bot may still think open (some were cancelled unseen)
     await wait_for(lambda: not sim.state()["accounts"][KEY]["open_orders"], what="no open order on the exchange")
     truth = exchange_fills(sim)
-    assert len(truth) > 300
+    assert len(truth) > 100
 
     # Forced reconnect: the runtime resyncs (getchildorders + getexecutions) on every reconnect.
     before = rt.realtime.reconnects

@@ -99,8 +99,14 @@ def fleet(sim_proc: SimProc, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         f.during = sim_proc.state()
         for name, bot in f.bots.items():
             bot.proc.send_signal(f.signals[name])
+        # Impatient users press Ctrl+C twice: a second signal during (or after) the stop is harmless.
+        for name in ("form1", "close"):
+            bot = f.bots[name]
+            bot.wait_log("stopping: cancelling open orders", timeout=30)
+            if bot.proc.poll() is None:
+                bot.proc.send_signal(f.signals[name])
         for name, bot in f.bots.items():
-            f.codes[name] = bot.stop(f.signals[name])
+            f.codes[name] = bot.proc.wait(40)
         f.after = sim_proc.state()
         yield f
     finally:

@@ -630,6 +630,7 @@ class BotRuntime:
             await self.posclient.stop()
         if self.charts is not None:
             await self.charts.close()
+        self.feed.close()
         await self.health.stop()
         await self.realtime.close()
         await self.rest.close()
@@ -685,4 +686,11 @@ def run_trade(files: list[str]) -> int:
         )
         return await rt.run()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        # The bot has stopped and the process is exiting: a second Ctrl+C / SIGTERM (an impatient
+        # user, a supervisor) must not turn the clean exit into a kill by signal. uvloop even leaves
+        # its closed loop's handlers installed, which then die on the signal.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
