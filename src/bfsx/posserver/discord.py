@@ -459,7 +459,9 @@ class _PeriodicPoster:
         while True:
             due = last + self._settings.interval_seconds
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, due - time.monotonic()))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation at close.
+                async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                    await self._changed.wait()
                 self._changed.clear()
                 continue  # settings changed: recompute the due time from the same ``last``
             except TimeoutError:
