@@ -109,7 +109,7 @@ class SimServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.executions_total = 0
-        self.frames_dropped = 0
+        self.events_dropped = 0
         self.sockets_dropped = 0
         self._public: dict[str, Handler] = {}
         self._private: dict[str, tuple[str, Handler]] = {}
@@ -137,10 +137,8 @@ class SimServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        server = site._server
-        if self.port == 0 and server is not None:
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1]
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
         m = self.config.market
         self._tasks = [
             asyncio.create_task(self._every(m.step_seconds, self._tick), name="sim-flow"),
@@ -205,6 +203,8 @@ class SimServer:
         st["seed"] = self.seed
         st["websockets"] = len(self._clients)
         st["flow_steps"] = self.flow.steps
+        st["events_dropped"] = self.events_dropped
+        st["sockets_dropped"] = self.sockets_dropped
         return st
 
     async def _apply_faults(self, req: faults_mod.FaultsRequest) -> dict[str, Any]:
@@ -275,7 +275,7 @@ class SimServer:
         rate = self.active_faults.drop_private_events
         if rate > 0:
             kept = [e for e in events if self._fault_rng.random() >= rate]
-            self.frames_dropped += len(events) - len(kept)
+            self.events_dropped += len(events) - len(kept)
             events = kept
         subs = self._subs.get(channels.CHILD_ORDER_EVENTS)
         if not events or not subs:
