@@ -146,7 +146,8 @@ class SimConfig(_Strict):
             "snapshot_interval": 1.0,
             "ticker_interval": 0.2,
         }
-        market.update(overrides.pop("market", {}) or {})
+        extra = overrides.pop("market", None) or {}
+        market.update(extra.model_dump(exclude_unset=True) if isinstance(extra, BaseModel) else extra)
         data: dict[str, Any] = {"seed": 1, "market": market}
         data.update(overrides)
         return cls.model_validate(data)
