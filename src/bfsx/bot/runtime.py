@@ -52,6 +52,7 @@ from bfsx.market.feed import MarketFeed
 from bfsx.market.health import HealthPoller
 
 Callback = Callable[..., Awaitable[None] | None]
+_SIZE_STEP = Decimal("0.00000001")
 QUIET_SECONDS = 5.0  # no drift correction while this bot traded this recently
 STOP_CANCEL_TIMEOUT = 10.0
 JOURNAL_KEEP_DAYS = 7
@@ -97,7 +98,7 @@ class _Listener:
         try:
             while True:
                 try:
-                    await call_maybe_async(self._cb, *args)
+                    await self._cb(*args)  # type: ignore[misc]
                 except Exception:
                     self._log.exception("strategy callback %s failed", getattr(self._cb, "__name__", self._cb))
                 if self._pending is None:
@@ -215,6 +216,7 @@ class BotRuntime:
         self._watchers: list[ConfigWatcher[Any]] = []
         self.fills_applied = 0
         self.fills_recovered = 0  # of which found by a resync (their events were lost)
+        self._min_size = float(self.spec.min_size)
         self._cancel_requested: dict[str, float] = {}  # acceptance id -> monotonic time of the request
 
     # ----------------------------------------------------------------- registration (Strategy API)
@@ -259,7 +261,7 @@ class BotRuntime:
         """Why a new order must not be sent now, or None. Cancels never come through here."""
         if self._stopping and not closing:
             return "bot is stopping"
-        if size < float(self.spec.min_size):
+        if size < self._min_size:
             return f"size {size} below the minimum {self.spec.min_size}"
         if not self.realtime.connected.is_set():
             return "realtime not connected (own fills would go unseen)"
@@ -282,7 +284,8 @@ class BotRuntime:
         return (pos > 0 and side == "SELL" and size <= pos + 1e-12) or (pos < 0 and side == "BUY" and size <= -pos + 1e-12)
 
     async def send_order(self, side: Side, size: float, price: float | None, *, closing: bool = False, **opts: Any) -> Order:
-        size = float(Decimal(repr(size)).quantize(Decimal("0.00000001"), rounding=ROUND_DOWN))
+        if round(size, 8) != size:  # the hot path skips Decimal when the size is on the grid already
+            size = float(Decimal(repr(size)).quantize(_SIZE_STEP, rounding=ROUND_DOWN))
         order = Order.new(self.product, side, size, price)
         reason = self._refusal(side, size, closing=closing)
         if reason is not None:
@@ -341,14 +344,21 @@ class BotRuntime:
 
     # ----------------------------------------------------------------- private events
     def _on_child_events(self, events: list[dict[str, Any]]) -> None:
+        changed: dict[int, Order] = {}
         for ev in events:
             if ev.get("product_code") != self.product:
                 continue
-            fill, changed = self.tracker.apply_event(ev)  # type: ignore[arg-type]
-            if changed is not None:
-                self.journal.record_order(changed)
+            fill, order = self.tracker.apply_event(ev)  # type: ignore[arg-type]
+            if order is not None:
+                changed[id(order)] = order
             if fill is not None:
                 self._apply_fill(fill)
+        # One row per order per frame, after its fills: a taker order's ORDER, EXECUTIONs and EXPIRE
+        # often come in one frame, and each SQLite commit holds the loop for 50-100 µs. Fills are
+        # journaled before they count (_apply_fill); a row that lags its fills is rebuilt from them
+        # on restore, and its state settled by the resync.
+        for order in changed.values():
+            self.journal.record_order(order)
 
     def _apply_fill(self, fill: Fill) -> None:
         # Journal first: a crash after this line cannot lose the fill, and replay dedupes by exec id.
