@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from bfsx.account.orders import Order, OrderState
+from bfsx.bitflyer.rest import RestClient
+from bfsx.bot import runtime
 from bfsx.bot.runtime import BotRuntime
 from bfsx.bot.strategy import Strategy
 from bfsx.sim.config import SimConfig
@@ -23,13 +25,15 @@ from bfsx.sim.server import SimServer
 from .conftest import StartBot, wait_for
 
 KEY, SECRET = "stress-key", "stress-secret"
+TAKER, TAKER_SECRET = "taker-key", "taker-secret"
 
 
 @pytest.fixture
 def sim_config() -> SimConfig:
     # A fresh account nobody else trades, with room for 1,000 orders (limits are not the subject).
     return SimConfig.fast(
-        accounts=[{"api_key": KEY, "api_secret": SECRET, "jpy": 10_000_000_000}],
+        accounts=[{"api_key": KEY, "api_secret": SECRET, "jpy": 10_000_000_000},
+                  {"api_key": TAKER, "api_secret": TAKER_SECRET, "jpy": 10_000_000_000}],
         limits={"private": 1_000_000, "orders": 1_000_000, "small_orders": 1_000_000},
         account_history=50_000,
     )
@@ -136,3 +140,28 @@ async def test_events_before_the_http_reply_are_parked_and_counted_once(
     assert rt.position.exact_size == exchange_net(sim) == Decimal("0")
     for o in orders:
         assert o.filled_size == o.size
+
+
+async def test_fill_lost_while_connected_is_recovered_without_a_reconnect(
+    sim: SimServer, start_bot: StartBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resting order whose fill event is lost looks like any quiet resting order: only the
+    # periodic settle (SETTLE_INTERVAL, 60 s in production) can find the fill without a reconnect.
+    monkeypatch.setattr(runtime, "SETTLE_INTERVAL", 0.5)
+    monkeypatch.setattr(runtime, "ORDER_AUDIT_INTERVAL", 0.1)
+    s = Strategy()
+    rt = await start_bot(s, apikey=KEY, secret=SECRET)
+    resting = await s.buy(0.01, round(s.best_bid - 300))
+    await wait_for(lambda: resting.state is OrderState.ACTIVE, what="resting order ACTIVE")
+    await sim.set_faults(drop_private_events=1.0)
+    async with RestClient(sim.url, TAKER, TAKER_SECRET) as rest:  # another account sweeps down to it
+        board = await rest.get_board("FX_BTC_JPY")
+        depth = sum(b["size"] for b in board["bids"] if b["price"] >= (resting.price or 0))
+        await rest.send_child_order("FX_BTC_JPY", "SELL", round(depth + 0.5, 8), resting.price, time_in_force="IOC")
+    await wait_for(lambda: exchange_fills(sim), what="the resting order filled on the exchange")
+    await sim.set_faults(drop_private_events=0.0)
+    assert rt.position.exact_size == 0 and resting.is_open  # the bot saw nothing
+    await wait_for(lambda: rt.position.exact_size == exchange_net(sim) != 0, what="the lost fill recovered")
+    assert resting.state is OrderState.FILLED and rt.fills_recovered == len(exchange_fills(sim))
+    assert rt.realtime.reconnects == 0
+    await wait_for(lambda: not rt.tracker.unsettled_orders, what="nothing left unsettled")

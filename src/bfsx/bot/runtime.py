@@ -60,6 +60,8 @@ CHART_SAMPLE_SECONDS = 10.0
 ORDER_AUDIT_INTERVAL = 2.0  # how often to look for orders whose events look lost (no API call if none)
 ORDER_AUDIT_AFTER = 4.0  # seconds without the expected event before asking the exchange
 RESYNC_MAX_PAGES = 20  # getchildorders pages of 500 a resync may read (10,000 orders back)
+SETTLE_INTERVAL = 60.0  # open and unsettled orders are looked up at least this often (lost events)...
+SETTLE_BACKLOG = 500  # ...and at once when this many finished ones wait (the tracker keeps 2,000)
 
 
 class _Listener:
@@ -217,6 +219,7 @@ class BotRuntime:
         self.fills_applied = 0
         self.fills_recovered = 0  # of which found by a resync (their events were lost)
         self._min_size = float(self.spec.min_size)
+        self._last_settled = time.monotonic()
         self._cancel_requested: dict[str, float] = {}  # acceptance id -> monotonic time of the request
 
     # ----------------------------------------------------------------- registration (Strategy API)
@@ -399,6 +402,7 @@ class BotRuntime:
                 recovered += self._reconcile([], own)
         except BitflyerError as e:
             self.log.warning("resync of missing fills failed (%s)", e)
+        self._last_settled = time.monotonic()
         if recovered:
             self.fills_recovered += recovered
             self.log.warning("resync recovered %d missed fill(s); position %s", recovered, self.position.size)
@@ -409,7 +413,7 @@ class BotRuntime:
         seen. One page of 500 is not enough: after many lost events the unsettled orders reach
         further back, and an order never looked up keeps its missed fills hidden (bounded)."""
         rows: list[Any] = []
-        if len(wanted) <= 20:
+        if len(wanted) <= 3:  # a page of 500 rows is one request too
             for acc in wanted:
                 rows.extend(await self.rest.get_child_orders(self.product, acceptance_id=acc))
             return rows
@@ -517,8 +521,23 @@ class BotRuntime:
         a reconnect: the bot's position stays right, so no correcting order is needed."""
         while not self._stopping:
             await asyncio.sleep(ORDER_AUDIT_INTERVAL)
-            if self._stuck_orders(time.monotonic()) or self.tracker.missing_fills():
+            now = time.monotonic()
+            if self._stuck_orders(now) or self.tracker.missing_fills() or self._settle_due(now):
                 await self.resync()
+
+    def _settle_due(self, now: float) -> bool:
+        """A fill event lost while connected leaves a resting order ACTIVE with nothing suspect
+        about it, and orders that ended by CANCEL or EXPIRE stay unsettled until a getchildorders
+        row proves their fills complete. Without a reconnect nothing would look: the fill would stay
+        missing, and the tracker's bounded set would fill (a market maker cancels thousands), warn
+        on every further order and drop the oldest unverified. So resync every SETTLE_INTERVAL while
+        any order is open or unsettled (a page of rows and the executions since the cursor: two
+        requests a minute), and at once when SETTLE_BACKLOG finished orders wait."""
+        unsettled = len(self.tracker.unsettled_orders)
+        if not unsettled:
+            return False
+        finished = unsettled - len(self.tracker.open_orders)
+        return finished >= SETTLE_BACKLOG or now - self._last_settled >= SETTLE_INTERVAL
 
     async def _chart_sample_loop(self) -> None:
         """One sample every few seconds for this bot's own chart (bounded in the reporter)."""
