@@ -260,12 +260,14 @@ class BotRuntime:
             self.budget.apply_account(reply.budget)
 
     # ----------------------------------------------------------------- orders
-    def _refusal(self, side: Side, size: float, *, closing: bool = False) -> str | None:
+    def _refusal(self, side: Side, size: float, price: float | None = None, *, closing: bool = False) -> str | None:
         """Why a new order must not be sent now, or None. Cancels never come through here."""
         if self._stopping and not closing:
             return "bot is stopping"
         if size < self._min_size:
             return f"size {size} below the minimum {self.spec.min_size}"
+        if price is not None and not price > 0:  # e.g. best_bid read before the book existed
+            return f"invalid price {price}"
         if not self.realtime.connected.is_set():
             return "realtime not connected (own fills would go unseen)"
         if not can_order(self.health.health, self.health.state, self.trade.trade_health):
@@ -290,7 +292,7 @@ class BotRuntime:
         if round(size, 8) != size:  # the hot path skips Decimal when the size is on the grid already
             size = float(Decimal(repr(size)).quantize(_SIZE_STEP, rounding=ROUND_DOWN))
         order = Order.new(self.product, side, size, price)
-        reason = self._refusal(side, size, closing=closing)
+        reason = self._refusal(side, size, price, closing=closing)
         if reason is not None:
             order.refuse(reason)
             self.log.info("order refused locally: %s %s @ %s: %s", side, size, price or "MARKET", reason)
