@@ -112,6 +112,7 @@ async def test_local_refusals_are_results_not_exceptions(sim: SimServer, start_b
         return order.state is OrderState.REFUSED and why in order.reason and order.acceptance_id is None
 
     assert refused(await s.buy(0.0001), "below the minimum")
+    assert refused(await s.buy(0.01, 0.0), "invalid price")  # a touch read before the book existed
 
     rt.strategy_config = StrategyConfig(close_position=True)  # close-only mode
     assert refused(await s.buy(0.01), "close-only")
