@@ -15,6 +15,17 @@ class UserError(Exception):
     """A mistake in the user's input (config, arguments): reported as one line, exit 2."""
 
 
+def install_uvloop() -> None:
+    """Use uvloop's event loop when it is installed (faster I/O on the hot path)."""
+    import asyncio
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bfsx", description="High-speed bitFlyer Lightning bot framework.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -35,7 +35,7 @@ from bfsx.bitflyer.realtime import RealtimeClient
 from bfsx.bitflyer.rest import RestClient
 from bfsx.bitflyer.states import can_order
 from bfsx.bot.strategy import Strategy
-from bfsx.cli import UserError
+from bfsx.cli import UserError, install_uvloop
 from bfsx.config import (
     TRADE_LIVE_KEYS,
     ConfigWatcher,
@@ -689,13 +689,6 @@ class BotRuntime:
             await asyncio.sleep(0.05)
 
 
-def _install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def run_trade(files: list[str]) -> int:
     """``bfsx trade`` / ``python3 trade.py``: the four argument forms of SPEC §3.1."""
     trade, strategy_cfg = load_run(files)
@@ -707,7 +700,7 @@ def run_trade(files: list[str]) -> int:
         strategy = cls()
     except Exception as e:
         raise UserError(f"{strategy_py}: {cls.__name__}() failed: {e}") from None
-    _install_uvloop()
+    install_uvloop()
     trade_path = str(trade.source) if trade.source else None
 
     async def main() -> int:

@@ -5,9 +5,12 @@ pyplot), so they are safe to call from a thread: the position server runs them t
 ``loop.run_in_executor`` (see :func:`render_async`). Every style value is passed explicitly instead
 of through ``rcParams`` because the rc dict is process-global and not thread-safe.
 
-Times are drawn in JST. The x axis always spans ``[now - period_hours, now]`` so a glance tells the
-time span even when data is sparse; the last sample is carried forward to ``now`` (step plots)
-and the last sample before the window is carried in from the left edge.
+Times are drawn in JST. The x axis spans ``[now - period_hours, now]`` when the data covers the
+period; a history much shorter than that (a server that just started, the demo) is zoomed to
+its own span (at least :data:`MIN_SPAN` seconds) rather than squeezed against the right edge.
+The last sample is carried forward to ``now`` (step plots) and the last sample before the window
+is carried in from the left edge. Header texts are measured after layout and shrunk (or, as a last
+resort, shortened with "…") so long market names and big numbers stay inside the image.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import functools
 import io
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +35,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import PathPatch
 from matplotlib.path import Path
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image
 
@@ -60,6 +64,14 @@ DPI: Final = 100
 # Above this many points a series is reduced to a per-pixel-column envelope before drawing.
 MAX_POINTS: Final = 3000
 _BUCKETS: Final = 1000
+# A history shorter than ZOOM_BELOW of the period is drawn over its own span, never under MIN_SPAN
+# seconds (one fresh sample still gets a readable axis).
+MIN_SPAN: Final = 120.0
+ZOOM_BELOW: Final = 0.8
+# Header texts keep this far from the image edges (fraction of the width) and never shrink
+# below MIN_FONT points.
+EDGE: Final = 0.04
+MIN_FONT: Final = 11.0
 
 # Light theme (market and bot charts).
 INK = "#1f2430"
@@ -133,9 +145,10 @@ def _span_text(start: float, end: float) -> str:
 
 
 def _period_text(hours: float) -> str:
-    if hours < 1:
-        return f"last {round(hours * 60)} min"
-    return f"last {hours:g} h"
+    minutes = hours * 60
+    if minutes < 59.5:
+        return f"last {max(1, round(minutes))} min"
+    return f"last {round(hours, 1):g} h"
 
 
 # --------------------------------------------------------------------------- time axis
@@ -147,7 +160,15 @@ def _to_num(ts: FloatArray | float) -> Any:
 
 
 def _time_locator(period_hours: float) -> mdates.DateLocator:
-    """Ticks on round JST clock times, about 5-8 per axis from 1 h up to several days."""
+    """Ticks on round JST clock times, about 4-8 per axis from 2 minutes up to several days."""
+    seconds = period_hours * 3600
+    if seconds < 3000:  # a zoomed short history: 30 s .. 10 min steps
+        for step in (30, 60, 120, 300, 600):
+            if seconds / step <= 8:
+                break
+        if step < 60:
+            return mdates.SecondLocator(bysecond=range(0, 60, step), tz=JST)  # type: ignore[no-untyped-call]
+        return mdates.MinuteLocator(byminute=range(0, 60, step // 60), tz=JST)  # type: ignore[no-untyped-call]
     if period_hours <= 1.5:
         return mdates.MinuteLocator(byminute=[0, 15, 30, 45], tz=JST)  # type: ignore[no-untyped-call]
     if period_hours <= 3.5:
@@ -162,6 +183,8 @@ def _time_locator(period_hours: float) -> mdates.DateLocator:
 
 def _time_tick(value: float, _pos: int | None = None) -> str:
     when = datetime.fromtimestamp(round(value * 86400.0), JST)
+    if when.second:
+        return when.strftime("%H:%M:%S")  # only on a zoomed axis of a few minutes
     # A new JST day shows the date instead of 00:00, so multi-day spans stay readable.
     return when.strftime("%m/%d") if (when.hour, when.minute) == (0, 0) else when.strftime("%H:%M")
 
@@ -190,17 +213,38 @@ def _style_axes(ax: Axes, *, text: str, grid: str, face: str | None = None) -> N
 
 @dataclass(frozen=True, slots=True)
 class _Window:
+    """The drawn time span: ``hours`` is its length (the period, or less when zoomed)."""
+
     start: float
     end: float
     hours: float
+    zoomed: bool = False
 
 
-def _window(period_hours: float, now: float | None, last_ts: float | None) -> _Window:
+def _window(
+    period_hours: float, now: float | None, last_ts: float | None, first_ts: float | None = None
+) -> _Window:
+    """``[now - period, now]``, or the data's own span when ``first_ts`` is well inside the period.
+
+    A sample at or before the period's start (carried in) means the data covers the whole period.
+    """
     hours = period_hours if period_hours > 0 and math.isfinite(period_hours) else 6.0
     end = time.time() if now is None else now
     if last_ts is not None and last_ts > end:
         end = last_ts  # a sample from "the future" (clock skew) still shows
-    return _Window(end - hours * 3600.0, end, hours)
+    start = end - hours * 3600.0
+    if first_ts is not None and first_ts > start:
+        # A little room left of the first sample, so it does not sit on the axis.
+        span = max((end - first_ts) * 1.04, MIN_SPAN)
+        if span < ZOOM_BELOW * hours * 3600.0:
+            return _Window(end - span, end, span / 3600.0, zoomed=True)
+    return _Window(start, end, hours)
+
+
+def _ts_range(stamps: Iterable[float]) -> tuple[float | None, float | None]:
+    """(last, first) sample time, as :func:`_window` takes them; (None, None) when empty."""
+    values = list(stamps)
+    return (max(values), min(values)) if values else (None, None)
 
 
 def _select(ts: FloatArray, start: float) -> npt.NDArray[np.intp]:
@@ -402,17 +446,129 @@ def _png(fig: Figure, *, palette: bool = True) -> bytes:
     return buf.getvalue()
 
 
+def _renderer(fig: Figure) -> Any:
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)  # every figure here comes from _new_figure
+    return canvas.get_renderer()  # type: ignore[no-untyped-call]
+
+
+def _fit_row(
+    fig: Figure,
+    row: Sequence[Text],
+    *,
+    shorten: Text | None = None,
+    left: float = EDGE,
+    right: float = 1.0 - EDGE,
+    gap: float = 0.03,
+) -> None:
+    """Make one header row fit side by side between ``left`` and ``right`` (fractions of the width).
+
+    The texts shrink together (never under :data:`MIN_FONT`); past that, ``shorten`` loses
+    characters from its end behind an ellipsis. Left- and right-aligned texts of the row then
+    cannot overlap either, since their widths plus ``gap`` fit the room.
+    """
+    renderer = _renderer(fig)
+    room = (right - left - gap * (len(row) - 1)) * fig.bbox.width
+
+    def used() -> float:
+        return sum(t.get_window_extent(renderer).width for t in row)
+
+    for _ in range(6):  # widths are close to linear in the size: two passes are usually enough
+        need = used()
+        shrinkable = [t for t in row if float(t.get_fontsize()) > MIN_FONT]
+        if need <= room or not shrinkable:
+            break
+        for t in shrinkable:
+            t.set_fontsize(max(MIN_FONT, float(t.get_fontsize()) * room / need * 0.99))
+    if shorten is None:
+        return
+    text = shorten.get_text()
+    while used() > room and len(text) > 1:
+        text = text[:-1].rstrip()
+        shorten.set_text(f"{text}…")
+
+
+def _wrap(fig: Figure, item: Text, words: Sequence[str], sep: str, room: float, max_lines: int = 4) -> None:
+    """Break ``words`` (joined by ``sep``) into lines no wider than ``room`` pixels; shrink if needed."""
+    renderer = _renderer(fig)
+
+    def width(text: str) -> float:
+        item.set_text(text)
+        return float(item.get_window_extent(renderer).width)
+
+    while True:
+        lines = [words[0]] if words else [""]
+        for word in words[1:]:
+            joined = f"{lines[-1]}{sep}{word}"
+            if width(joined) <= room:
+                lines[-1] = joined
+            else:
+                lines[-1] += sep.rstrip()  # the line ends with "+": the list goes on below
+                lines.append(word)
+        fits = len(lines) <= max_lines and max(width(line) for line in lines) <= room
+        if fits or float(item.get_fontsize()) <= MIN_FONT:
+            item.set_text("\n".join(lines))
+            return
+        item.set_fontsize(max(MIN_FONT, float(item.get_fontsize()) * 0.9))
+
+
+def _keep_inside(fig: Figure, margin: float = 0.012) -> None:
+    """Narrow the axes so their tick labels and y labels stay inside the image.
+
+    Long tick labels (a PnL of -200,000,000 JPY, a price axis on the right) would otherwise push
+    the y label past the edge; the axes give up the room instead. Twinned axes follow their twin.
+    """
+    if not fig.axes:
+        return
+    renderer = _renderer(fig)
+    width = fig.bbox.width
+    boxes = [box for ax in fig.axes if (box := ax.get_tightbbox(renderer)) is not None]
+    if not boxes:
+        return
+    grow_left = max(0.0, margin * width - min(b.x0 for b in boxes)) / width
+    grow_right = max(0.0, max(b.x1 for b in boxes) - (1 - margin) * width) / width
+    if not grow_left and not grow_right:
+        return
+    # Positions read first: moving an axes also moves its twin, which must not move twice.
+    for ax, pos in [(ax, ax.get_position()) for ax in fig.axes]:
+        ax.set_position((pos.x0 + grow_left, pos.y0, pos.width - grow_left - grow_right, pos.height))
+
+
 def _no_data(fig: Figure, title: str, subtitle: str, *, text: str, muted: str) -> Figure:
-    fig.text(0.5, 0.60, title, ha="center", va="center", fontsize=TITLE_SIZE, color=text, weight="bold")
-    fig.text(0.5, 0.47, "no data yet", ha="center", va="center", fontsize=TITLE_SIZE + 6, color=muted)
-    fig.text(0.5, 0.36, subtitle, ha="center", va="center", fontsize=HEAD_SIZE, color=muted)
+    for y, line, size, color, weight in (
+        (0.60, title, TITLE_SIZE, text, "bold"),
+        (0.47, "no data yet", TITLE_SIZE + 6, muted, "normal"),
+        (0.36, subtitle, HEAD_SIZE, muted, "normal"),
+    ):
+        item = fig.text(0.5, y, line, ha="center", va="center", fontsize=size, color=color, weight=weight)
+        _fit_row(fig, [item], shorten=item)
     return fig
 
 
-def _header(fig: Figure, left: str, right: str, right_color: str, sub: str, *, text: str, muted: str) -> None:
-    fig.text(0.04, 0.955, left, ha="left", va="top", fontsize=TITLE_SIZE, color=text, weight="bold")
-    fig.text(0.96, 0.955, right, ha="right", va="top", fontsize=TITLE_SIZE, color=right_color, weight="bold")
-    fig.text(0.04, 0.885, sub, ha="left", va="top", fontsize=HEAD_SIZE, color=muted)
+def _header(
+    fig: Figure,
+    title: str,
+    value: str,
+    value_color: str,
+    sub: str,
+    *,
+    text: str,
+    muted: str,
+    span: str | None = None,
+) -> None:
+    """Row 1: ``title`` (left) and ``value`` (right), bold. Row 2: ``sub``, and ``span`` on the right."""
+    left = fig.text(EDGE, 0.955, title, ha="left", va="top", fontsize=TITLE_SIZE, color=text, weight="bold")
+    right = fig.text(
+        1 - EDGE, 0.955, value, ha="right", va="top", fontsize=TITLE_SIZE, color=value_color, weight="bold"
+    )
+    _fit_row(fig, [left, right], shorten=left)  # a long name gives way, the PnL figure stays whole
+    # One baseline for the two sizes of row 2.
+    detail = fig.text(EDGE, 0.858, sub, ha="left", va="baseline", fontsize=HEAD_SIZE, color=muted)
+    if span is None:
+        _fit_row(fig, [detail], shorten=detail)
+        return
+    when = fig.text(1 - EDGE, 0.858, span, ha="right", va="baseline", fontsize=HEAD_SIZE - 2, color=muted)
+    _fit_row(fig, [detail, when], shorten=when)
 
 
 # --------------------------------------------------------------------------- market chart
@@ -425,7 +581,7 @@ def build_market_figure(
 
     Axes: ``fig.axes[0]`` position, ``fig.axes[1]`` PnL, ``fig.axes[2]`` price (twin of the first).
     """
-    win = _window(period_hours, now, max((s.ts for s in samples), default=None))
+    win = _window(period_hours, now, *_ts_range(s.ts for s in samples))
     unit = base_unit(market)
     t, (pos, pnl, price, exch) = _series(
         [s.ts for s in samples],
@@ -451,9 +607,10 @@ def build_market_figure(
         market,
         f"PnL {format_jpy(last_pnl)}",
         GAIN if last_pnl >= 0 else LOSS,
-        f"{position} · {span}",
+        position,
         text=INK,
         muted=MUTED,
+        span=span,
     )
     grid = fig.add_gridspec(
         2, 1, height_ratios=(3, 2), hspace=0.08, left=0.1, right=0.87, top=0.78, bottom=0.09
@@ -529,6 +686,7 @@ def build_market_figure(
     _style_axes(ax_pnl, text=INK, grid=GRID)
     _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
     fig.align_ylabels([ax_pos, ax_pnl])
+    _keep_inside(fig)
     return fig
 
 
@@ -575,8 +733,7 @@ def build_pnl_bitflyer_figure(
     zero crossings), and the current total as a large signed figure in the same colour.
     ``fig.axes[0]`` is the PnL axes; ``fig.texts`` holds the big figure (``gid="pnl-figure"``).
     """
-    last_ts = max((s.ts for ss in samples_by_market.values() for s in ss), default=None)
-    win = _window(period_hours, now, last_ts)
+    win = _window(period_hours, now, *_ts_range(s.ts for ss in samples_by_market.values() for s in ss))
     t, pnl = _summed_pnl(samples_by_market, win)
     fig = _new_figure(BF_BACKGROUND)
     markets = " + ".join(sorted(m for m, ss in samples_by_market.items() if ss)) or "all markets"
@@ -586,13 +743,18 @@ def build_pnl_bitflyer_figure(
 
     last = float(pnl[-1])
     color = BF_GAIN if last >= 0 else BF_LOSS
-    fig.text(0.05, 0.95, "Total PnL", ha="left", va="top", fontsize=HEAD_SIZE + 2, color=BF_MUTED)
+    label = fig.text(0.05, 0.95, "Total PnL", ha="left", va="top", fontsize=HEAD_SIZE + 2, color=BF_MUTED)
+    when = fig.text(0.95, 0.95, span, ha="right", va="top", fontsize=HEAD_SIZE - 2, color=BF_MUTED)
+    _fit_row(fig, [label, when], left=0.05, right=0.95, shorten=when)
     big = fig.text(
         0.05, 0.895, format_jpy(last), ha="left", va="top", fontsize=54, color=color, weight="bold"
     )
     big.set_gid("pnl-figure")
-    fig.text(0.95, 0.95, span, ha="right", va="top", fontsize=HEAD_SIZE - 2, color=BF_MUTED)
-    fig.text(0.95, 0.895, markets, ha="right", va="top", fontsize=HEAD_SIZE - 2, color=BF_MUTED)
+    _fit_row(fig, [big], left=0.05, right=0.80)  # leaves a column on the right for the market list
+    # The market list takes the room right of the big figure, wrapped onto a few lines if long.
+    names = fig.text(0.95, 0.895, markets, ha="right", va="top", fontsize=HEAD_SIZE - 2, color=BF_MUTED)
+    room = 0.95 * fig.bbox.width - big.get_window_extent(_renderer(fig)).x1 - 0.03 * fig.bbox.width
+    _wrap(fig, names, markets.split(" + "), " + ", room)
 
     ax = fig.add_axes((0.05, 0.09, 0.80, 0.63))
     x = _to_num(t)
@@ -609,6 +771,7 @@ def build_pnl_bitflyer_figure(
     ax.grid(True, axis="y", color=BF_GRID, linewidth=1.0)
     ax.grid(False, axis="x")
     _setup_time_axis(ax, win.start, win.end, win.hours, BF_MUTED)
+    _keep_inside(fig)
     return fig
 
 
@@ -626,7 +789,7 @@ def build_bot_figure(
     bot: str, samples: Sequence[BotSample], period_hours: float, now: float | None = None
 ) -> Figure:
     """One bot's position (step area) and PnL. ``fig.axes[0]`` position, ``fig.axes[1]`` PnL."""
-    win = _window(period_hours, now, max((s.ts for s in samples), default=None))
+    win = _window(period_hours, now, *_ts_range(s.ts for s in samples))
     market = samples[-1].market if samples else ""
     unit = base_unit(market)
     t, (pos, pnl) = _series(
@@ -645,7 +808,8 @@ def build_bot_figure(
     _header(
         fig, bot, f"PnL {format_jpy(last_pnl)}", GAIN if last_pnl >= 0 else LOSS, sub, text=INK, muted=MUTED
     )
-    fig.text(0.04, 0.835, span, ha="left", va="top", fontsize=HEAD_SIZE - 2, color=MUTED)
+    when = fig.text(EDGE, 0.835, span, ha="left", va="top", fontsize=HEAD_SIZE - 2, color=MUTED)
+    _fit_row(fig, [when], shorten=when)
     grid = fig.add_gridspec(
         2, 1, height_ratios=(1, 1), hspace=0.08, left=0.1, right=0.96, top=0.77, bottom=0.09
     )
@@ -674,6 +838,7 @@ def build_bot_figure(
     _style_axes(ax_pnl, text=INK, grid=GRID)
     _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
     fig.align_ylabels([ax_pos, ax_pnl])
+    _keep_inside(fig)
     return fig
 
 

@@ -34,6 +34,7 @@ from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.products import get_product
 from bfsx.bitflyer.rest import RestClient
 from bfsx.bitflyer.states import health_rank
+from bfsx.cli import install_uvloop
 from bfsx.config import (
     ConfigError,
     ConfigWatcher,
@@ -719,13 +720,6 @@ class PosServer:
             self.config = new.model_copy(update={k: getattr(old, k) for k in restart})
 
 
-def _install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def run_pos_server(config_path: str) -> int:
     """``bfsx pos-server [TRADE_YAML]`` / ``python3 pos_server.py [mytrade.yaml]``."""
     from bfsx.logs import setup_logging
@@ -739,5 +733,5 @@ def run_pos_server(config_path: str) -> int:
     console = config.console_output
     setup_logging(server_dir, "pos_server", config.log_level, console=console and not os.isatty(1))
     server = PosServer(config, config_path=path)
-    _install_uvloop()
+    install_uvloop()
     return asyncio.run(server.run())
