@@ -91,10 +91,8 @@ def test_market_figure_axes_labels_and_header() -> None:
     header = texts(fig)
     assert "FX_BTC_JPY" in header
     assert "PnL +1,234 JPY" in header
-    assert any(
-        t.startswith("position +0.04 BTC (exchange +0.05) · last 6 h · 03/14 09:00 – 15:00 JST")
-        for t in header
-    )
+    assert "position +0.04 BTC (exchange +0.05)" in header
+    assert "last 6 h · 03/14 09:00 – 15:00 JST" in header
     pnl_text = next(t for t in fig.texts if t.get_text().startswith("PnL"))
     assert pnl_text.get_color() == charts.GAIN
     assert ax_pnl.get_xlim() == pytest.approx(((NOW - 6 * 3600) / 86400, NOW / 86400))
@@ -250,3 +248,91 @@ def test_number_formats() -> None:
     assert charts.base_unit("BTCJPY28MAR2025") == ""
     assert charts._jpy_tick(-1500.0) == "-1,500" and charts._size_tick(-0.04) == "-0.04"
     assert not math.isnan(float(charts._size_tick(0.0)))
+
+
+# --------------------------------------------------------------------------- short histories, layout
+
+
+def xlim_seconds(fig: Figure, ax_index: int) -> tuple[float, float]:
+    lo, hi = fig.axes[ax_index].get_xlim()
+    return lo * 86400, hi * 86400
+
+
+def visible_tick_labels(fig: Figure, ax_index: int) -> list[str]:
+    fig.canvas.draw()
+    ax = fig.axes[ax_index]
+    lo, hi = ax.get_xlim()
+    return [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True) if lo <= v <= hi]
+
+
+def test_short_history_is_zoomed_to_its_span() -> None:
+    # 20 minutes of data in a 6 h period: the axis shows those 20 minutes, not a sliver at the right.
+    short = walk(41, step=30.0)  # NOW - 20 min .. NOW
+    bots = [BotSample(s.ts, "mm", "FX_BTC_JPY", s.position, s.profit, 400) for s in short]
+    for fig, ax_index in (
+        (build_market_figure("FX_BTC_JPY", short, 6, NOW), 1),
+        (build_pnl_bitflyer_figure({"FX_BTC_JPY": short, "BTC_JPY": short[20:]}, 6, NOW), 0),
+        (build_bot_figure("mm", bots, 6, NOW), 1),
+    ):
+        lo, hi = xlim_seconds(fig, ax_index)
+        assert hi == pytest.approx(NOW)
+        first = NOW - 1200
+        assert first - 0.06 * 1200 <= lo < first  # a little room left of the first sample
+        assert "last 21 min" in " ".join(texts(fig))
+    fig = build_market_figure("FX_BTC_JPY", short, 6, NOW)
+    assert visible_tick_labels(fig, 1) == ["14:40", "14:45", "14:50", "14:55", "15:00"]
+
+    # A few seconds of data: never less than MIN_SPAN, with ticks that show the seconds.
+    fig = build_market_figure("FX_BTC_JPY", walk(5, step=2.0), 6, NOW)
+    lo, hi = xlim_seconds(fig, 1)
+    assert hi - lo == pytest.approx(charts.MIN_SPAN)
+    assert visible_tick_labels(fig, 1) == ["14:58", "14:58:30", "14:59", "14:59:30", "15:00"]
+
+    # Data that covers most of the period, or a sample carried in from before it: the full period.
+    for samples in (walk(600, step=30.0), [MarketSample(NOW - 7 * 3600, 0.01, 5.0), *walk(10, step=30.0)]):
+        lo, hi = xlim_seconds(build_market_figure("FX_BTC_JPY", samples, 6, NOW), 1)
+        assert (lo, hi) == pytest.approx((NOW - 6 * 3600, NOW))
+
+
+def inside(fig: Figure) -> None:
+    """Every header text and every axes (ticks and labels included) lies within the image,
+    and no two header texts overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    frame = fig.bbox
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts]
+    boxes += [(f"axes {i}", ax.get_tightbbox(renderer)) for i, ax in enumerate(fig.axes)]
+    for name, box in boxes:
+        assert box is not None
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1, (name, box)
+        assert frame.y0 <= box.y0 and box.y1 <= frame.y1, (name, box)
+    header = [b for name, b in boxes if not name.startswith("axes ")]
+    for i, a in enumerate(header):
+        for b in header[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_titles_fit_with_long_names_and_big_numbers() -> None:
+    huge = [
+        MarketSample(s.ts, s.position * 1234.5678901, s.profit * 987_654.3, s.price, s.position * 1234.5678)
+        for s in walk(240)
+    ]
+    long_market = "BTCJPY28MAR2025_WEEKLY_FUTURES"
+    markets = ["BCH_BTC", "BTC_JPY", "ETH_BTC", "ETH_JPY", "FX_BTC_JPY", "XRP_JPY"]
+    bot = "market_making_bot_with_a_very_long_descriptive_name"
+    bots = [BotSample(s.ts, bot, long_market, s.position, s.profit, 400) for s in huge]
+    figures = [
+        build_market_figure(long_market, huge, 6, NOW),
+        build_market_figure("FX_BTC_JPY", walk(30, step=2.0), 1, NOW),  # the demo's overflowing line
+        build_pnl_bitflyer_figure({m: huge for m in markets}, 6, NOW),
+        build_bot_figure(bot, bots, 6, NOW),
+        build_market_figure(long_market * 3, [], 48, NOW),
+    ]
+    for fig in figures:
+        inside(fig)
+    # The PnL figure is never cut; the long name gives way first.
+    header = texts(figures[0])
+    assert any(t.startswith("PnL -") and t.endswith(" JPY") and "…" not in t for t in header)
+    # The market list wraps beside the big figure instead of running into it.
+    names = next(t for t in figures[2].texts if "BCH_BTC" in t.get_text())
+    assert names.get_text().count("\n") >= 1 and "XRP_JPY" in names.get_text()

@@ -72,6 +72,9 @@ ZOOM_BELOW: Final = 0.8
 # below MIN_FONT points.
 EDGE: Final = 0.04
 MIN_FONT: Final = 11.0
+# Value ticks on 1, 2, 2.5 and 5 multiples (matplotlib's default also allows 1.5, 3, 4, 6, 8:
+# -0.024 BTC or -4,500 JPY steps read badly at a glance).
+NICE_STEPS: Final = (1.0, 2.0, 2.5, 5.0, 10.0)
 
 # Light theme (market and bot charts).
 INK = "#1f2430"
@@ -138,8 +141,9 @@ def _size_tick(value: float, _pos: int | None = None) -> str:
 
 
 def _span_text(start: float, end: float) -> str:
-    a = datetime.fromtimestamp(start, JST)
-    b = datetime.fromtimestamp(end, JST)
+    # To the nearest minute: a zoomed window starts a few seconds before its first sample.
+    a = datetime.fromtimestamp(round(start / 60) * 60, JST)
+    b = datetime.fromtimestamp(round(end / 60) * 60, JST)
     right = b.strftime("%H:%M") if a.date() == b.date() else b.strftime("%m/%d %H:%M")
     return f"{a:%m/%d %H:%M} – {right} JST"
 
@@ -218,7 +222,6 @@ class _Window:
     start: float
     end: float
     hours: float
-    zoomed: bool = False
 
 
 def _window(
@@ -237,7 +240,7 @@ def _window(
         # A little room left of the first sample, so it does not sit on the axis.
         span = max((end - first_ts) * 1.04, MIN_SPAN)
         if span < ZOOM_BELOW * hours * 3600.0:
-            return _Window(end - span, end, span / 3600.0, zoomed=True)
+            return _Window(end - span, end, span / 3600.0)
     return _Window(start, end, hours)
 
 
@@ -639,7 +642,7 @@ def build_market_figure(
     _pad_ylim(ax_pos, [pos, exch], include_zero=True)
     ax_pos.set_ylabel(f"Position{f' ({unit})' if unit else ''}", fontsize=LABEL_SIZE, color=INK)
     ax_pos.yaxis.set_major_formatter(FuncFormatter(_size_tick))
-    ax_pos.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax_pos.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=NICE_STEPS, min_n_ticks=4))
     _style_axes(ax_pos, text=INK, grid=GRID)
     ax_pos.tick_params(labelbottom=False)
 
@@ -656,7 +659,7 @@ def build_market_figure(
         labels.append("price (JPY)")
         _pad_ylim(ax_price, [price], include_zero=False)
     ax_price.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
-    ax_price.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax_price.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=NICE_STEPS))
     ax_price.tick_params(labelsize=TICK_SIZE, colors=PRICE, length=5, width=1.2)
     for name, spine in ax_price.spines.items():
         spine.set_visible(name == "right")
@@ -682,7 +685,7 @@ def build_market_figure(
     _pad_ylim(ax_pnl, [pnl], include_zero=True)
     ax_pnl.set_ylabel("PnL (JPY)", fontsize=LABEL_SIZE, color=INK)
     ax_pnl.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
-    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=NICE_STEPS))
     _style_axes(ax_pnl, text=INK, grid=GRID)
     _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
     fig.align_ylabels([ax_pos, ax_pnl])
@@ -763,7 +766,7 @@ def build_pnl_bitflyer_figure(
     _pad_ylim(ax, [pnl], include_zero=True)
     ax.yaxis.tick_right()
     ax.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=NICE_STEPS))
     _style_axes(ax, text=BF_MUTED, grid=BF_GRID, face=BF_BACKGROUND)
     ax.tick_params(axis="y", length=0, pad=10)
     for spine in ax.spines.values():
@@ -825,7 +828,7 @@ def build_bot_figure(
     _pad_ylim(ax_pos, [pos], include_zero=True)
     ax_pos.set_ylabel(f"Position{f' ({unit})' if unit else ''}", fontsize=LABEL_SIZE, color=INK)
     ax_pos.yaxis.set_major_formatter(FuncFormatter(_size_tick))
-    ax_pos.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax_pos.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=NICE_STEPS, min_n_ticks=4))
     _style_axes(ax_pos, text=INK, grid=GRID)
     ax_pos.tick_params(labelbottom=False)
 
@@ -834,7 +837,7 @@ def build_bot_figure(
     _pad_ylim(ax_pnl, [pnl], include_zero=True)
     ax_pnl.set_ylabel("PnL (JPY)", fontsize=LABEL_SIZE, color=INK)
     ax_pnl.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
-    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=NICE_STEPS))
     _style_axes(ax_pnl, text=INK, grid=GRID)
     _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
     fig.align_ylabels([ax_pos, ax_pnl])

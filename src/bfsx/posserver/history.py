@@ -125,16 +125,30 @@ class History:
         return {str(m): float(b) for m, b in rows}
 
     async def market_samples(self, market: str, since: float, limit: int = 20_000) -> list[MarketSample]:
-        """Samples of ``market`` from ``since`` on, oldest first, at most ``limit`` (thinned evenly)."""
+        """Samples of ``market`` from ``since`` on, oldest first, at most ``limit`` (thinned evenly).
+
+        The last sample before ``since`` comes first (the "carry-in"): it is the state at ``since``,
+        so a chart's left edge shows the position held then. Only with samples from ``since`` on: a
+        market no longer checked stays out of the reports. The thinning always keeps the newest.
+        """
         def _read() -> list[tuple[float, float, float, float | None, float | None]]:
-            return self._conn().execute(
+            db = self._conn()
+            rows = db.execute(
                 "SELECT ts, position, profit, price, exchange FROM market_samples "
                 "WHERE market = ? AND ts >= ? ORDER BY ts", (market, since)).fetchall()
+            if not rows:
+                return rows
+            return db.execute(
+                "SELECT ts, position, profit, price, exchange FROM market_samples "
+                "WHERE market = ? AND ts < ? ORDER BY ts DESC LIMIT 1", (market, since)).fetchall() + rows
 
         rows = await self._run(_read)
         step = max(1, -(-len(rows) // limit))  # ceil: thin evenly down to at most ``limit`` points
+        kept = rows[::step]
+        if rows and kept[-1] is not rows[-1]:
+            kept[-1] = rows[-1]  # the newest one is "now" on the chart: never thinned away
         return [MarketSample(ts=r[0], position=r[1], profit=r[2], price=r[3], exchange_position=r[4])
-                for r in rows[::step]]
+                for r in kept]
 
     async def markets(self) -> list[str]:
         rows = await self._run(lambda: self._conn().execute(
