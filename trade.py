@@ -1,8 +1,17 @@
-"""Launcher as BFS-X users run it: ``python3 trade.py [TRADE_YAML] [STRATEGY_PY STRATEGY_YAML]``."""
+"""Launcher as BFS-X users run it: ``python3 trade.py ...`` (same as ``bfsx trade ...``)."""
 
 import sys
+from pathlib import Path
 
-from bfsx.cli import main
+try:
+    import bfsx.cli
+except ImportError:
+    # Run from a checkout without installing: use the source tree, if its dependencies are there.
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+    try:
+        import bfsx.cli
+    except ImportError as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: {e}; run 'make install' and use .venv/bin/python (or activate .venv)")
 
 if __name__ == "__main__":
-    sys.exit(main(["trade", *sys.argv[1:]]))
+    sys.exit(bfsx.cli.main(["trade", *sys.argv[1:]]))

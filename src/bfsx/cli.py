@@ -79,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"bfsx {args.command}: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        if not e.name or e.name.split(".")[0] == "bfsx":
+            raise
+        print(f"bfsx {args.command}: missing dependency {e.name!r}: run 'make install' and use .venv/bin "
+              f"(or 'pip install -e .')", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0
     return 2
