@@ -319,8 +319,8 @@ class BotRuntime:
         order.acceptance_id = acc
         fills = self.tracker.accepted(order)
         self.journal.record_order(order)  # after parked events moved it on
-        for fill in fills:
-            self._apply_fill(fill)
+        if sum(self._apply_fill(fill) for fill in fills):
+            self._report()
         return order
 
     async def cancel_order(self, order_or_id: Order | str) -> bool:
@@ -350,6 +350,7 @@ class BotRuntime:
     # ----------------------------------------------------------------- private events
     def _on_child_events(self, events: list[dict[str, Any]]) -> None:
         changed: dict[int, Order] = {}
+        filled = False
         for ev in events:
             if ev.get("product_code") != self.product:
                 continue
@@ -357,7 +358,9 @@ class BotRuntime:
             if order is not None:
                 changed[id(order)] = order
             if fill is not None:
-                self._apply_fill(fill)
+                filled = self._apply_fill(fill) or filled
+        if filled:  # one absolute-position report per frame, however many fills it carried
+            self._report()
         # One row per order per frame, after its fills: a taker order's ORDER, EXECUTIONs and EXPIRE
         # often come in one frame, and each SQLite commit holds the loop for 50-100 µs. Fills are
         # journaled before they count (_apply_fill); a row that lags its fills is rebuilt from them
@@ -365,16 +368,17 @@ class BotRuntime:
         for order in changed.values():
             self.journal.record_order(order)
 
-    def _apply_fill(self, fill: Fill) -> None:
+    def _apply_fill(self, fill: Fill) -> bool:
+        """Count one fill; the caller reports the new position once per batch (``_report``)."""
         # Journal first: a crash after this line cannot lose the fill, and replay dedupes by exec id.
         if not self.journal.record_fill(fill):
-            return  # already counted (journal's exec_id primary key)
+            return False  # already counted (journal's exec_id primary key)
         self.position.apply_fill(fill)
         self.fills_applied += 1
         self._last_activity = time.monotonic()
-        self._report()
         for listener in self._listeners["fill"]:
             listener(fill)
+        return True
 
     def _report(self) -> None:
         if self.posclient is None:
@@ -448,8 +452,8 @@ class BotRuntime:
         fills, changed = self.tracker.reconcile(rows, execs)
         for order in changed:
             self.journal.record_order(order)
-        for fill in fills:
-            self._apply_fill(fill)
+        if sum(self._apply_fill(fill) for fill in fills):
+            self._report()
         return len(fills)
 
     # ----------------------------------------------------------------- background tasks
