@@ -21,7 +21,10 @@ the thread take the write lock for one TRUNCATE checkpoint, so the file stays bo
 
 Tables: ``fills`` (``exec_id`` UNIQUE: the dedupe that survives restarts; ``seq`` keeps arrival
 order so a replay rebuilds exactly the live FIFO state), ``orders`` (by acceptance id, latest
-state), ``kv`` (small facts: compaction snapshot, compacted exec id). :meth:`Journal.compact` folds
+state), ``intents`` (each order POST, written *before* it is sent and closed when its outcome is
+known: a kill -9 between the exchange accepting an order and the reply being journaled leaves an
+OPEN intent, which the restart resolves by looking the order up, so that order's fills are not
+lost), ``kv`` (small facts: compaction snapshot, compacted exec id). :meth:`Journal.compact` folds
 old fills into a :class:`~bfsx.account.position.Position` snapshot so the file stays bounded.
 """
 
@@ -31,8 +34,11 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal, cast
 
@@ -76,6 +82,18 @@ CREATE TABLE IF NOT EXISTS orders (
     updated REAL NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS intents (
+    intent_id TEXT PRIMARY KEY,
+    product TEXT NOT NULL,
+    side TEXT NOT NULL,
+    order_type TEXT NOT NULL,
+    price REAL,
+    size REAL NOT NULL,
+    sent_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    acceptance_id TEXT,
+    resolved REAL
+);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -84,7 +102,36 @@ _ORDER_COLS = (
     "acceptance_id, child_order_id, product, side, order_type, price, size, filled_size, "
     "average_price, state, created, updated, reason"
 )
+_INTENT_COLS = "intent_id, product, side, order_type, price, size, sent_at"
 _OPEN = tuple(s.value for s in OPEN_STATES)
+
+
+class IntentState(StrEnum):
+    """Outcome of an order intent."""
+
+    OPEN = "OPEN"  # about to be sent, or sent with no known outcome yet
+    PLACED = "PLACED"  # the exchange accepted it: ``acceptance_id`` is the order
+    FAILED = "FAILED"  # the exchange refused it (an error reply)
+    NOT_PLACED = "NOT_PLACED"  # no reply, and no matching order by the end of the lookup window
+    UNKNOWN = "UNKNOWN"  # the lookup could not tell (several matching orders): not adopted
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """An order POST as journaled before it is sent: what a lookup needs to find the order it became."""
+
+    intent_id: str
+    product: str
+    side: Side
+    order_type: str
+    size: float
+    price: float | None
+    sent_at: float
+
+    @classmethod
+    def new(cls, product: str, side: Side, size: float, price: float | None) -> OrderIntent:
+        """A fresh intent (random local id, sent now); LIMIT when ``price`` is given, else MARKET."""
+        return cls(uuid.uuid4().hex, product, side, "MARKET" if price is None else "LIMIT", size, price, time.time())
 
 
 class _Checkpointer(threading.Thread):
@@ -181,18 +228,45 @@ class Journal:
         self._wrote()
         return True
 
-    def record_order(self, order: Order) -> None:
+    def record_order(self, order: Order, intent_id: str | None = None) -> None:
         """Journal an order's current fields (upsert by acceptance id); orders without one (refused
-        locally, or not sent) are not journaled."""
+        locally, or not sent) are not journaled. With ``intent_id``, the intent it came from is
+        closed as PLACED in the same transaction: the order row and the closed intent land together."""
         if not order.acceptance_id:
             return
+        row = (order.acceptance_id, order.child_order_id, order.product, order.side, order.order_type,
+               order.price, order.size, order.filled_size, order.average_price, order.state.value,
+               order.created, order.updated, order.reason)
+        sql = f"INSERT OR REPLACE INTO orders ({_ORDER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        if intent_id is None:
+            self._db.execute(sql, row)
+        else:
+            with self._transaction():
+                self._db.execute(sql, row)
+                self._close_intent(intent_id, IntentState.PLACED, order.acceptance_id)
+        self._wrote()
+
+    def record_intent(self, intent: OrderIntent) -> None:
+        """Journal an order about to be sent, as OPEN. Call it before the POST: if the process dies
+        before the reply is journaled, the restart finds it here and looks the order up."""
         self._db.execute(
-            f"INSERT OR REPLACE INTO orders ({_ORDER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (order.acceptance_id, order.child_order_id, order.product, order.side, order.order_type,
-             order.price, order.size, order.filled_size, order.average_price, order.state.value,
-             order.created, order.updated, order.reason),
+            f"INSERT INTO intents ({_INTENT_COLS}, state) VALUES (?,?,?,?,?,?,?,?)",
+            (intent.intent_id, intent.product, intent.side, intent.order_type, intent.price, intent.size,
+             intent.sent_at, IntentState.OPEN.value),
         )
         self._wrote()
+
+    def close_intent(self, intent_id: str, state: IntentState, acceptance_id: str | None = None) -> None:
+        """Record an intent's outcome when no order row goes with it (FAILED, NOT_PLACED, UNKNOWN);
+        a placed one is closed by :meth:`record_order` with its ``intent_id``."""
+        self._close_intent(intent_id, state, acceptance_id)
+        self._wrote()
+
+    def _close_intent(self, intent_id: str, state: IntentState, acceptance_id: str | None) -> None:
+        self._db.execute(
+            "UPDATE intents SET state = ?, acceptance_id = ?, resolved = ? WHERE intent_id = ?",
+            (state.value, acceptance_id, time.time(), intent_id),
+        )
 
     def set(self, key: str, value: str) -> None:
         """Store a small fact in the kv table."""
@@ -218,6 +292,24 @@ class Journal:
             kv["last_exec_id"] = str(last)
         return fills, orders, kv
 
+    def open_intents(self, product: str | None = None) -> list[OrderIntent]:
+        """Intents still OPEN (their outcome unknown), oldest first; only ``product``'s if given."""
+        where, args = "state = ?", [IntentState.OPEN.value]
+        if product is not None:
+            where += " AND product = ?"
+            args.append(product)
+        rows = self._db.execute(f"SELECT {_INTENT_COLS} FROM intents WHERE {where} ORDER BY sent_at", args)
+        return [
+            OrderIntent(intent_id=str(i), product=str(p), side=cast(Side, s), order_type=str(t),
+                        price=None if pr is None else float(pr), size=float(sz), sent_at=float(at))
+            for i, p, s, t, pr, sz, at in rows
+        ]
+
+    def intent_outcome(self, intent_id: str) -> tuple[IntentState, str | None] | None:
+        """(state, acceptance id) of one intent, or None if it was never journaled (or compacted)."""
+        row = self._db.execute("SELECT state, acceptance_id FROM intents WHERE intent_id = ?", (intent_id,)).fetchone()
+        return None if row is None else (IntentState(str(row[0])), None if row[1] is None else str(row[1]))
+
     def fills_since(self, day_start: float) -> list[Fill]:
         """Journaled fills executed at or after ``day_start`` (epoch seconds), in journal order."""
         return self._fills("WHERE time >= ?", (day_start,))
@@ -242,9 +334,9 @@ class Journal:
     # ------------------------------------------------------------------ housekeeping
     def compact(self, keep_days: int, now: float | None = None) -> int:
         """Fold fills older than the last ``keep_days`` JST days (today counts as one) into the
-        position snapshot, and drop finished orders older than that. Only a prefix of the journal
-        is folded, and never past a fill of a still-open order, so a replay reproduces the live
-        FIFO state exactly. Exec ids at or below the folded ones stay rejected by
+        position snapshot, and drop finished orders and closed intents older than that (OPEN
+        intents stay until resolved). Only a prefix of the journal is folded, and never past a fill
+        of a still-open order, so a replay reproduces the live FIFO state exactly. Exec ids at or below the folded ones stay rejected by
         :meth:`record_fill`. Returns the number of fills folded."""
         if keep_days < 1:
             raise ValueError("compact(): keep_days must be >= 1 (today is never compacted)")
@@ -269,6 +361,7 @@ class Journal:
                 self._db.execute(f"DELETE FROM fills {limit}")
                 self._compacted = top
             self._db.execute(f"DELETE FROM orders WHERE updated < ? AND state NOT IN ({marks})", (cutoff, *_OPEN))
+            self._db.execute("DELETE FROM intents WHERE state != ? AND resolved < ?", (IntentState.OPEN.value, cutoff))
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return len(old)
 

@@ -17,6 +17,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, cast
@@ -71,6 +72,22 @@ class OrderUnknown(TransportError):
         super().__init__(message)
         self.order = dict(order)
         self.candidates = candidates or []
+
+
+@dataclass(frozen=True, slots=True)
+class LostOrderLookup:
+    """What :meth:`RestClient.find_lost_order` saw: the matching acceptance ids, and whether the
+    rows it read reached back past the start of the window (else a match may lie further back)."""
+
+    candidates: list[str]
+    complete: bool
+
+
+def _placed_before(row: Mapping[str, Any], since: float) -> bool:
+    try:
+        return timestamps.parse(str(row["child_order_date"])).timestamp() < since
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _normalize_endpoint(endpoint: str) -> str:
@@ -148,6 +165,10 @@ class RestClient:
         self.requests = 0
         self.retried = 0
         self.lookups = 0
+        # Order POSTs started, and those not finished yet (lookups included): a caller resolving an
+        # old order by lookup must not take one of these, whose id is not known yet, for it.
+        self.orders_sent = 0
+        self.orders_in_flight = 0
 
     # ---- session ---------------------------------------------------------------------------
 
@@ -345,12 +366,12 @@ class RestClient:
 
         -208 (overload, "not accepted") is retried with back-off. When the POST gets no reply
         (timeout, connection lost) the order may or may not exist, and bitFlyer offers no client
-        order id to ask about. It is **never resent**; instead ``getchildorders`` for the product
-        (newest ``lookup_count``) is polled ``lookup_polls`` times, ``lookup_interval`` apart, for
-        an order with the same product, side, type, size and price, dated no earlier than the send
-        time (minus ``lookup_clock_slack``), and whose acceptance id is neither one this client
-        returned before nor in ``known_ids`` (the caller's own set, or a callable returning it, so
-        its other in-flight orders are not mistaken for this one). Then:
+        order id to ask about. It is **never resent**; instead :meth:`find_lost_order` (the newest
+        ``lookup_count`` rows of ``getchildorders``) is polled ``lookup_polls`` times,
+        ``lookup_interval`` apart, for an order with the same product, side, type, size and price,
+        dated no earlier than the send time (minus ``lookup_clock_slack``), and whose acceptance id
+        is neither one this client returned before nor in ``known_ids`` (the caller's own set, or a
+        callable returning it, so its other in-flight orders are not mistaken for this one). Then:
 
         * exactly one match: its acceptance id is returned, as if the reply had arrived;
         * several matches: :class:`OrderUnknown` (with ``candidates``) — reconcile via events;
@@ -372,16 +393,21 @@ class RestClient:
             order["minute_to_expire"] = minute_to_expire
         order["time_in_force"] = time_in_force
         sent_at = time.time()
+        self.orders_sent += 1
+        self.orders_in_flight += 1
         try:
-            data = await self.request("POST", SEND_CHILD_ORDER, body=order, order_size=size)
-            reply_id = data.get("child_order_acceptance_id") if isinstance(data, dict) else None
-            if not isinstance(reply_id, str):
-                raise TransportError("sendchildorder: reply without child_order_acceptance_id")
-            acceptance_id = reply_id
-        except TransportError as e:
-            log.warning("sendchildorder got no usable reply (%s); looking the order up", e)
-            acceptance_id = await self._resolve_lost_order(order, sent_at, known_ids)
-        self._remember(acceptance_id)
+            try:
+                data = await self.request("POST", SEND_CHILD_ORDER, body=order, order_size=size)
+                reply_id = data.get("child_order_acceptance_id") if isinstance(data, dict) else None
+                if not isinstance(reply_id, str):
+                    raise TransportError("sendchildorder: reply without child_order_acceptance_id")
+                acceptance_id = reply_id
+            except TransportError as e:
+                log.warning("sendchildorder got no usable reply (%s); looking the order up", e)
+                acceptance_id = await self._resolve_lost_order(order, sent_at, known_ids)
+            self._remember(acceptance_id)
+        finally:
+            self.orders_in_flight -= 1
         return acceptance_id
 
     def _remember(self, acceptance_id: str) -> None:
@@ -391,7 +417,7 @@ class RestClient:
         self._recent_set.add(acceptance_id)
 
     @staticmethod
-    def _matches(row: Mapping[str, Any], order: Mapping[str, Any], since: float) -> bool:
+    def _matches(row: Mapping[str, Any], order: Mapping[str, Any], since: float, until: float | None) -> bool:
         try:
             if str(row["product_code"]).upper() != str(order["product_code"]).upper():
                 return False
@@ -404,33 +430,86 @@ class RestClient:
             placed = timestamps.parse(str(row["child_order_date"])).timestamp()
         except (KeyError, TypeError, ValueError):
             return False
-        return placed >= since
+        return placed >= since and (until is None or placed <= until)
+
+    async def find_lost_order(
+        self,
+        product: str,
+        side: Side,
+        size: float,
+        price: float | None = None,
+        *,
+        sent_at: float,
+        until: float | None = None,
+        known_ids: KnownIds | None = None,
+        count: int | None = None,
+        max_pages: int = 1,
+        timeout: float | None = None,
+    ) -> LostOrderLookup:
+        """Look up which order (if any) an order POST sent at ``sent_at`` became, when its reply
+        was lost (or its sender died before reading it).
+
+        Reads ``getchildorders`` for ``product`` (newest first, ``count`` rows a page, default
+        ``lookup_count``) for rows with the same side, type (LIMIT when ``price`` is given, else
+        MARKET), size and price, dated no earlier than the send time (``child_order_date`` has
+        whole seconds, so floored, minus ``lookup_clock_slack``) and, when ``until`` is given, no
+        later than ``until`` plus the slack; acceptance ids this client returned before or in
+        ``known_ids`` (a collection or a callable returning one) are excluded. It pages back (by
+        ``id``, at most ``max_pages`` pages) until a row predates the window. Raises
+        :class:`TransportError` / :class:`ApiError` when a request fails: the caller must treat
+        that as "unknown", never as "not placed".
+        """
+        order: dict[str, Any] = {
+            "product_code": product,
+            "child_order_type": "LIMIT" if price is not None else "MARKET",
+            "side": side,
+            "size": size,
+        }
+        if price is not None:
+            order["price"] = price
+        since = int(sent_at) - self.lookup_clock_slack
+        end = None if until is None else until + self.lookup_clock_slack
+        n = count or self.lookup_count
+        found: list[str] = []
+        before: int | None = None
+        for _ in range(max(1, max_pages)):
+            self.lookups += 1
+            rows = await self.get_child_orders(
+                product, count=n, before=before, timeout=self.lookup_timeout if timeout is None else timeout
+            )
+            known = known_ids() if callable(known_ids) else (known_ids or ())
+            found.extend(
+                aid
+                for row in rows
+                if self._matches(row, order, since, end)
+                and isinstance(aid := row.get("child_order_acceptance_id"), str)
+                and aid not in self._recent_set
+                and aid not in known
+                and aid not in found
+            )
+            if len(rows) < n or any(_placed_before(row, since) for row in rows):
+                return LostOrderLookup(found, complete=True)
+            ids = [int(r["id"]) for r in rows if r.get("id")]  # ACTIVE rows have id 0: not a paging key
+            if not ids:
+                break
+            before = min(ids)
+        return LostOrderLookup(found, complete=False)
 
     async def _resolve_lost_order(self, order: Mapping[str, Any], sent_at: float, known_ids: KnownIds | None) -> str:
-        # child_order_date has whole seconds: floor the send time, then allow for clock skew.
-        since = int(sent_at) - self.lookup_clock_slack
         answered = False
         for poll in range(self.lookup_polls):
             if poll:
                 await asyncio.sleep(self.lookup_interval)
-            self.lookups += 1
             try:
-                rows = await self.get_child_orders(
-                    str(order["product_code"]), count=self.lookup_count, timeout=self.lookup_timeout
+                lookup = await self.find_lost_order(
+                    str(order["product_code"]), order["side"], float(order["size"]), order.get("price"),
+                    sent_at=sent_at, known_ids=known_ids,
                 )
             except (TransportError, ApiError) as e:
                 log.warning("order lookup %d/%d failed: %s", poll + 1, self.lookup_polls, e)
                 continue
             answered = True
-            known = known_ids() if callable(known_ids) else (known_ids or ())
-            found = [
-                aid
-                for row in rows
-                if self._matches(row, order, since)
-                and isinstance(aid := row.get("child_order_acceptance_id"), str)
-                and aid not in self._recent_set
-                and aid not in known
-            ]
+            found = lookup.candidates
             if len(found) == 1:
                 log.info("lost sendchildorder reply resolved by lookup: %s", found[0])
                 return found[0]
