@@ -24,7 +24,7 @@ from typing import Any
 
 from bfsx.account.budget import ApiBudget
 from bfsx.account.drift import DriftCheck
-from bfsx.account.journal import Journal
+from bfsx.account.journal import IntentState, Journal, OrderIntent
 from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
 from bfsx.account.position import Position
 from bfsx.bitflyer import channels
@@ -32,7 +32,7 @@ from bfsx.bitflyer.errors import ApiError, BitflyerError
 from bfsx.bitflyer.messages import Side
 from bfsx.bitflyer.products import ProductSpec, product_spec
 from bfsx.bitflyer.realtime import RealtimeClient
-from bfsx.bitflyer.rest import RestClient
+from bfsx.bitflyer.rest import OrderNotPlaced, RestClient
 from bfsx.bitflyer.states import can_order
 from bfsx.bot.strategy import Strategy
 from bfsx.cli import UserError, install_uvloop
@@ -62,6 +62,11 @@ ORDER_AUDIT_AFTER = 4.0  # seconds without the expected event before asking the 
 RESYNC_MAX_PAGES = 20  # getchildorders pages of 500 a resync may read (10,000 orders back)
 SETTLE_INTERVAL = 60.0  # open and unsettled orders are looked up at least this often (lost events)...
 SETTLE_BACKLOG = 500  # ...and at once when this many finished ones wait (the tracker keeps 2,000)
+CANCEL_REPEAT_AFTER = 3.0  # a cancel accepted this recently is not sent again (its CANCEL event is on the way)
+INTENT_WINDOW = 60.0  # an order POST may still be accepted this long after it was sent (queued on a busy exchange)
+INTENT_RETRY = 5.0  # seconds between lookups of orders whose outcome is unknown
+INTENT_LOOKUP_PAGES = 4  # getchildorders pages of 500 such a lookup may read (orders are capped at 300 / 5 min)
+INTENT_LOOKUPS_PER_ROUND = 10  # intents looked up per round: a bounded number of requests
 
 
 class _Listener:
@@ -221,6 +226,10 @@ class BotRuntime:
         self._min_size = float(self.spec.min_size)
         self._last_settled = time.monotonic()
         self._cancel_requested: dict[str, float] = {}  # acceptance id -> monotonic time of the request
+        self._cancel_sent: dict[str, float] = {}  # acceptance id -> monotonic time of the latest accepted cancel
+        self._intents: dict[str, OrderIntent] = {}  # order POSTs of unknown outcome (OPEN in the journal)
+        self._intents_next = 0.0  # monotonic time of the next lookup round for them
+        self._resolving = False
 
     # ----------------------------------------------------------------- registration (Strategy API)
     def add_timer(self, interval: float, cb: Callback, basetime: float | None) -> None:
@@ -297,6 +306,10 @@ class BotRuntime:
             order.refuse(reason)
             self.log.info("order refused locally: %s %s @ %s: %s", side, size, price or "MARKET", reason)
             return order
+        intent = OrderIntent.new(self.product, side, size, price)
+        # Journaled before the POST: if the process dies before the reply is journaled, the restart
+        # finds this intent OPEN and looks the order up, so the fills of an accepted order are not lost.
+        self.journal.record_intent(intent)
         self._inflight += 1
         self._last_activity = time.monotonic()
         tif = opts.get("time_in_force", "GTC")
@@ -306,19 +319,32 @@ class BotRuntime:
                 self.product, side, size, price, time_in_force=tif, minute_to_expire=mte,
                 known_ids=self.tracker.known_ids(),
             )
+        except OrderNotPlaced as e:
+            self.journal.close_intent(intent.intent_id, IntentState.NOT_PLACED)
+            order.fail(f"not placed: {e}")
+            self.log.warning("order not placed: %s %s @ %s: %s", side, size, price or "MARKET", e)
+            return order
         except ApiError as e:
+            if e.status == 0 and e.http_status >= 500:  # a gateway's error page: the order may be live
+                self._intents[intent.intent_id] = intent
+            else:
+                self.journal.close_intent(intent.intent_id, IntentState.FAILED)
             order.fail(f"{e.status}: {e.message}")
             self.log.warning("order rejected: %s %s @ %s: %s", side, size, price or "MARKET", e.message)
             return order
         except BitflyerError as e:
+            self._intents[intent.intent_id] = intent  # looked up again until its outcome is known
             order.fail(f"unknown outcome: {e}")
             self.log.error("order outcome unknown: %s %s @ %s: %s", side, size, price or "MARKET", e)
             return order
+        except BaseException:
+            self._intents[intent.intent_id] = intent  # cancelled mid-POST: the order may be live
+            raise
         finally:
             self._inflight -= 1
         order.acceptance_id = acc
         fills = self.tracker.accepted(order)
-        self.journal.record_order(order)  # after parked events moved it on
+        self.journal.record_order(order, intent_id=intent.intent_id)  # after parked events moved it on
         if sum(self._apply_fill(fill) for fill in fills):
             self._report()
         return order
@@ -327,13 +353,18 @@ class BotRuntime:
         acc = order_or_id if isinstance(order_or_id, str) else order_or_id.acceptance_id
         if not acc:
             return False
+        sent = self._cancel_sent.get(acc)
+        if sent is not None and time.monotonic() - sent < CANCEL_REPEAT_AFTER:
+            return True  # accepted moments ago: its CANCEL event is on the way (the order audit checks)
         try:
             await self.rest.cancel_child_order(self.product, acceptance_id=acc)
         except BitflyerError as e:
             self.log.warning("cancel %s failed: %s", acc, e)
             return False
+        now = time.monotonic()
         if len(self._cancel_requested) < 10_000:  # bounded; pruned by the order audit
-            self._cancel_requested.setdefault(acc, time.monotonic())
+            self._cancel_requested.setdefault(acc, now)
+            self._cancel_sent[acc] = now
         return True
 
     async def cancel_all(self) -> int:
@@ -346,6 +377,73 @@ class BotRuntime:
         if abs(pos) < float(self.spec.min_size):
             return None
         return await self.send_order("SELL" if pos > 0 else "BUY", abs(pos), None, closing=True)
+
+    # ----------------------------------------------------------------- orders of unknown outcome
+    async def _resolve_intents(self) -> None:
+        """Look up the orders whose POST outcome is unknown: journaled as intents before they were
+        sent and left OPEN by a kill -9 before the reply was journaled (``restore`` loads them), or
+        by a reply lost beyond the REST client's own lookup. One match: the order is this bot's, it
+        is registered and journaled, and the resync counts its fills. No match in a lookup made
+        after the window: not placed. Several matches: not adopted, never a guess (the drift check
+        deals with what is left). A failed lookup changes nothing: the next round tries again."""
+        if self._resolving or not self._intents:
+            return
+        self._resolving = True
+        try:
+            for intent in list(self._intents.values())[:INTENT_LOOKUPS_PER_ROUND]:
+                await self._resolve_intent(intent)
+        finally:
+            self._resolving = False
+            self._intents_next = time.monotonic() + INTENT_RETRY
+
+    async def _resolve_intent(self, intent: OrderIntent) -> None:
+        rest = self.rest
+        what = f"{intent.side} {intent.size} @ {intent.price or 'MARKET'}"
+        sent, busy = rest.orders_sent, rest.orders_in_flight
+        looked_at = time.time()
+        try:
+            lookup = await rest.find_lost_order(
+                intent.product, intent.side, intent.size, intent.price, sent_at=intent.sent_at,
+                until=intent.sent_at + INTENT_WINDOW, known_ids=self.tracker.known_ids(),
+                count=500, max_pages=INTENT_LOOKUP_PAGES,
+            )
+        except BitflyerError as e:
+            self.log.warning("lookup of order %s (outcome unknown) failed: %s; trying again later", what, e)
+            return
+        if self._intents.get(intent.intent_id) is not intent:
+            return
+        found = lookup.candidates
+        if found and (busy or rest.orders_sent != sent):
+            return  # an order of this run whose id is not known yet may be the match: look again
+        if len(found) == 1:
+            self._adopt(intent, found[0])
+            self.log.warning("order %s of unknown outcome found on the exchange: %s (adopted)", what, found[0])
+        elif found:
+            self._close_intent(intent, IntentState.UNKNOWN)
+            self.log.error("order %s of unknown outcome: %d matching orders (%s); none adopted",
+                           what, len(found), ", ".join(found))
+        elif looked_at > intent.sent_at + INTENT_WINDOW + rest.lookup_clock_slack:
+            if lookup.complete:
+                self._close_intent(intent, IntentState.NOT_PLACED)
+                self.log.info("order %s of unknown outcome was not placed", what)
+            else:
+                self._close_intent(intent, IntentState.UNKNOWN)
+                self.log.error("order %s of unknown outcome: sent before the orders the lookup can read", what)
+
+    def _adopt(self, intent: OrderIntent, acc: str) -> None:
+        order = Order(
+            product=intent.product, side=intent.side, size=intent.size, price=intent.price,
+            order_type=intent.order_type, acceptance_id=acc, created=intent.sent_at, updated=time.time(),
+        )
+        fills = self.tracker.accepted(order)  # its events parked since the restart apply now
+        del self._intents[intent.intent_id]
+        self.journal.record_order(order, intent_id=intent.intent_id)
+        if sum(self._apply_fill(fill) for fill in fills):
+            self._report()
+
+    def _close_intent(self, intent: OrderIntent, state: IntentState) -> None:
+        self._intents.pop(intent.intent_id, None)
+        self.journal.close_intent(intent.intent_id, state)
 
     # ----------------------------------------------------------------- private events
     def _on_child_events(self, events: list[dict[str, Any]]) -> None:
@@ -393,7 +491,10 @@ class BotRuntime:
 
     async def resync(self) -> None:
         """Fill any gap after a (re)connect or at start: the states of our unsettled orders and every
-        fill since our last exec id, de-duplicated by exec id."""
+        fill since our last exec id, de-duplicated by exec id. Orders of unknown outcome are looked
+        up first, so the fills of one found on the exchange are counted by this same resync."""
+        if self._intents:
+            await self._resolve_intents()
         try:
             unsettled = {o.acceptance_id for o in self.tracker.unsettled_orders if o.acceptance_id}
             rows = await self._child_order_rows(unsettled)
@@ -520,6 +621,9 @@ class BotRuntime:
             order = self.tracker.get(acc)
             if order is None or not order.is_open:
                 del self._cancel_requested[acc]
+        for acc, at in list(self._cancel_sent.items()):
+            if now - at >= CANCEL_REPEAT_AFTER:
+                del self._cancel_sent[acc]
         return stuck
 
     async def _order_audit_loop(self) -> None:
@@ -528,6 +632,8 @@ class BotRuntime:
         while not self._stopping:
             await asyncio.sleep(ORDER_AUDIT_INTERVAL)
             now = time.monotonic()
+            if self._intents and now >= self._intents_next:
+                await self._resolve_intents()
             if self._stuck_orders(now) or self.tracker.missing_fills() or self._settle_due(now):
                 await self.resync()
 
@@ -592,6 +698,10 @@ class BotRuntime:
         fills, orders, kv = self.journal.load()
         self.position.rebuild(fills, kv)
         self.tracker.restore(orders, fills, kv)
+        self._intents = {i.intent_id: i for i in self.journal.open_intents(self.product)}
+        if self._intents:
+            self.log.warning("%d order(s) sent before the restart have no known outcome: looking them up",
+                             len(self._intents))
         if fills or orders:
             self.log.info(
                 "restored from journal: %d fills, position %s, %d open orders",
@@ -674,6 +784,10 @@ class BotRuntime:
 
     async def _cancel_and_confirm(self) -> None:
         deadline = time.monotonic() + STOP_CANCEL_TIMEOUT
+        if self._intents:  # an order of unknown outcome may be live: find it, so it is cancelled too
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_CANCEL_TIMEOUT / 2):
+                    await self._resolve_intents()
         await self.cancel_all()
         while self.tracker.open_orders and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
