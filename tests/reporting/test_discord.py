@@ -202,6 +202,10 @@ async def test_reporter_posts_charts_and_text_every_interval(discord: FakeDiscor
     reporter.start()
     try:
         await discord.wait_requests(1)
+        # The request has arrived; the reporter counts the post once the reply is back.
+        async with asyncio.timeout(20):
+            while reporter.posts_ok < 1:
+                await asyncio.sleep(0.01)
     finally:
         await reporter.close()
     req = discord.requests[0]
