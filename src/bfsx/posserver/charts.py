@@ -577,6 +577,20 @@ def _header(
 # --------------------------------------------------------------------------- market chart
 
 
+def _finish_pnl_panel(fig: Figure, ax_pos: Axes, ax_pnl: Axes, x: Any, pnl: Any, win: _Window) -> None:
+    """The lower PnL panel shared by the market and bot charts (green above zero, red below)."""
+    _plot_signed(ax_pnl, x, pnl, gain=GAIN, loss=LOSS, alpha=0.18)
+    ax_pnl.axhline(0, color=MUTED, linewidth=1.2)
+    _pad_ylim(ax_pnl, [pnl], include_zero=True)
+    ax_pnl.set_ylabel("PnL (JPY)", fontsize=LABEL_SIZE, color=INK)
+    ax_pnl.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
+    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=NICE_STEPS))
+    _style_axes(ax_pnl, text=INK, grid=GRID)
+    _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
+    fig.align_ylabels([ax_pos, ax_pnl])
+    _keep_inside(fig)
+
+
 def build_market_figure(
     market: str, samples: Sequence[MarketSample], period_hours: float, now: float | None = None
 ) -> Figure:
@@ -680,16 +694,7 @@ def build_market_figure(
         handlelength=1.8,
     )
 
-    _plot_signed(ax_pnl, x, pnl, gain=GAIN, loss=LOSS, alpha=0.18)
-    ax_pnl.axhline(0, color=MUTED, linewidth=1.2)
-    _pad_ylim(ax_pnl, [pnl], include_zero=True)
-    ax_pnl.set_ylabel("PnL (JPY)", fontsize=LABEL_SIZE, color=INK)
-    ax_pnl.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
-    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=NICE_STEPS))
-    _style_axes(ax_pnl, text=INK, grid=GRID)
-    _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
-    fig.align_ylabels([ax_pos, ax_pnl])
-    _keep_inside(fig)
+    _finish_pnl_panel(fig, ax_pos, ax_pnl, x, pnl, win)
     return fig
 
 
@@ -832,16 +837,7 @@ def build_bot_figure(
     _style_axes(ax_pos, text=INK, grid=GRID)
     ax_pos.tick_params(labelbottom=False)
 
-    _plot_signed(ax_pnl, x, pnl, gain=GAIN, loss=LOSS, alpha=0.18)
-    ax_pnl.axhline(0, color=MUTED, linewidth=1.2)
-    _pad_ylim(ax_pnl, [pnl], include_zero=True)
-    ax_pnl.set_ylabel("PnL (JPY)", fontsize=LABEL_SIZE, color=INK)
-    ax_pnl.yaxis.set_major_formatter(FuncFormatter(_jpy_tick))
-    ax_pnl.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=NICE_STEPS))
-    _style_axes(ax_pnl, text=INK, grid=GRID)
-    _setup_time_axis(ax_pnl, win.start, win.end, win.hours, MUTED)
-    fig.align_ylabels([ax_pos, ax_pnl])
-    _keep_inside(fig)
+    _finish_pnl_panel(fig, ax_pos, ax_pnl, x, pnl, win)
     return fig
 
 
