@@ -30,6 +30,7 @@ import yaml
 from bfsx.bot.runtime import BotRuntime
 from bfsx.bot.strategy import Strategy
 from bfsx.config import StrategyConfig, TradeConfig
+from bfsx.sim.hooks import eventually as wait_for
 from bfsx.sim.server import SimServer
 
 HERE = Path(__file__).resolve().parent
@@ -45,18 +46,6 @@ def account(n: int) -> tuple[str, str]:
     return f"acct-{n}", f"secret-of-acct-{n}-5f1d2c"
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``cond`` (plain or async) until truthy; fail after ``timeout`` s (generous: loaded CI)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if isinstance(v, Awaitable):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def wait_sync(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

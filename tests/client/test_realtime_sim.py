@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,21 +13,13 @@ import pytest
 from bfsx.bitflyer import channels
 from bfsx.bitflyer.realtime import RealtimeClient
 from bfsx.bitflyer.rest import RestClient
+from bfsx.sim.hooks import eventually as wait_until
 from bfsx.sim.server import SimServer
 
 FX = "FX_BTC_JPY"
 KEY, SECRET = "demo-key-1", "demo-secret-1"
 
 
-async def wait_until(cond: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class Recorder:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -14,22 +13,13 @@ from bfsx.account.budget import ApiBudget
 from bfsx.bitflyer import errors, ids, limits
 from bfsx.bitflyer.rest import OrderUnknown, RestClient
 from bfsx.sim.config import SimConfig
+from bfsx.sim.hooks import eventually as wait_until
 from bfsx.sim.server import SimServer
 
 FX, SPOT = "FX_BTC_JPY", "BTC_JPY"
 KEY, SECRET = "demo-key-1", "demo-secret-1"
 
 
-async def wait_until(cond: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``cond`` until truthy (generous timeout for a loaded machine)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def open_orders(sim: SimServer, key: str = KEY) -> list[dict[str, Any]]:

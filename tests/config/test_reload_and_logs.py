@@ -6,20 +6,14 @@ import asyncio
 import logging
 import logging.handlers
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bfsx.config import ConfigWatcher, StrategyConfig, TradeConfig, load_strategy_config, load_trade_config
 from bfsx.logs import add_secret, mask_url, redact, setup_logging, shutdown_logging
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+from bfsx.sim.hooks import eventually as wait_for
 
 
 def edit(path: Path, text: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import pytest
 
 from bfsx.config import TradeConfig
 from bfsx.posserver.server import PosServer
+from bfsx.sim.hooks import eventually as wait_for
 
 SECRET = "pos-secret"
 #: Nothing listens here: every REST call of a server without a simulator fails fast (= unknown).
@@ -31,18 +30,6 @@ def fast_config(endpoint: str = DEAD_ENDPOINT, **kw: Any) -> TradeConfig:
     return cfg.model_copy(update={"pos_server": ("127.0.0.1", 0)})
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``cond`` (plain or async) until truthy; fail after ``timeout`` s (generous: loaded CI)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if isinstance(v, Awaitable):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

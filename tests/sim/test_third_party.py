@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 import aiohttp
@@ -35,6 +35,7 @@ from yarl import URL
 
 from bfsx.bitflyer import channels, errors
 from bfsx.sim.config import SimConfig
+from bfsx.sim.hooks import eventually as wait_for
 from bfsx.sim.server import SimServer
 
 FX = "FX_BTC_JPY"
@@ -141,17 +142,6 @@ class Simulator(Protocol):
     def state(self) -> dict[str, Any]: ...
 
 
-async def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll ``cond`` until it returns something truthy (generous timeout, no timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def far_bid(sim: Simulator, product: str, below: int = 30_000) -> int:
@@ -192,7 +182,7 @@ async def test_pybotters_rest_signing(sim: SimServer, guard: LoopbackGuard, pb_c
     sent = await pb_client.fetch("POST", "/v1/me/sendchildorder", data=order)
     assert sent.response.status == 200, sent.text
     acc = data(sent)["child_order_acceptance_id"]
-    placed = await wait_for(lambda: open_orders(sim).get(acc), "the order to rest")
+    placed = await wait_for(lambda: open_orders(sim).get(acc), what="the order to rest")
     assert (placed["side"], placed["price"], placed["size"]) == ("BUY", price, 0.01)
 
     # signed GET with a query string: the signature covers path + query exactly as sent
@@ -205,7 +195,7 @@ async def test_pybotters_rest_signing(sim: SimServer, guard: LoopbackGuard, pb_c
         "POST", "/v1/me/cancelchildorder", data={"product_code": FX, "child_order_acceptance_id": acc}
     )
     assert cancel.response.status == 200, cancel.text
-    await wait_for(lambda: acc not in open_orders(sim), "the order to be cancelled")
+    await wait_for(lambda: acc not in open_orders(sim), what="the order to be cancelled")
 
     # the simulator really checks what pybotters signed: the same call with a wrong secret fails
     async with pybotters.Client(apis={"bitflyer": [KEY, "not-the-secret"]}, base_url=sim.url, **guard.session_kwargs()) as bad:
@@ -236,11 +226,11 @@ async def test_pybotters_websocket_auth_and_datastore(
     )
     await asyncio.wait_for(connected(app), 10)
     # pybotters' auth hook ran before the subscriptions; child_order_events needs it
-    await wait_for(lambda: len(replies) == len(subs), "the subscribe replies")
+    await wait_for(lambda: len(replies) == len(subs), what="the subscribe replies")
     assert {i: r.get("result") for i, r in replies.items()} == {i: True for i in range(len(subs))}, replies
 
     # board: snapshot + diffs agree with the engine's book (top levels, polled while it moves)
-    await wait_for(lambda: diffs >= 5, "board diffs")
+    await wait_for(lambda: diffs >= 5, what="board diffs")
 
     def top(n: int = 10) -> bool:
         book = store.board.sorted({"product_code": FX}, limit=n)
@@ -250,12 +240,12 @@ async def test_pybotters_websocket_auth_and_datastore(
             for side in ("bids", "asks")
         )
 
-    await wait_for(top, "store board == engine board (top 10)")
+    await wait_for(top, what="store board == engine board (top 10)")
     # after its first snapshot the store unsubscribes it (a JSON-RPC notification, no id) and
     # lives on diffs alone; the simulator must honour that
     snapshot_subs = sim._subs.get(channels.board_snapshot(FX))  # no public view of subscribers
     assert snapshot_subs is not None
-    await wait_for(lambda: not snapshot_subs, "the snapshot unsubscribe")
+    await wait_for(lambda: not snapshot_subs, what="the snapshot unsubscribe")
 
     # child orders: ORDER inserts, CANCEL removes; the resting order also shows on the board
     price = far_bid(sim, FX)
@@ -263,7 +253,7 @@ async def test_pybotters_websocket_auth_and_datastore(
     sent = await pb_client.fetch("POST", "/v1/me/sendchildorder", data=order)
     assert sent.response.status == 200, sent.text
     acc = data(sent)["child_order_acceptance_id"]
-    row = await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}), "ORDER in the store")
+    row = await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}), what="ORDER in the store")
     assert (row["side"], row["price"], row["size"], row["child_order_type"]) == ("BUY", price, 0.0123, "LIMIT")
     # the store's REST initializer reads the same order from getchildorders
     from_rest = pybotters.bitFlyerDataStore()
@@ -271,13 +261,13 @@ async def test_pybotters_websocket_auth_and_datastore(
     rest_row = from_rest.childorders.get({"child_order_acceptance_id": acc})
     assert rest_row is not None and (rest_row["price"], rest_row["size"]) == (price, 0.0123)
     level = {"product_code": FX, "side": "bids", "price": float(price)}
-    await wait_for(lambda: (store.board.get(level) or {}).get("size") == 0.0123, "the order's board level")
+    await wait_for(lambda: (store.board.get(level) or {}).get("size") == 0.0123, what="the order's board level")
 
     await pb_client.fetch("POST", "/v1/me/cancelchildorder", data={"product_code": FX, "child_order_acceptance_id": acc})
-    await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}) is None, "CANCEL in the store")
+    await wait_for(lambda: store.childorders.get({"child_order_acceptance_id": acc}) is None, what="CANCEL in the store")
     events = [e["event_type"] for e in store.childorderevents.find({"child_order_acceptance_id": acc})]
     assert events == ["ORDER", "CANCEL"]
-    await wait_for(lambda: store.board.get(level) is None, "the level to leave the board")
+    await wait_for(lambda: store.board.get(level) is None, what="the level to leave the board")
 
     # positions: a market buy opens FX lots, the market sell closes them; collateral comes
     # from the store's REST initializer and moves by the realised PnL pybotters computes
@@ -294,7 +284,7 @@ async def test_pybotters_websocket_auth_and_datastore(
     def stored() -> list[tuple[str, float, float]]:
         return sorted((p["side"], float(p["price"]), p["size"]) for p in store.positions.find({"product_code": FX}))
 
-    await wait_for(lambda: round(sum(s for _, _, s in stored()), 8) == 0.01, "the position in the store")
+    await wait_for(lambda: round(sum(s for _, _, s in stored()), 8) == 0.01, what="the position in the store")
     assert stored() == lots()
     await from_rest.initialize(pb_client.get("/v1/me/getpositions", params={"product_code": FX}))
     assert sorted((p["side"], p["price"], p["size"]) for p in from_rest.positions.find()) == lots()
@@ -302,7 +292,7 @@ async def test_pybotters_websocket_auth_and_datastore(
 
     sell = {"product_code": FX, "child_order_type": "MARKET", "side": "SELL", "size": 0.01}
     assert (await pb_client.fetch("POST", "/v1/me/sendchildorder", data=sell)).response.status == 200
-    await wait_for(lambda: not stored(), "the position to close in the store")
+    await wait_for(lambda: not stored(), what="the position to close in the store")
     assert lots() == []
     # pybotters rounds realised PnL to whole yen; the simulator keeps the exact value
     collateral = sim.state()["accounts"][KEY]["collateral"]["collateral"]
@@ -368,7 +358,7 @@ async def _ccxt_basics(sim: Simulator, guard: LoopbackGuard, exchange: Any) -> N
     created = await exchange.create_order("BTC/JPY", "limit", "buy", 0.01, price)
     acc = created["id"]
     assert acc
-    placed = await wait_for(lambda: open_orders(sim).get(acc), "the ccxt order to rest")
+    placed = await wait_for(lambda: open_orders(sim).get(acc), what="the ccxt order to rest")
     assert (placed["product_code"], placed["side"], placed["price"], placed["size"]) == (SPOT, "BUY", price, 0.01)
 
     mine = await exchange.fetch_open_orders("BTC/JPY")
@@ -377,7 +367,7 @@ async def _ccxt_basics(sim: Simulator, guard: LoopbackGuard, exchange: Any) -> N
     ]
 
     await exchange.cancel_order(acc, "BTC/JPY")
-    await wait_for(lambda: acc not in open_orders(sim), "the ccxt order to be cancelled")
+    await wait_for(lambda: acc not in open_orders(sim), what="the ccxt order to be cancelled")
     assert await exchange.fetch_open_orders("BTC/JPY") == []
     assert (await exchange.fetch_order(acc, "BTC/JPY"))["status"] == "canceled"
 
@@ -399,7 +389,7 @@ async def _ccxt_extras(sim: SimServer, exchange: Any) -> None:
         rows = sim.state()["accounts"][KEY]["positions"][FX]["lots"]
         return sorted((r["side"], r["price"], r["size"]) for r in rows)
 
-    await wait_for(lambda: round(sum(s for _, _, s in lots()), 8) == 0.01, "the market buy to fill")
+    await wait_for(lambda: round(sum(s for _, _, s in lots()), 8) == 0.01, what="the market buy to fill")
     positions = await exchange.fetch_positions(["BTC/JPY:JPY"])
     assert sorted((p["side"], p["price"], p["size"]) for p in positions) == lots()
     trades = await exchange.fetch_my_trades("BTC/JPY:JPY")
@@ -407,7 +397,7 @@ async def _ccxt_extras(sim: SimServer, exchange: Any) -> None:
     assert round(sum(t["amount"] for t in trades), 8) == 0.01
 
     await exchange.create_order("BTC/JPY:JPY", "market", "sell", 0.01)
-    await wait_for(lambda: not lots(), "the market sell to close the position")
+    await wait_for(lambda: not lots(), what="the market sell to close the position")
     assert await exchange.fetch_positions(["BTC/JPY:JPY"]) == []
 
     with pytest.raises(ccxt_async.ExchangeError, match=str(errors.MIN_SIZE.status)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import json
 import time
@@ -23,6 +24,24 @@ import aiohttp
 import orjson
 
 from bfsx.bitflyer import auth
+
+
+async def eventually(
+    cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition", interval: float = 0.02
+) -> Any:
+    """Poll ``cond`` (plain, or returning an awaitable) until it is truthy and return that value;
+    raise AssertionError naming ``what`` after ``timeout`` seconds. Tests wait for conditions with
+    generous timeouts instead of sleeping a fixed time and asserting on timing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 class SimHooks:
