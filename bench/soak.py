@@ -40,13 +40,12 @@ from typing import Any
 
 import yaml
 
+from bfsx.demo import fleet_trade_config
 from bfsx.sim.config import SimConfig
 from bfsx.sim.server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT = "FX_BTC_JPY"
-API_KEY, API_SECRET = "demo-key-1", "demo-secret-1"  # the simulator's default first account
-POS_SECRET = "bench-soak-pos-server-secret"
 BOTS = (("mm_fx", "mm_spread"), ("scalp_fx", "scalping"))
 PROGRESS_EVERY = 30.0  # seconds between progress lines
 
@@ -182,15 +181,7 @@ class Soak:
         self._spawn("sim", "sim", "--port", str(self.sim_port), "--config", str(sim_yaml), "--quiet")
         self._wait_sim()
         state = self.folder / "state"
-        common: dict[str, Any] = {
-            "apikey": API_KEY, "secret": API_SECRET,
-            "endpoint": self.sim_url, "ws_endpoint": f"ws://127.0.0.1:{self.sim_port}/json-rpc",
-            "pos_server": ["127.0.0.1", self.pos_port], "pos_server_secret": POS_SECRET,
-            "pos_server_check_interval": 3.0, "pos_server_consecutive": 3,
-            "pos_server_report_interval": 1.0, "pos_server_query_interval": 3.0,
-            "pos_server_graph_period": 1, "adjust_max_size": 0.05, "ws_silence_timeout": 30,
-            "console_output": False,
-        }
+        common = {**fleet_trade_config(self.sim_port, self.pos_port), "console_output": False}
         server_yaml = self._write("pos_server.yaml", {**common, "log_folder": str(state / "pos_server")})
         self._spawn("pos-server", "pos-server", str(server_yaml), app_log=state / "pos_server" / "pos_server.log")
         self._wait_pos_server()

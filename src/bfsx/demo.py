@@ -92,6 +92,21 @@ class DemoTiming:
         return t
 
 
+def fleet_trade_config(sim_port: int, pos_port: int, timing: DemoTiming | None = None) -> dict[str, Any]:
+    """trade.yaml keys shared by every process of a local fleet (position server and bots) on the
+    simulator at ``sim_port``: the demo account, endpoints, the position server and its timings."""
+    t = timing or DemoTiming()
+    return {
+        "apikey": API_KEY, "secret": API_SECRET,
+        "endpoint": f"http://127.0.0.1:{sim_port}", "ws_endpoint": f"ws://127.0.0.1:{sim_port}/json-rpc",
+        "pos_server": ["127.0.0.1", pos_port], "pos_server_secret": POS_SECRET,
+        "pos_server_check_interval": t.check_interval, "pos_server_consecutive": t.consecutive,
+        "pos_server_report_interval": t.report_interval, "pos_server_query_interval": t.query_interval,
+        "pos_server_evict_after": t.evict_after, "pos_server_graph_period": 1,
+        "adjust_max_size": 0.05, "ws_silence_timeout": 30,
+    }
+
+
 def _strategy_source(name: str) -> tuple[Path, Path]:
     """The sample strategy files: from the source tree, or the current folder's ``strategies/``."""
     for base in (ROOT / "strategies", Path.cwd() / "strategies"):
@@ -125,16 +140,7 @@ class Demo:
         for sub in ("state", "config", "logs"):
             shutil.rmtree(self.out / sub, ignore_errors=True)
             (self.out / sub).mkdir(parents=True, exist_ok=True)
-        common: dict[str, Any] = {
-            "apikey": API_KEY, "secret": API_SECRET,
-            "endpoint": self.sim_url, "ws_endpoint": f"ws://127.0.0.1:{self.sim_port}/json-rpc",
-            "pos_server": ["127.0.0.1", self.pos_port], "pos_server_secret": POS_SECRET,
-            "pos_server_check_interval": self.t.check_interval, "pos_server_consecutive": self.t.consecutive,
-            "pos_server_report_interval": self.t.report_interval,
-            "pos_server_query_interval": self.t.query_interval,
-            "pos_server_evict_after": self.t.evict_after, "pos_server_graph_period": 1,
-            "adjust_max_size": 0.05, "ws_silence_timeout": 30,
-        }
+        common = fleet_trade_config(self.sim_port, self.pos_port, self.t)
         server_cfg = {**common, "console_output": True, "log_folder": str(self.out / "state" / "pos_server"),
                       "pos_server_discord_interval": 1}
         self._write("config/pos_server.yaml", server_cfg)
