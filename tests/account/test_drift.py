@@ -20,7 +20,9 @@ def test_four_identical_diffs_correct_toward_expected() -> None:
         assert dc.streak == n and dc.last_diff == D("0.02")
     corr = dc.observe(D("0.5"), D("0.52"), quiet=True)
     assert corr == Correction("SELL", D("0.02"), D("0.02")) and str(corr) == "SELL 0.02000000"
-    assert dc.streak == 0 and dc.corrections == 1  # fresh evidence needed for the next one
+    assert dc.streak == 0 and dc.corrections == 0  # fresh evidence needed for the next one
+    dc.sent()  # counted only once the caller sent it (a health refusal is no correction)
+    assert dc.corrections == 1
     for _ in range(3):
         assert dc.observe(D("0.5"), D("0.52"), quiet=True) is None
     assert dc.observe(D("0.5"), D("0.52"), quiet=True) is not None

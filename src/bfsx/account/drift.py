@@ -57,6 +57,12 @@ class DriftCheck:
         self.unknown = 0
         """Samples skipped because a side was unknown (cumulative)."""
         self.corrections = 0
+        """Correcting orders the caller actually sent (see :meth:`sent`); a correction refused
+        later (health, a failed POST) is not one."""
+
+    def sent(self) -> None:
+        """The caller sent the correction :meth:`observe` returned."""
+        self.corrections += 1
 
     def reset(self) -> None:
         """Forget the streak (e.g. after the caller's correcting order failed)."""
@@ -81,5 +87,4 @@ class DriftCheck:
         size = min(abs(diff), self.max_order).quantize(self.size_step, rounding=ROUND_DOWN)
         if size < self.min_size or size <= 0:
             return None  # max_order below the exchange minimum: nothing sendable
-        self.corrections += 1
         return Correction("SELL" if diff > 0 else "BUY", size, diff)

@@ -603,6 +603,8 @@ class BotRuntime:
                 await self.rest.send_child_order(self.product, corr.side, float(corr.size), None)
             except BitflyerError as e:
                 self.log.error("correcting order failed: %s", e)
+            else:
+                self.drift.sent()
 
     def _stuck_orders(self, now: float) -> list[str]:
         """Open orders whose events look lost: no ORDER event long after acceptance, or still open
