@@ -284,3 +284,13 @@ async def test_config_reload(server_factory: Factory, tmp_path: Path, caplog: py
     path.write_text(base + "pos_server_graph_period: -3\n")  # invalid: logged, old config kept
     await wait_for(lambda: any("not reloaded" in r.getMessage() for r in caplog.records), what="rejection")
     assert s.config.pos_server_graph_period == 12
+
+
+async def test_judging_faster_than_bots_heal_is_warned(server_factory: Factory, fast_config: Any,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="bfsx.posserver")
+    await server_factory(fast_config(pos_server_check_interval=30, pos_server_consecutive=2))
+    assert not any("heals a lost fill" in r.getMessage() for r in caplog.records)  # 60 s: enough
+    await server_factory(fast_config(pos_server_check_interval=30, pos_server_consecutive=1))
+    warned = [r.getMessage() for r in caplog.records if "heals a lost fill" in r.getMessage()]
+    assert len(warned) == 1 and "= 30 s" in warned[0]

@@ -27,6 +27,11 @@ from typing import Literal
 
 SIZE_STEP = Decimal("0.00000001")  # bitFlyer sizes have 8 decimals (ProductSpec.size_decimals)
 
+SELF_HEAL_SECONDS = 60.0
+"""A bot finds a fill whose private event was lost within this long on its own (its settle
+resync). A position server that judges a drift stable sooner may correct what the bot is about to
+heal, and then correct back: two needless market orders."""
+
 
 @dataclass(frozen=True, slots=True)
 class Correction:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bfsx.account.budget import ApiBudget
-from bfsx.account.drift import DriftCheck
+from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck
 from bfsx.account.journal import IntentState, Journal, OrderIntent
 from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
 from bfsx.account.position import Position
@@ -60,7 +60,7 @@ CHART_SAMPLE_SECONDS = 10.0
 ORDER_AUDIT_INTERVAL = 2.0  # how often to look for orders whose events look lost (no API call if none)
 ORDER_AUDIT_AFTER = 4.0  # seconds without the expected event before asking the exchange
 RESYNC_MAX_PAGES = 20  # getchildorders pages of 500 a resync may read (10,000 orders back)
-SETTLE_INTERVAL = 60.0  # open and unsettled orders are looked up at least this often (lost events)...
+SETTLE_INTERVAL = SELF_HEAL_SECONDS  # open and unsettled orders are looked up at least this often (lost events)...
 SETTLE_BACKLOG = 500  # ...and at once when this many finished ones wait (the tracker keeps 2,000)
 CANCEL_REPEAT_AFTER = 3.0  # a cancel accepted this recently is not sent again (its CANCEL event is on the way)
 INTENT_WINDOW = 60.0  # an order POST may still be accepted this long after it was sent (queued on a busy exchange)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bfsx.account.budget import ApiBudget, BudgetSnapshot
-from bfsx.account.drift import DriftCheck
+from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.products import get_product
 from bfsx.bitflyer.rest import RestClient
@@ -234,6 +234,14 @@ class PosServer:
                  "%d identical diffs, evict after %.3g s", self.host, self.port,
                  self.config.pos_server_check_interval, self.config.pos_server_consecutive,
                  self.config.pos_server_evict_after)
+        self._warn_if_judging_fast()
+
+    def _warn_if_judging_fast(self) -> None:
+        window = self.config.pos_server_check_interval * self.config.pos_server_consecutive
+        if window < SELF_HEAL_SECONDS:
+            log.warning("pos_server_check_interval × pos_server_consecutive = %.3g s is under the %.0f s in which "
+                        "a bot heals a lost fill itself: the server may correct it first, then correct back",
+                        window, SELF_HEAL_SECONDS)
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -694,6 +702,8 @@ class PosServer:
         live = [k for k in keys if k in LIVE_KEYS]
         restart = [k for k in keys if k not in LIVE_KEYS and k not in IGNORED_KEYS]
         self.config = new
+        if {"pos_server_consecutive", "pos_server_check_interval"} & set(live):
+            self._warn_if_judging_fast()
         if {"pos_server_consecutive", "adjust_max_size"} & set(live):
             for d in self._drift.values():
                 d.consecutive = new.pos_server_consecutive
