@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -228,3 +229,34 @@ def test_wal_is_checkpointed_off_the_loop_and_folded_on_close(tmp_path: Path) ->
     assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
     with Journal(path) as again:
         assert [f.exec_id for f in again.load()[0]] == list(range(1, 1001))
+
+
+def test_record_batch_is_one_transaction(tmp_path: Path) -> None:
+    """A frame's fills and order rows land together or not at all; only new fills come back."""
+    from bfsx.account.journal import IntentState, OrderIntent
+
+    path = tmp_path / "j.db"
+    with Journal(path) as j:
+        assert j.record_fill(mkfill(1))
+        first = mkorder("JRF20260923-030000-000001", OrderState.PARTIALLY_FILLED)
+        new = j.record_batch([mkfill(1), mkfill(2), mkfill(3)], [first, Order.new(P, "BUY", 0.01)])
+        assert [f.exec_id for f in new] == [2, 3]  # exec 1 was counted before; the unsent order is skipped
+        assert j.fill_count() == 3 and j.get_order(first.acceptance_id) == first
+
+        def rows_then_crash() -> Iterator[Order]:
+            yield mkorder("JRF20260923-030000-000002")
+            raise OSError("disk full")
+
+        with pytest.raises(OSError):
+            j.record_batch([mkfill(4)], rows_then_crash())
+        assert j.fill_count() == 3 and j.get_order("JRF20260923-030000-000002") is None  # rolled back
+        assert j.record_batch([mkfill(4)], []) == [mkfill(4)]  # and nothing left half-written
+
+        intent = OrderIntent.new(P, "BUY", 0.03, 100.0)
+        j.record_intent(intent)
+        j.record_batch([mkfill(5, acc="JRF20260923-030000-000003")], [mkorder("JRF20260923-030000-000003")],
+                       intent.intent_id)
+        assert j.intent_outcome(intent.intent_id) == (IntentState.PLACED, "JRF20260923-030000-000003")
+    with Journal(path) as j:  # durable across a reopen
+        fills, orders, _ = j.load()
+        assert [f.exec_id for f in fills] == [1, 2, 3, 4, 5] and len(orders) == 2

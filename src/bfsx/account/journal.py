@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -216,17 +216,10 @@ class Journal:
     # ------------------------------------------------------------------ writes (hot path)
     def record_fill(self, fill: Fill) -> bool:
         """Journal a fill; False if its exec id was journaled before (already counted: do not act)."""
-        if fill.exec_id <= self._compacted:
-            return False
-        cur = self._db.execute(
-            f"INSERT OR IGNORE INTO fills ({_FILL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (fill.exec_id, fill.acceptance_id, fill.child_order_id, fill.product, fill.side,
-             fill.price, fill.size, fill.commission, fill.sfd, fill.time),
-        )
-        if cur.rowcount != 1:
-            return False
-        self._wrote()
-        return True
+        new = self._insert_fill(fill)
+        if new:
+            self._wrote()
+        return new
 
     def record_order(self, order: Order, intent_id: str | None = None) -> None:
         """Journal an order's current fields (upsert by acceptance id); orders without one (refused
@@ -234,17 +227,51 @@ class Journal:
         closed as PLACED in the same transaction: the order row and the closed intent land together."""
         if not order.acceptance_id:
             return
-        row = (order.acceptance_id, order.child_order_id, order.product, order.side, order.order_type,
-               order.price, order.size, order.filled_size, order.average_price, order.state.value,
-               order.created, order.updated, order.reason)
-        sql = f"INSERT OR REPLACE INTO orders ({_ORDER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
         if intent_id is None:
-            self._db.execute(sql, row)
+            self._upsert_order(order)
         else:
             with self._transaction():
-                self._db.execute(sql, row)
+                self._upsert_order(order)
                 self._close_intent(intent_id, IntentState.PLACED, order.acceptance_id)
         self._wrote()
+
+    def record_batch(self, fills: Iterable[Fill], orders: Iterable[Order], intent_id: str | None = None) -> list[Fill]:
+        """Journal what one event frame (or one reply) brought, in ONE transaction: the fills, then
+        the orders' current rows, and with ``intent_id`` the intent that the (one) order came from,
+        closed as PLACED. Returns the fills not journaled before: the caller counts exactly those,
+        after this returns, so a fill is durable before it counts. One commit per frame instead of
+        one per row: a taker order's ORDER, EXECUTIONs and EXPIRE often share a frame, and each
+        commit holds the loop for tens of microseconds."""
+        new: list[Fill] = []
+        with self._transaction():
+            for fill in fills:
+                if self._insert_fill(fill):
+                    new.append(fill)
+            for order in orders:
+                if order.acceptance_id:
+                    self._upsert_order(order)
+                    if intent_id is not None:
+                        self._close_intent(intent_id, IntentState.PLACED, order.acceptance_id)
+        self._wrote()
+        return new
+
+    def _insert_fill(self, fill: Fill) -> bool:
+        if fill.exec_id <= self._compacted:
+            return False
+        cur = self._db.execute(
+            f"INSERT OR IGNORE INTO fills ({_FILL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (fill.exec_id, fill.acceptance_id, fill.child_order_id, fill.product, fill.side,
+             fill.price, fill.size, fill.commission, fill.sfd, fill.time),
+        )
+        return bool(cur.rowcount == 1)
+
+    def _upsert_order(self, order: Order) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO orders ({_ORDER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (order.acceptance_id, order.child_order_id, order.product, order.side, order.order_type,
+             order.price, order.size, order.filled_size, order.average_price, order.state.value,
+             order.created, order.updated, order.reason),
+        )
 
     def record_intent(self, intent: OrderIntent) -> None:
         """Journal an order about to be sent, as OPEN. Call it before the POST: if the process dies

@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
@@ -344,9 +344,7 @@ class BotRuntime:
             self._inflight -= 1
         order.acceptance_id = acc
         fills = self.tracker.accepted(order)
-        self.journal.record_order(order, intent_id=intent.intent_id)  # after parked events moved it on
-        if sum(self._apply_fill(fill) for fill in fills):
-            self._report()
+        self._journal_and_count(fills, (order,), intent.intent_id)  # after parked events moved it on
         return order
 
     async def cancel_order(self, order_or_id: Order | str) -> bool:
@@ -437,9 +435,7 @@ class BotRuntime:
         )
         fills = self.tracker.accepted(order)  # its events parked since the restart apply now
         del self._intents[intent.intent_id]
-        self.journal.record_order(order, intent_id=intent.intent_id)
-        if sum(self._apply_fill(fill) for fill in fills):
-            self._report()
+        self._journal_and_count(fills, (order,), intent.intent_id)
 
     def _close_intent(self, intent: OrderIntent, state: IntentState) -> None:
         self._intents.pop(intent.intent_id, None)
@@ -448,7 +444,7 @@ class BotRuntime:
     # ----------------------------------------------------------------- private events
     def _on_child_events(self, events: list[dict[str, Any]]) -> None:
         changed: dict[int, Order] = {}
-        filled = False
+        fills: list[Fill] = []
         for ev in events:
             if ev.get("product_code") != self.product:
                 continue
@@ -456,27 +452,25 @@ class BotRuntime:
             if order is not None:
                 changed[id(order)] = order
             if fill is not None:
-                filled = self._apply_fill(fill) or filled
-        if filled:  # one absolute-position report per frame, however many fills it carried
-            self._report()
-        # One row per order per frame, after its fills: a taker order's ORDER, EXECUTIONs and EXPIRE
-        # often come in one frame, and each SQLite commit holds the loop for 50-100 µs. Fills are
-        # journaled before they count (_apply_fill); a row that lags its fills is rebuilt from them
-        # on restore, and its state settled by the resync.
-        for order in changed.values():
-            self.journal.record_order(order)
+                fills.append(fill)
+        if fills or changed:
+            self._journal_and_count(fills, changed.values())
 
-    def _apply_fill(self, fill: Fill) -> bool:
-        """Count one fill; the caller reports the new position once per batch (``_report``)."""
-        # Journal first: a crash after this line cannot lose the fill, and replay dedupes by exec id.
-        if not self.journal.record_fill(fill):
-            return False  # already counted (journal's exec_id primary key)
-        self.position.apply_fill(fill)
-        self.fills_applied += 1
-        self._last_activity = time.monotonic()
-        for listener in self._listeners["fill"]:
-            listener(fill)
-        return True
+    def _journal_and_count(self, fills: list[Fill], orders: Iterable[Order], intent_id: str | None = None) -> int:
+        """Journal fills and order rows in one transaction, then count the fills that are new (the
+        journal's exec_id key dedupes replays and resyncs), then send one absolute-position report
+        however many fills there were. Journal first: a crash after the commit loses nothing, and a
+        crash before it loses nothing counted. One row per order, after its fills."""
+        new = self.journal.record_batch(fills, orders, intent_id)
+        for fill in new:
+            self.position.apply_fill(fill)
+            self.fills_applied += 1
+            for listener in self._listeners["fill"]:
+                listener(fill)
+        if new:
+            self._last_activity = time.monotonic()
+            self._report()
+        return len(new)
 
     def _report(self) -> None:
         if self.posclient is None:
@@ -551,10 +545,7 @@ class BotRuntime:
 
     def _reconcile(self, rows: list[Any], execs: list[Any]) -> int:
         fills, changed = self.tracker.reconcile(rows, execs)
-        for order in changed:
-            self.journal.record_order(order)
-        if sum(self._apply_fill(fill) for fill in fills):
-            self._report()
+        self._journal_and_count(fills, changed)
         return len(fills)
 
     # ----------------------------------------------------------------- background tasks
