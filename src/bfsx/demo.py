@@ -247,13 +247,15 @@ class Demo:
             cfg = load_trade_config(self.out / "config" / "pos_server.yaml")
             self.server = PosServer(
                 cfg, state_dir=self.out / "state" / "pos_server", chart_dir=self.out,
-                console=sys.stdout.isatty(), chart_interval=30.0,
+                console=sys.stdout.isatty(), chart_interval=30.0, warn_fast_judging=False,
             )
             await self.server.start()
             for bot in BOTS:
                 self._spawn(bot.name, "trade", str(self.out / "config" / f"{bot.name}.yaml"))
             self.note(f"simulator on {self.sim_url}, position server on 127.0.0.1:{self.pos_port}, "
                       f"{len(BOTS)} bots; Ctrl+C ends the demo with a summary")
+            self.note(f"demo timing: the server checks every {cfg.pos_server_check_interval:g} s and corrects after "
+                      f"{cfg.pos_server_consecutive} identical diffs (defaults: 30 s and 4; see docs/config.md)")
             timeline = asyncio.ensure_future(self._timeline())
             ending = asyncio.ensure_future(self._stop.wait())
             limit = self.minutes * 60 if self.minutes is not None else None

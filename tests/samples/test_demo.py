@@ -22,6 +22,8 @@ def test_demo_runs_faults_and_ends_with_invariant_1(tmp_path: Path) -> None:
     # The timeline shows both faults, and the position server corrected the unknown trade.
     assert "FAULT: simulator drops" in summary
     assert "behind the bots' backs" in summary
+    assert "demo timing: the server checks every" in summary
+    assert "heals a lost fill" not in proc.stdout + proc.stderr  # fast on purpose: said once, not warned
     table = summary.split("invariant 1 (|diff|", 1)[1].split("\n\n", 1)[0]
     btc = next(line for line in table.splitlines() if line.startswith("BTC_JPY"))
     assert int(btc.split()[5]) >= 1, f"no correction on BTC_JPY: {btc}"

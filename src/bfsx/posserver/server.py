@@ -124,13 +124,17 @@ class PosServer:
         tcp_timeout: float = 30.0,
         max_connections: int = 256,
         max_bots: int = 1000,
+        warn_fast_judging: bool = True,
     ) -> None:
         """``state_dir``: where the SQLite history lives (default ``<log_folder>/../pos_server``).
         ``chart_dir``: also write the PNG charts there every ``chart_interval`` seconds (default
         ``pos_server_discord_interval`` minutes) and at stop. ``quiet_seconds``:
         no judging this long after a position change (default ``min(check_interval, 5)``).
-        ``startup_grace``: no judging this long after start (default ``2 × report_interval + 1``)."""
+        ``startup_grace``: no judging this long after start (default ``2 × report_interval + 1``).
+        ``warn_fast_judging``: warn when check_interval × consecutive is under ``SELF_HEAL_SECONDS``
+        (the demo judges fast on purpose and says so itself)."""
         self.config = config
+        self._warn_fast_judging = warn_fast_judging
         self.config_path = Path(config_path) if config_path is not None else config.source
         bind = config.pos_server_bind_address()
         if bind is None:
@@ -238,7 +242,7 @@ class PosServer:
 
     def _warn_if_judging_fast(self) -> None:
         window = self.config.pos_server_check_interval * self.config.pos_server_consecutive
-        if window < SELF_HEAL_SECONDS:
+        if self._warn_fast_judging and window < SELF_HEAL_SECONDS:
             log.warning("pos_server_check_interval × pos_server_consecutive = %.3g s is under the %.0f s in which "
                         "a bot heals a lost fill itself: the server may correct it first, then correct back",
                         window, SELF_HEAL_SECONDS)
