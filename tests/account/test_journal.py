@@ -260,3 +260,32 @@ def test_record_batch_is_one_transaction(tmp_path: Path) -> None:
     with Journal(path) as j:  # durable across a reopen
         fills, orders, _ = j.load()
         assert [f.exec_id for f in fills] == [1, 2, 3, 4, 5] and len(orders) == 2
+
+
+def test_deferred_order_rows_share_a_later_commit(tmp_path: Path) -> None:
+    """ORDER / CANCEL rows without a fill wait for a flush (or the next batch) and are written with
+    the order's state at that time; a second connection (the restart after a kill -9) sees only
+    committed rows."""
+    path = tmp_path / "j.db"
+
+    def on_disk(acc: str) -> str | None:
+        with sqlite3.connect(path) as db:
+            row = db.execute("SELECT state FROM orders WHERE acceptance_id = ?", (acc,)).fetchone()
+        return None if row is None else str(row[0])
+
+    a, b = mkorder("JRF20260923-030000-000001"), mkorder("JRF20260923-030000-000002")
+    with Journal(path) as j:
+        assert j.defer_orders([a]) is True  # first in the queue: schedule a flush
+        assert j.defer_orders([b, Order.new(P, "BUY", 0.01)]) is False  # already scheduled
+        assert on_disk(a.acceptance_id or "") is None  # not committed yet: costs no commit
+        a.state = OrderState.CANCELLED
+        j.flush()
+        assert on_disk(a.acceptance_id or "") == "CANCELLED"  # the state at flush time
+        assert on_disk(b.acceptance_id or "") == "ACTIVE"
+        b.state = OrderState.EXPIRED
+        j.defer_orders([b])
+        assert j.record_batch([mkfill(1)], []) == [mkfill(1)]  # a fill's commit takes the queue along
+        assert on_disk(b.acceptance_id or "") == "EXPIRED"
+        b.state = OrderState.CANCELLED
+        j.defer_orders([b])
+    assert on_disk(b.acceptance_id or "") == "CANCELLED"  # close() writes what was left

@@ -1,7 +1,8 @@
 """The bot's journal: every fill and order change, in SQLite (WAL), written before it is acted on.
 
-Durability choice: ``journal_mode=WAL`` with ``synchronous=NORMAL``. Each write is its own
-transaction; at commit the WAL frame is written (``write(2)``) into the OS page cache before the
+Durability choice: ``journal_mode=WAL`` with ``synchronous=NORMAL``. The runtime commits once per
+event frame (:meth:`Journal.record_batch`), before the frame's fills count; order-state changes
+without a fill wait up to 0.1 s and share a commit (:meth:`Journal.defer_orders`). At commit the WAL frame is written (``write(2)``) into the OS page cache before the
 call returns, so a **killed process (kill -9, crash, OOM) loses nothing** it committed. What NORMAL
 gives up versus FULL is the fsync per commit: an *OS* crash or power loss can drop the last
 transactions (never corrupt the file). FULL costs an fsync per fill (milliseconds on a VPS disk),
@@ -200,6 +201,7 @@ class Journal:
         self._checkpointer = _Checkpointer(self.path, checkpoint_idle)
         self._checkpointer.start()
         self._closed = False
+        self._deferred: dict[str, Order] = {}  # acceptance id -> order whose latest row is not written yet
 
     @property
     def checkpoints(self) -> int:
@@ -249,11 +251,38 @@ class Journal:
                     new.append(fill)
             for order in orders:
                 if order.acceptance_id:
+                    self._deferred.pop(order.acceptance_id, None)
                     self._upsert_order(order)
                     if intent_id is not None:
                         self._close_intent(intent_id, IntentState.PLACED, order.acceptance_id)
+            for order in self._deferred.values():  # rides along: no commit of its own
+                self._upsert_order(order)
+        self._deferred.clear()
         self._wrote()
         return new
+
+    def defer_orders(self, orders: Iterable[Order]) -> bool:
+        """Queue order rows for the next write (:meth:`flush`, or the next :meth:`record_batch`,
+        whichever comes first); the row written is the order's state at that time. For state
+        changes that carry no fill (ORDER, CANCEL, EXPIRE): a kill -9 before the flush leaves the
+        journal with the previous state, which the restart's resync settles from the exchange, so
+        these need not cost a commit each. Fills and placed orders are never deferred. Returns
+        True when the queue was empty before (the caller schedules a flush)."""
+        was_empty = not self._deferred
+        for order in orders:
+            if order.acceptance_id:
+                self._deferred[order.acceptance_id] = order
+        return was_empty and bool(self._deferred)
+
+    def flush(self) -> None:
+        """Write the deferred order rows, in one transaction."""
+        if self._closed or not self._deferred:
+            return
+        with self._transaction():
+            for order in self._deferred.values():
+                self._upsert_order(order)
+        self._deferred.clear()
+        self._wrote()
 
     def _insert_fill(self, fill: Fill) -> bool:
         if fill.exec_id <= self._compacted:
@@ -304,6 +333,7 @@ class Journal:
         """Everything a restart needs: fills in journal (arrival) order, the orders still open,
         and the kv table plus ``last_exec_id`` (highest journaled exec id, compacted ones included).
         Rebuild with ``Position.rebuild(fills, kv)`` and ``OrderTracker.restore(orders, fills, kv)``."""
+        self.flush()
         fills = self._fills("")
         marks = ",".join("?" * len(_OPEN))
         orders = [
@@ -343,6 +373,7 @@ class Journal:
 
     def get_order(self, acceptance_id: str) -> Order | None:
         """The journaled row of one order."""
+        self.flush()
         row = self._db.execute(f"SELECT {_ORDER_COLS} FROM orders WHERE acceptance_id = ?", (acceptance_id,)).fetchone()
         return _order(row) if row else None
 
@@ -367,6 +398,7 @@ class Journal:
         :meth:`record_fill`. Returns the number of fills folded."""
         if keep_days < 1:
             raise ValueError("compact(): keep_days must be >= 1 (today is never compacted)")
+        self.flush()
         cutoff = jst_day_start(time.time() if now is None else now) - (keep_days - 1) * 86400
         marks = ",".join("?" * len(_OPEN))
         stop = self._db.execute(
@@ -406,6 +438,10 @@ class Journal:
         """Stop the checkpointer, fold the WAL into the database file and close (idempotent)."""
         if self._closed:
             return
+        try:
+            self.flush()
+        except sqlite3.Error as e:
+            log.warning("journal: writing the last order rows failed: %s", e)
         self._closed = True
         self._checkpointer.stopping = True
         self._checkpointer.wake.set()

@@ -15,6 +15,7 @@ import importlib.util
 import inspect
 import logging
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -60,6 +61,7 @@ CHART_SAMPLE_SECONDS = 10.0
 ORDER_AUDIT_INTERVAL = 2.0  # how often to look for orders whose events look lost (no API call if none)
 ORDER_AUDIT_AFTER = 4.0  # seconds without the expected event before asking the exchange
 RESYNC_MAX_PAGES = 20  # getchildorders pages of 500 a resync may read (10,000 orders back)
+ORDER_ROW_DELAY = 0.1  # order-state rows without a fill are written at most this late, many per commit
 SETTLE_INTERVAL = SELF_HEAL_SECONDS  # open and unsettled orders are looked up at least this often (lost events)...
 SETTLE_BACKLOG = 500  # ...and at once when this many finished ones wait (the tracker keeps 2,000)
 CANCEL_REPEAT_AFTER = 3.0  # a cancel accepted this recently is not sent again (its CANCEL event is on the way)
@@ -453,8 +455,17 @@ class BotRuntime:
                 changed[id(order)] = order
             if fill is not None:
                 fills.append(fill)
-        if fills or changed:
+        if fills:
             self._journal_and_count(fills, changed.values())
+        elif changed and self.journal.defer_orders(changed.values()):
+            # A state change without a fill costs no commit of its own (see Journal.defer_orders).
+            asyncio.get_running_loop().call_later(ORDER_ROW_DELAY, self._flush_journal)
+
+    def _flush_journal(self) -> None:
+        try:
+            self.journal.flush()
+        except sqlite3.Error as e:
+            self.log.error("journal: writing order rows failed (%s); the next resync settles them", e)
 
     def _journal_and_count(self, fills: list[Fill], orders: Iterable[Order], intent_id: str | None = None) -> int:
         """Journal fills and order rows in one transaction, then count the fills that are new (the
