@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.timeout(300)  # a 72 s demo plus its start and summary; the subprocess itself is capped at 240 s
 def test_demo_runs_faults_and_ends_with_invariant_1(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
