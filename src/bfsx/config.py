@@ -226,6 +226,7 @@ class TradeConfig(_Model):
     trade_health: str = "SUPER BUSY"
     health_interval: PosFloat = 5.0
     ws_silence_timeout: NonNegFloat = 60.0
+    status_interval: NonNegFloat = 60.0
 
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())
     _source: Path | None = PrivateAttr(default=None)
@@ -419,7 +420,7 @@ TRADE_LIVE_KEYS: frozenset[str] = frozenset(
         "adjust_consecutive", "pos_server_graph_period", "pos_server_discord", "pos_server_discord_interval",
         "pos_server_discord_send_text", "pos_server_bitflyer_color", "pos_server_check_interval",
         "pos_server_consecutive", "pos_server_evict_after", "log_level", "close_on_exit", "api_reserve",
-        "over_limit_pause", "trade_health",
+        "over_limit_pause", "trade_health", "status_interval",
     }
 )
 

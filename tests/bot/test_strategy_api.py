@@ -4,6 +4,7 @@ every state property reads local state."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from decimal import Decimal
@@ -198,3 +199,24 @@ def test_load_strategy_class_errors_are_one_line(tmp_path: pytest.TempPathFactor
         with pytest.raises(UserError) as e:
             load_strategy_class(d / name)
         assert text in str(e.value) and "\n" not in str(e.value)
+
+
+async def test_status_line_every_interval_and_off_at_zero(start_bot: StartBot, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    s = Strategy()
+    rt = await start_bot(s, status_interval=0.1)
+    bought = await s.buy(0.01)
+    await wait_for(lambda: s.position == 0.01, what="the market buy filled")
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("status: ")]
+
+    await wait_for(lambda: any("position +0.01 @ " in m for m in lines()), what="a status line with the fill")
+    last = [m for m in lines() if "position +0.01 @ " in m][-1]
+    assert f"@ {bought.average_price:,.0f} |" in last and "fills 1 |" in last and "open orders 0 |" in last
+    assert "health NORMAL" in last and "API " in last and "profit today " in last
+    rt.trade = rt.trade.model_copy(update={"status_interval": 0.0})  # as a live reload does
+    await asyncio.sleep(0.3)  # a line already being written may still land
+    count = len(lines())
+    await asyncio.sleep(0.5)
+    assert len(lines()) == count  # off

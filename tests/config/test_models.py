@@ -75,6 +75,7 @@ TRADE_DEFAULTS = {
     "trade_health": "SUPER BUSY",
     "health_interval": 5.0,
     "ws_silence_timeout": 60.0,
+    "status_interval": 60.0,
 }
 
 

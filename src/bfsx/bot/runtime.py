@@ -261,6 +261,18 @@ class BotRuntime:
         price = self.feed.executions.ltp or self.feed.book.mid_price
         return self.position.unrealized(price) if price else 0.0
 
+    def status_line(self) -> str:
+        """One line of what a botter glances at: position, today's PnL, orders, fills, budget, health."""
+        pos = self.position
+        size = pos.size
+        at = f" @ {pos.average_price:,.0f}" if size else ""
+        realized = self.realized_today()
+        profit = realized + self.unrealized()
+        recovered = f" ({self.fills_recovered} recovered)" if self.fills_recovered else ""
+        return (f"status: position {size:+.8g}{at} | profit today {profit:+,.0f} JPY (realized {realized:+,.0f}) | "
+                f"open orders {len(self.tracker.open_orders)} | fills {self.fills_applied}{recovered} | "
+                f"API {self.budget.private_remaining} | health {self.health.health}")
+
     def api_remaining(self) -> int:
         """Private calls left: our own budget, which honours the account-wide view when a position
         server answers (``ApiBudget.apply_account``)."""
@@ -655,6 +667,14 @@ class BotRuntime:
         finished = unsettled - len(self.tracker.open_orders)
         return finished >= SETTLE_BACKLOG or now - self._last_settled >= SETTLE_INTERVAL
 
+    async def _status_loop(self) -> None:
+        """The status line every ``status_interval`` seconds (0 = off; applies live)."""
+        while not self._stopping:
+            interval = self.trade.status_interval
+            await asyncio.sleep(interval or 1.0)
+            if interval and self.trade.status_interval and not self._stopping:
+                self.log.info("%s", self.status_line())
+
     async def _chart_sample_loop(self) -> None:
         """One sample every few seconds for this bot's own chart (bounded in the reporter)."""
         from bfsx.posserver.samples import BotSample
@@ -734,6 +754,7 @@ class BotRuntime:
         for interval, cb, basetime in self._timers:
             self._spawn(self._timer_loop(interval, cb, basetime), "timer")
         self._spawn(self._order_audit_loop(), "order-audit")
+        self._spawn(self._status_loop(), "status")
         if self.charts is not None:
             self.charts.start()
             self._spawn(self._chart_sample_loop(), "chart-samples")
