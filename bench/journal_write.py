@@ -1,5 +1,5 @@
 """Cost of journaling on the event loop: one ``record_fill`` / ``record_order`` (one SQLite WAL
-commit each), with ``synchronous=NORMAL`` (the default) and ``FULL``, plus the in-memory work a fill
+commit each) and a whole events frame in one ``record_batch`` transaction, with ``synchronous=NORMAL`` (the default) and ``FULL``, plus the in-memory work a fill
 costs after it (tracker + FIFO position).
 
     .venv/bin/python bench/journal_write.py [--n 5000] [--dir /tmp] [--gap-ms 10]
@@ -56,10 +56,21 @@ def main() -> None:
             rf = _timed(n, lambda i, j=j, fills=fills: j.record_fill(fills[i]))
             ro = _timed(n, lambda i, j=j, orders=orders: j.record_order(orders[i]))
             dup = _timed(n, lambda i, j=j, fills=fills: j.record_fill(fills[i]))
+            # What one taker frame brings (3 fills + its order row): one transaction vs one commit each.
+            frames = [
+                ([Fill(exec_id=10 * n + 3 * i + k, acceptance_id=o.acceptance_id or "", side="BUY", price=1e7,
+                       size=0.01, time=1_790_000_000.0 + i, product="FX_BTC_JPY") for k in range(3)], o)
+                for i, o in enumerate(orders)
+            ]
+            half = n // 2
+            per_row = _timed(half, lambda i, j=j, fr=frames: [j.record_fill(f) for f in fr[i][0]] + [j.record_order(fr[i][1])])
+            batch = _timed(half, lambda i, j=j, fr=frames, h=half: j.record_batch(fr[h + i][0], (fr[h + i][1],)))
             print(f"synchronous={sync:6s} n={n}")
             print(f"  record_fill (new)        {_percentiles(rf)}")
             print(f"  record_fill (duplicate)  {_percentiles(dup)}")
             print(f"  record_order (upsert)    {_percentiles(ro)}")
+            print(f"  frame of 3 fills + order, one commit per row  {_percentiles(per_row)}")
+            print(f"  frame of 3 fills + order, record_batch        {_percentiles(batch)}")
             j.close()
         # A bot writes now and then, not in a tight loop: after an idle gap every instruction runs
         # from cold caches. Compare with a plain in-memory SQLite insert under the same gaps.
