@@ -142,3 +142,30 @@ async def test_maintenance(sim: SimServer, rest: WireClient) -> None:
                                                           "side": "BUY", "size": 0.001})).status == 200
     finally:
         await ws.close()
+
+
+async def test_natural_health_follows_the_order_rate(sim: SimServer, rest: WireClient) -> None:
+    """Without a forced health, gethealth / getboardstate read the orders accepted in the last whole
+    second against ``busy_order_rates`` (50 / 150 / 400 by default); a forced health wins."""
+    now = [1000.5]
+    sim.engine.clock = lambda: now[0]  # the engine's clock: every order below lands in one second
+    bid = (await rest.get("/v1/getticker", product_code=FX)).data["best_bid"]
+    for i in range(50):
+        assert (await rest.order(FX, "BUY", 0.001, bid - 200_000 - i)).startswith("JRF")
+    assert (await rest.get("/v1/gethealth")).data == {"status": "NORMAL"}  # the second is not over
+    now[0] = 1001.2
+    assert (await rest.get("/v1/gethealth")).data == {"status": "BUSY"}
+    assert (await rest.get("/v1/getboardstate", product_code=FX)).data == {"health": "BUSY", "state": "RUNNING"}
+    await sim.set_faults(health="NO ORDER")
+    assert (await rest.get("/v1/gethealth")).data == {"status": "NO ORDER"}
+    await sim.set_faults(health=None)
+    for _ in range(150):  # the engine's counter directly: 150 in one second without 150 REST orders
+        sim.engine.order_rate.hit(now[0])
+    now[0] = 1002.0
+    assert (await rest.get("/v1/gethealth")).data == {"status": "VERY BUSY"}
+    for _ in range(400):
+        sim.engine.order_rate.hit(now[0])
+    now[0] = 1003.9
+    assert (await rest.get("/v1/gethealth")).data == {"status": "SUPER BUSY"}
+    now[0] = 1005.0  # a quiet second: back to NORMAL
+    assert (await rest.get("/v1/gethealth")).data == {"status": "NORMAL"}

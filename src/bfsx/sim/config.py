@@ -113,6 +113,11 @@ class SimConfig(_Strict):
     account_history: int = Field(default=5_000, ge=10, description="orders and fills kept per account")
     ws_queue: int = Field(default=2_000, ge=10, description="frames queued per socket before it is dropped")
     live_interval: float = Field(default=1.0, gt=0, description="seconds between live-view lines")
+    busy_order_rates: list[float] = Field(
+        default_factory=lambda: [50.0, 150.0, 400.0], min_length=3, max_length=3,
+        description="orders accepted per second (all accounts, the last whole second) from which the natural "
+                    "health reads BUSY, VERY BUSY, SUPER BUSY",
+    )
 
     @field_validator("products")
     @classmethod
@@ -127,6 +132,13 @@ class SimConfig(_Strict):
             if spec.code not in out:
                 out.append(spec.code)
         return out
+
+    @field_validator("busy_order_rates")
+    @classmethod
+    def _rising(cls, v: list[float]) -> list[float]:
+        if any(r <= 0 for r in v) or v != sorted(v):
+            raise ValueError("must be three rising rates > 0 (BUSY, VERY BUSY, SUPER BUSY)")
+        return v
 
     @field_validator("accounts")
     @classmethod

@@ -313,6 +313,32 @@ def _mid_json(mid: float | None) -> float:
     return float(mid) if mid != int(mid) else float(int(mid))
 
 
+class OrderRate:
+    """Orders accepted per whole second, for the natural health: two counters, no per-order memory."""
+
+    __slots__ = ("_current", "_previous", "_second")
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._current = 0
+        self._previous = 0
+
+    def hit(self, now: float) -> None:
+        second = int(now)
+        if second != self._second:
+            self._previous = self._current if second == self._second + 1 else 0
+            self._current = 0
+            self._second = second
+        self._current += 1
+
+    def last_second(self, now: float) -> int:
+        """Orders in the last whole second before ``now``."""
+        second = int(now)
+        if second == self._second:
+            return self._previous
+        return self._current if second == self._second + 1 else 0
+
+
 class Engine:
     """The exchange: books, accounts, order lifecycle, accounting.
 
@@ -342,6 +368,7 @@ class Engine:
         self._diff_rng = random.Random((config.seed or 0) ^ 0xD1FF)  # not the flow's generator
         self._pub: dict[str, list[dict[str, Any]]] = {}
         self._priv: dict[Account, list[dict[str, Any]]] = {}
+        self.order_rate = OrderRate()
 
     # ------------------------------------------------------------------ helpers
     def now(self) -> datetime:
@@ -362,9 +389,17 @@ class Engine:
         return "CLOSED" if self.faults.maintenance else "RUNNING"
 
     def health(self) -> str:
+        """The forced health if any; STOP in maintenance; else natural: from the orders accepted in
+        the last whole second against ``busy_order_rates`` (never NO ORDER or STOP by itself)."""
         if self.faults.health is not None:
             return self.faults.health
-        return "STOP" if self.faults.maintenance else "NORMAL"
+        if self.faults.maintenance:
+            return "STOP"
+        rate = self.order_rate.last_second(self.clock())
+        busy, very, super_ = self.config.busy_order_rates
+        if rate < busy:
+            return "NORMAL"
+        return "BUSY" if rate < very else "VERY BUSY" if rate < super_ else "SUPER BUSY"
 
     def _next_serial(self) -> int:
         self._serial += 1
@@ -589,6 +624,7 @@ class Engine:
         when = self.now()
         serial = self._next_serial()
         self._child_serial += 1
+        self.order_rate.hit(self.clock())
         expire_after = mte * self.config.minute_seconds
         return Order(
             serial,
