@@ -19,7 +19,8 @@ from bfsx.sim.hooks import WireClient, WireSocket
 from bfsx.sim.server import SimServer
 
 FX = "FX_BTC_JPY"
-QUIET = {"taker_rate": 0, "volatility": 0, "jump_probability": 0, "churn_per_second": 0, "refill_rate": 0}
+QUIET = {"taker_rate": 0, "volatility": 0, "jump_probability": 0, "noise": 0, "impact": 0, "churn_per_second": 0,
+         "refill_rate": 0}
 
 
 @pytest.fixture
