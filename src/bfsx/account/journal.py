@@ -227,15 +227,8 @@ class Journal:
         """Journal an order's current fields (upsert by acceptance id); orders without one (refused
         locally, or not sent) are not journaled. With ``intent_id``, the intent it came from is
         closed as PLACED in the same transaction: the order row and the closed intent land together."""
-        if not order.acceptance_id:
-            return
-        if intent_id is None:
-            self._upsert_order(order)
-        else:
-            with self._transaction():
-                self._upsert_order(order)
-                self._close_intent(intent_id, IntentState.PLACED, order.acceptance_id)
-        self._wrote()
+        if order.acceptance_id:
+            self.record_batch((), (order,), intent_id)
 
     def record_batch(self, fills: Iterable[Fill], orders: Iterable[Order], intent_id: str | None = None) -> list[Fill]:
         """Journal what one event frame (or one reply) brought, in ONE transaction: the fills, then
