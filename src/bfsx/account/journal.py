@@ -227,8 +227,14 @@ class Journal:
         """Journal an order's current fields (upsert by acceptance id); orders without one (refused
         locally, or not sent) are not journaled. With ``intent_id``, the intent it came from is
         closed as PLACED in the same transaction: the order row and the closed intent land together."""
-        if order.acceptance_id:
+        if not order.acceptance_id:
+            return
+        if intent_id is not None:
             self.record_batch((), (order,), intent_id)
+            return
+        self._deferred.pop(order.acceptance_id, None)
+        self._upsert_order(order)  # one autocommit statement: cheaper than a BEGIN ... COMMIT
+        self._wrote()
 
     def record_batch(self, fills: Iterable[Fill], orders: Iterable[Order], intent_id: str | None = None) -> list[Fill]:
         """Journal what one event frame (or one reply) brought, in ONE transaction: the fills, then
