@@ -41,8 +41,8 @@ from typing import Any
 import yaml
 
 from bfsx.demo import fleet_trade_config
+from bfsx.net import free_port
 from bfsx.sim.config import SimConfig
-from bfsx.sim.server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT = "FX_BTC_JPY"

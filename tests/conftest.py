@@ -22,9 +22,10 @@ from typing import IO, Any
 
 import pytest
 
+from bfsx.net import free_port
 from bfsx.sim.config import SimConfig
 from bfsx.sim.hooks import SimHooks
-from bfsx.sim.server import SimServer, free_port
+from bfsx.sim.server import SimServer
 
 DEMO_KEYS = (("demo-key-1", "demo-secret-1"), ("demo-key-2", "demo-secret-2"))
 

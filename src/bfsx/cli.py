@@ -10,20 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from bfsx.errors import UserError
 
-class UserError(Exception):
-    """A mistake in the user's input (config, arguments): reported as one line, exit 2."""
-
-
-def install_uvloop() -> None:
-    """Use uvloop's event loop when it is installed (faster I/O on the hot path)."""
-    import asyncio
-    import contextlib
-
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+__all__ = ["UserError", "main"]  # UserError re-exported for code written against bfsx.cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,8 +80,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m bfsx.cli` runs this file as __main__: call the imported bfsx.cli so that its
-    # UserError is the class the other modules raise (otherwise the except clause misses it).
-    from bfsx.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import difflib
 import inspect
-import ipaddress
 import logging
 import os
 import re
@@ -42,8 +41,9 @@ from pydantic_core import PydanticCustomError
 from bfsx.bitflyer.products import PRODUCTS
 from bfsx.bitflyer.states import HEALTH_LEVELS
 from bfsx.bitflyer.timestamps import JST
-from bfsx.cli import UserError
+from bfsx.errors import UserError
 from bfsx.logs import add_secret, mask_url
+from bfsx.net import is_loopback
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -57,7 +57,6 @@ __all__ = [
     "TradeArgs",
     "TradeConfig",
     "changed_keys",
-    "is_loopback",
     "load_run",
     "load_strategy_config",
     "load_trade_config",
@@ -114,17 +113,6 @@ def _secret_text(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses; any other name counts as remote."""
-    h = host.strip().strip("[]").lower()
-    if h in ("localhost", "ip6-localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_port(value: Any) -> Any:

@@ -31,16 +31,17 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bfsx import aio
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.messages import Side
 from bfsx.bitflyer.products import get_product
 from bfsx.bitflyer.rest import RestClient
-from bfsx.cli import UserError
 from bfsx.config import TradeConfig, load_trade_config
+from bfsx.errors import UserError
 from bfsx.logs import setup_logging
+from bfsx.net import free_port
 from bfsx.posserver.server import PosServer
 from bfsx.sim.hooks import SimHooks
-from bfsx.sim.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY, API_SECRET = "demo-key-1", "demo-secret-1"
@@ -382,4 +383,4 @@ def run_demo(minutes: float | None = None, out: str = "demo-out") -> int:
     setup_logging(folder / "logs", "demo", "INFO", console=not sys.stdout.isatty())
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     demo = Demo(folder, minutes)
-    return asyncio.run(demo.run())
+    return aio.run(demo.run())

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bfsx.errors import UserError
+
 __all__ = [
     "RedactingFilter",
     "RedactingFormatter",
@@ -119,7 +121,6 @@ def setup_logging(
     when ``console``, to stderr. Installs on the root logger, replacing a previous setup; returns
     the ``bfsx`` logger. Raises :class:`bfsx.cli.UserError` when the folder cannot be created.
     """
-    from bfsx.cli import UserError
 
     folder = Path(log_folder)
     try:

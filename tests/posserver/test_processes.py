@@ -84,7 +84,7 @@ async def _status(port: int) -> dict[str, Any] | None:
 
 
 async def test_d_server_restart_mid_run(sim_process: Any, tmp_path: Path, wait_for: Any) -> None:
-    from bfsx.sim.server import free_port
+    from bfsx.net import free_port
 
     port = free_port()
     cfg = tmp_path / "trade.yaml"

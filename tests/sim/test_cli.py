@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from bfsx.net import free_port
 from bfsx.sim.config import SimConfig
 from bfsx.sim.engine import SIDE_NAME, Engine
 from bfsx.sim.flow import SyntheticFlow
-from bfsx.sim.server import free_port
 
 
 def _sim(*args: str) -> subprocess.Popen[str]:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bfsx.aio import backoff_delay
 from bfsx.bitflyer import auth, channels
 
 log = logging.getLogger(__name__)
@@ -232,8 +232,7 @@ class RealtimeClient:
         task.add_done_callback(self._background.discard)
 
     def _delay(self, attempt: int) -> float:
-        d = min(self.backoff_max, self.backoff_base * 2.0**attempt)
-        return d / 2 + random.uniform(0, d / 2)  # jittered, never near zero: no reconnect storms
+        return backoff_delay(attempt, self.backoff_base, self.backoff_max)  # jittered: no reconnect storms
 
     async def _run(self) -> None:
         attempt = 0

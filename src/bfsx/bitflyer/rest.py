@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
@@ -28,6 +27,7 @@ import orjson
 from yarl import URL
 
 from bfsx.account.budget import ApiBudget
+from bfsx.aio import backoff_delay
 from bfsx.bitflyer import auth, errors, timestamps
 from bfsx.bitflyer.errors import ApiError, BitflyerError, OverloadError, RateLimitError, TransportError
 from bfsx.bitflyer.messages import (
@@ -197,8 +197,7 @@ class RestClient:
     # ---- core ------------------------------------------------------------------------------
 
     def _delay(self, attempt: int) -> float:
-        d = min(self.backoff_max, self.backoff * 2.0**attempt)
-        return d / 2 + random.uniform(0, d / 2)  # equal jitter: never a near-zero delay
+        return backoff_delay(attempt, self.backoff, self.backoff_max)
 
     async def _once(
         self,

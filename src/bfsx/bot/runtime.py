@@ -23,6 +23,7 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
 
+from bfsx import aio
 from bfsx.account.budget import ApiBudget
 from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck
 from bfsx.account.journal import IntentState, Journal, OrderIntent
@@ -36,7 +37,6 @@ from bfsx.bitflyer.realtime import RealtimeClient
 from bfsx.bitflyer.rest import OrderNotPlaced, RestClient
 from bfsx.bitflyer.states import can_order
 from bfsx.bot.strategy import Strategy
-from bfsx.cli import UserError, install_uvloop
 from bfsx.config import (
     TRADE_LIVE_KEYS,
     ConfigWatcher,
@@ -47,6 +47,7 @@ from bfsx.config import (
     load_strategy_config,
     load_trade_config,
 )
+from bfsx.errors import UserError
 from bfsx.logs import setup_logging
 from bfsx.market.candles import CandleBuilder
 from bfsx.market.feed import MarketFeed
@@ -843,7 +844,6 @@ def run_trade(files: list[str]) -> int:
         strategy = cls()
     except Exception as e:
         raise UserError(f"{strategy_py}: {cls.__name__}() failed: {e}") from None
-    install_uvloop()
     trade_path = str(trade.source) if trade.source else None
 
     async def main() -> int:
@@ -854,7 +854,7 @@ def run_trade(files: list[str]) -> int:
         return await rt.run()
 
     try:
-        return asyncio.run(main())
+        return aio.run(main())
     finally:
         # The bot has stopped and the process is exiting: a second Ctrl+C / SIGTERM (an impatient
         # user, a supervisor) must not turn the clean exit into a kill by signal. uvloop even leaves

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bfsx.account.budget import BudgetSnapshot
-from bfsx.cli import UserError
-from bfsx.config import is_loopback
+from bfsx.errors import UserError
+from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
 
 log = logging.getLogger("bfsx.posserver.client")

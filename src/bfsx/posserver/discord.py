@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from bfsx.aio import backoff_delay
 from bfsx.bitflyer.timestamps import JST
 from bfsx.posserver.charts import (
     base_unit,
@@ -252,7 +253,7 @@ class DiscordWebhook:
         reason = ""
         attempts = self._max_retries + 1
         for attempt in range(attempts):
-            delay = min(self._backoff * 2**attempt, self._max_backoff)
+            delay = backoff_delay(attempt, self._backoff, self._max_backoff, jitter=False)
             try:
                 async with session.post(
                     self._url, data=self._form(content, files), timeout=self._timeout

@@ -26,6 +26,7 @@ from typing import Any, Final
 from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError
 
+from bfsx.aio import backoff_delay
 from bfsx.posserver.samples import BotSample, MarketSample
 
 __all__ = ["BOT_MEASUREMENT", "MARKET_MEASUREMENT", "InfluxWriter", "bot_point", "market_point"]
@@ -222,7 +223,7 @@ class InfluxWriter:
                 self._max_buffer,
             )
             self.connected = False
-        return float(min(self._flush_interval * 2**self.failures, self._max_backoff))
+        return backoff_delay(self.failures, self._flush_interval, self._max_backoff, jitter=False)
 
     # ------------------------------------------------------------------ shutdown
 

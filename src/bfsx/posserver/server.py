@@ -28,21 +28,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bfsx import aio
 from bfsx.account.budget import ApiBudget, BudgetSnapshot
 from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.products import get_product
 from bfsx.bitflyer.rest import RestClient
 from bfsx.bitflyer.states import health_rank
-from bfsx.cli import install_uvloop
 from bfsx.config import (
     ConfigError,
     ConfigWatcher,
     TradeConfig,
     changed_keys,
-    is_loopback,
     load_trade_config,
 )
+from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
 from bfsx.posserver.history import History
 from bfsx.posserver.registry import BotState, Registry, dec
@@ -747,5 +747,4 @@ def run_pos_server(config_path: str) -> int:
     console = config.console_output
     setup_logging(server_dir, "pos_server", config.log_level, console=console and not os.isatty(1))
     server = PosServer(config, config_path=path)
-    install_uvloop()
-    return asyncio.run(server.run())
+    return aio.run(server.run())

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bfsx.bitflyer import limits
 from bfsx.bitflyer.products import get_product
+from bfsx.errors import UserError
 
 
 class _Strict(BaseModel):
@@ -178,7 +179,6 @@ def load_sim_config(path: str | Path | None, seed: int | None = None) -> SimConf
 
     Raises ``bfsx.cli.UserError`` with one line on any problem.
     """
-    from bfsx.cli import UserError
 
     data: dict[str, Any] = {}
     if path is not None:

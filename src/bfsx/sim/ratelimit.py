@@ -41,7 +41,9 @@ class Window:
     def reading(self, now: float, wall: float) -> LimitReading:
         self._roll(now)
         assert self.start is not None
-        left = max(0.0, self.start + self.seconds - now)
+        # (start + seconds) - now can come out a hair above ``seconds`` in floating point: clamp, or
+        # the Period header would read 301 for a 300 s window.
+        left = min(self.seconds, max(0.0, self.start + self.seconds - now))
         return LimitReading(
             remaining=max(0, self.limit - self.count),
             period=math.ceil(left),

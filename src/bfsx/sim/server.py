@@ -13,19 +13,20 @@ import contextlib
 import random
 import shutil
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 from multidict import MultiMapping
 
+from bfsx import aio
 from bfsx.bitflyer import auth, channels, errors, limits
 from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import PRODUCTS, REGIONS
+from bfsx.errors import UserError
 from bfsx.sim import faults as faults_mod
 from bfsx.sim.config import SimConfig, load_sim_config
 from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order
@@ -35,14 +36,6 @@ from bfsx.sim.ratelimit import RateLimiter
 
 JSON = "application/json"
 _MAX_COUNT = 1000
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (for tests and the demo)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -752,7 +745,6 @@ class _LiveView:
 
 
 async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
-    from bfsx.cli import UserError
 
     sim = SimServer(cfg, host, port)
     try:
@@ -785,19 +777,7 @@ async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
     return 0
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
 def run_sim(host: str, port: int, seed: int | None, config: str | None, quiet: bool) -> int:
     """``bfsx sim``: serve until SIGINT/SIGTERM (exit 0). Bad config raises ``UserError`` (exit 2)."""
     cfg = load_sim_config(config, seed)
-    return _run(_serve(cfg, host, port, quiet))
+    return aio.run(_serve(cfg, host, port, quiet))
