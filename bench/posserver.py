@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from bfsx.account.budget import ApiBudget
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.config import TradeConfig
 from bfsx.posserver import protocol as p
 from bfsx.posserver.server import PosServer

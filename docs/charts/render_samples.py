@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from bfsx.posserver.charts import render_bot_chart, render_market_chart, render_pnl_bitflyer
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.charts import render_bot_chart, render_market_chart, render_pnl_bitflyer
+from bfsx.reporting.samples import BotSample, MarketSample
 
 NOW = 1_710_396_000.0  # 2024-03-14 15:00 JST
 HERE = Path(__file__).resolve().parent

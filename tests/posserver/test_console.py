@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console as RichConsole
 
-from bfsx.account.budget import ApiBudget
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.posserver.client import PosServerClient
 from bfsx.posserver.console import Console
 from bfsx.posserver.server import PosServer

@@ -9,7 +9,7 @@ import struct
 import orjson
 import pytest
 
-from bfsx.account.budget import ApiBudget
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.posserver import protocol as p
 
 SECRET = "s3cret"

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from bfsx.account.budget import ApiBudget
 from bfsx.bitflyer import limits
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.config import ConfigError, load_trade_config
 from bfsx.posserver import protocol as p
 from bfsx.posserver.client import PosServerClient, PosServerUnavailable, query_status

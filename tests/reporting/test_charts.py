@@ -12,8 +12,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from PIL import Image
 
-from bfsx.posserver import charts
-from bfsx.posserver.charts import (
+from bfsx.reporting import charts
+from bfsx.reporting.charts import (
     build_bot_figure,
     build_market_figure,
     build_pnl_bitflyer_figure,
@@ -24,7 +24,7 @@ from bfsx.posserver.charts import (
     render_market_chart,
     render_pnl_bitflyer,
 )
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.samples import BotSample, MarketSample
 
 NOW = 1_710_396_000.0  # 2024-03-14 15:00 JST (06:00 UTC)
 

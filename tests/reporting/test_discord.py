@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from bfsx.config import StrategyConfig, TradeConfig
-from bfsx.posserver.charts import render_market_chart
-from bfsx.posserver.discord import (
+from bfsx.reporting.charts import render_market_chart
+from bfsx.reporting.discord import (
     MESSAGE_LIMIT,
     BotChartReporter,
     DiscordReporter,
@@ -21,7 +21,7 @@ from bfsx.posserver.discord import (
     redact_webhook_url,
     split_message,
 )
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.samples import BotSample, MarketSample
 
 from .conftest import FakeDiscord, free_port
 

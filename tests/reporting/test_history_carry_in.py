@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from bfsx.config import TradeConfig
-from bfsx.posserver.charts import build_market_figure
 from bfsx.posserver.history import History
-from bfsx.posserver.samples import MarketSample
 from bfsx.posserver.server import PosServer
+from bfsx.reporting.charts import build_market_figure
+from bfsx.reporting.samples import MarketSample
 
 NOW = 1_710_396_000.0
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from influxdb import InfluxDBClient
 
-from bfsx.posserver.influx import BOT_MEASUREMENT, MARKET_MEASUREMENT, InfluxWriter
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.influx import BOT_MEASUREMENT, MARKET_MEASUREMENT, InfluxWriter
+from bfsx.reporting.samples import BotSample, MarketSample
 
 from .conftest import InfluxServer
 

@@ -2,7 +2,7 @@
 
 One keep-alive ``aiohttp`` session; private requests signed over the exact target and body bytes
 sent; error bodies mapped to typed :class:`~bfsx.bitflyer.errors.ApiError` subclasses; every reply's
-rate-limit headers fed into an :class:`~bfsx.account.budget.ApiBudget`.
+rate-limit headers fed into an :class:`~bfsx.bitflyer.budget.ApiBudget`.
 
 Retries happen only where a second attempt cannot double an effect: GET reads (after a timeout or
 a 5xx) and the -208 overload reply (the exchange says the request was *not* accepted). An order
@@ -26,9 +26,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from bfsx.account.budget import ApiBudget
 from bfsx.aio import backoff_delay
 from bfsx.bitflyer import auth, errors, timestamps
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.bitflyer.errors import ApiError, BitflyerError, OverloadError, RateLimitError, TransportError
 from bfsx.bitflyer.messages import (
     Balance,

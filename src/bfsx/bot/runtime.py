@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from bfsx import aio
-from bfsx.account.budget import ApiBudget
 from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck
 from bfsx.account.journal import IntentState, Journal, OrderIntent
 from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
 from bfsx.account.position import Position
 from bfsx.bitflyer import channels
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.bitflyer.errors import ApiError, BitflyerError
 from bfsx.bitflyer.messages import Side
 from bfsx.bitflyer.products import ProductSpec, product_spec
@@ -212,7 +212,7 @@ class BotRuntime:
 
         self.charts: Any = None  # BotChartReporter when the strategy yaml names a discord_webhook
         if strategy_config.discord_webhook_value():
-            from bfsx.posserver.discord import BotChartReporter, ReportSettings
+            from bfsx.reporting.discord import BotChartReporter, ReportSettings
 
             self.charts = BotChartReporter(self.bot_name, ReportSettings.from_strategy_config(strategy_config))
 
@@ -678,7 +678,7 @@ class BotRuntime:
 
     async def _chart_sample_loop(self) -> None:
         """One sample every few seconds for this bot's own chart (bounded in the reporter)."""
-        from bfsx.posserver.samples import BotSample
+        from bfsx.reporting.samples import BotSample
 
         while not self._stopping:
             self.charts.record(BotSample(
@@ -696,7 +696,7 @@ class BotRuntime:
     def _strategy_yaml_changed(self, new: StrategyConfig) -> None:
         self.strategy_config = new
         if self.charts is not None:
-            from bfsx.posserver.discord import ReportSettings
+            from bfsx.reporting.discord import ReportSettings
 
             self.charts.update(ReportSettings.from_strategy_config(new))
         self.log.info("strategy config reloaded")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bfsx.account.budget import BudgetSnapshot
+from bfsx.bitflyer.budget import BudgetSnapshot
 from bfsx.errors import UserError
 from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.samples import BotSample, MarketSample
 
 T = TypeVar("T")
 

@@ -30,7 +30,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from bfsx.account.budget import BudgetSnapshot
+from bfsx.bitflyer.budget import BudgetSnapshot
 
 MAGIC: Final = b"BX"
 VERSION: Final = 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
-from bfsx.account.budget import BudgetSnapshot
+from bfsx.bitflyer.budget import BudgetSnapshot
 from bfsx.posserver.protocol import Report
 
 log = logging.getLogger("bfsx.posserver")

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bfsx import aio
-from bfsx.account.budget import ApiBudget, BudgetSnapshot
 from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck
+from bfsx.bitflyer.budget import ApiBudget, BudgetSnapshot
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.products import get_product
 from bfsx.bitflyer.rest import RestClient
@@ -46,7 +46,7 @@ from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
 from bfsx.posserver.history import History
 from bfsx.posserver.registry import BotState, Registry, dec
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.samples import BotSample, MarketSample
 
 log = logging.getLogger("bfsx.posserver")
 
@@ -620,7 +620,7 @@ class PosServer:
 
     # ------------------------------------------------------------------ reporting
     def _report_settings(self) -> Any:
-        from bfsx.posserver.discord import ReportSettings
+        from bfsx.reporting.discord import ReportSettings
 
         c = self.config
         return ReportSettings(
@@ -632,12 +632,12 @@ class PosServer:
     def _start_reporting(self) -> None:
         target = self.config.pos_server_discord_influxdb
         if target is not None:
-            from bfsx.posserver.influx import InfluxWriter
+            from bfsx.reporting.influx import InfluxWriter
 
             self.influx = InfluxWriter(target[0], int(target[1]))
             log.info("InfluxDB points to %s:%d", target[0], target[1])
         if self.config.pos_server_discord_value() or self.chart_dir is not None:
-            from bfsx.posserver.discord import DiscordReporter
+            from bfsx.reporting.discord import DiscordReporter
 
             self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples)
             self.reporter.start()
@@ -721,7 +721,7 @@ class PosServer:
         if self.reporter is not None:
             self.reporter.update(self._report_settings())
         elif new.pos_server_discord_value():
-            from bfsx.posserver.discord import DiscordReporter
+            from bfsx.reporting.discord import DiscordReporter
 
             self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples)
             self.reporter.start()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bfsx.account.budget import ApiBudget
 from bfsx.bitflyer import errors, ids, limits
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.bitflyer.rest import OrderUnknown, RestClient
 from bfsx.sim.config import SimConfig
 from bfsx.sim.hooks import eventually as wait_until

@@ -32,7 +32,7 @@ import orjson
 
 from bfsx.aio import backoff_delay
 from bfsx.bitflyer.timestamps import JST
-from bfsx.posserver.charts import (
+from bfsx.reporting.charts import (
     base_unit,
     format_jpy,
     format_size,
@@ -40,7 +40,7 @@ from bfsx.posserver.charts import (
     render_market_chart,
     render_pnl_bitflyer,
 )
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.samples import BotSample, MarketSample
 
 __all__ = [
     "BotChartReporter",
@@ -52,7 +52,7 @@ __all__ = [
     "split_message",
 ]
 
-log = logging.getLogger("bfsx.posserver.discord")
+log = logging.getLogger("bfsx.posserver.discord")  # name kept: log lines unchanged by the move
 
 MESSAGE_LIMIT: Final = 2000  # Discord rejects longer ``content``
 FILES_PER_MESSAGE: Final = 10  # Discord's attachment count limit per message

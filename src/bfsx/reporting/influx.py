@@ -27,11 +27,11 @@ from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError
 
 from bfsx.aio import backoff_delay
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.samples import BotSample, MarketSample
 
 __all__ = ["BOT_MEASUREMENT", "MARKET_MEASUREMENT", "InfluxWriter", "bot_point", "market_point"]
 
-log = logging.getLogger("bfsx.posserver.influx")
+log = logging.getLogger("bfsx.posserver.influx")  # name kept: log lines unchanged by the move
 
 BOT_MEASUREMENT: Final = "bfsx_bot"
 MARKET_MEASUREMENT: Final = "bfsx_market"

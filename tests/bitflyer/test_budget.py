@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bfsx.account.budget import ApiBudget, BudgetSnapshot
 from bfsx.bitflyer import limits
+from bfsx.bitflyer.budget import ApiBudget, BudgetSnapshot
 
 T0 = 1_700_000_000.0
 ORDER = "/v1/me/sendchildorder"

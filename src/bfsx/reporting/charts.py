@@ -40,7 +40,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image
 
 from bfsx.bitflyer.timestamps import JST
-from bfsx.posserver.samples import BotSample, MarketSample
+from bfsx.reporting.samples import BotSample, MarketSample
 
 __all__ = [
     "BotSample",

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from bfsx.account.budget import ApiBudget
 from bfsx.bitflyer import auth, errors, limits
+from bfsx.bitflyer.budget import ApiBudget
 from bfsx.bitflyer.rest import OrderNotPlaced, RestClient
 
 KEY, SECRET = "local-key", "local-secret"
