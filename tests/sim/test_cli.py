@@ -55,12 +55,13 @@ def test_prints_urls_and_stops_cleanly(sig: signal.Signals) -> None:
 @pytest.mark.parametrize(
     ("content", "expect"),
     [
-        ("market:\n  taker_rate: -1\n", "market.taker_rate"),
-        ("acounts: []\n", "acounts"),
+        ("market:\n  taker_rate: -1\n", "'market.taker_rate' must be a number >= 0, got -1"),
+        ("acounts: []\n", "unknown key 'acounts' (did you mean 'accounts'?)"),
         ("products: [DOGE_JPY]\n", "DOGE_JPY"),
-        ("busy_order_rates: [150, 50, 400]\n", "busy_order_rates: must be three rising rates"),
-        ("accounts: [\n", "invalid YAML"),
-        (None, "cannot read"),
+        ("busy_order_rates: [150, 50, 400]\n", "'busy_order_rates' must be three rising rates"),
+        ("accounts: [\n", "YAML syntax error at line"),
+        ("seed: 1\nseed: 2\n", "duplicate key 'seed'"),
+        (None, "sim.yaml: file not found"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, content: str | None, expect: str) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bfsx.bitflyer import limits
 from bfsx.bitflyer.products import get_product
-from bfsx.errors import UserError
+from bfsx.config.loading import load_model
 
 
 class _Strict(BaseModel):
@@ -166,36 +165,10 @@ class SimConfig(_Strict):
         return cls.model_validate(data)
 
 
-def describe_error(e: ValidationError) -> str:
-    """First pydantic error as one line: ``market.taker_rate: Input should be ...``."""
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "config"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {msg}"
-
-
 def load_sim_config(path: str | Path | None, seed: int | None = None) -> SimConfig:
     """Read sim.yaml (None = defaults); ``seed`` from the command line wins over the file.
 
-    Raises ``bfsx.cli.UserError`` with one line on any problem.
+    Raises :class:`bfsx.config.ConfigError` (a ``UserError``) with one line on any problem: the same
+    reader and messages as trade.yaml and the strategy yaml.
     """
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping at the top level")
-        data = raw
-    if seed is not None:
-        data = {**data, "seed": seed}
-    try:
-        return SimConfig.model_validate(data)
-    except ValidationError as e:
-        raise UserError(f"{path or 'config'}: {describe_error(e)}") from None
+    return load_model(Path(path) if path is not None else None, SimConfig, {"seed": seed} if seed is not None else None)

@@ -1,0 +1,298 @@
+"""trade.yaml: :class:`TradeConfig`, the account, the exchange endpoints, the position server and the
+live-reloadable keys. Keys keep the names BFS-X users know; ``docs/config.md`` is the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from bfsx.bitflyer.products import PRODUCTS
+from bfsx.config.base import (
+    _YAML_SUFFIXES,
+    DEFAULT_ENDPOINT,
+    DEFAULT_WS_ENDPOINT,
+    ENV_APIKEY,
+    ENV_POS_SERVER_SECRET,
+    ENV_SECRET,
+    TRADE_HEALTH_CHOICES,
+    ConfigError,
+    HostPort,
+    Level,
+    NonNegFloat,
+    NonNegInt,
+    Number,
+    PosFloat,
+    PosInt,
+    Secret,
+    _fail,
+    _Model,
+    _show,
+    _suggest,
+)
+from bfsx.logs import mask_url
+from bfsx.net import is_loopback
+
+
+# -------------------------------------------------------------------------------------- trade.yaml
+class TradeConfig(_Model):
+    """trade.yaml: the run config of one bot (and of the position server). SPEC §3.2."""
+
+    # credentials (env BFSX_APIKEY / BFSX_SECRET win over the file)
+    apikey: Secret = SecretStr("")
+    secret: Secret = SecretStr("")
+    # market and exchange
+    product: str = "FX_BTC_JPY"
+    endpoint: str = DEFAULT_ENDPOINT
+    ws_endpoint: str = DEFAULT_WS_ENDPOINT
+    # strategy
+    strategy_py: str | None = None
+    strategy_yaml: str | None = None
+    bot_name: str = ""
+    # position and single-bot drift correction
+    base_position: Number = 0.0
+    adjust_position_with_api: bool = False
+    adjust_max_size: PosFloat = 0.1
+    adjust_position_interval: PosFloat = 30.0
+    adjust_consecutive: PosInt = 4
+    # position server
+    pos_server: HostPort | None = None
+    pos_server_bind: str | None = None
+    pos_server_secret: Secret = SecretStr("")
+    pos_server_graph_period: PosFloat = 6.0
+    pos_server_discord: Secret = SecretStr("")
+    pos_server_discord_interval: PosFloat = 60.0
+    pos_server_discord_send_text: bool = False
+    pos_server_bitflyer_color: bool = False
+    pos_server_discord_influxdb: HostPort | None = None
+    pos_server_check_interval: PosFloat = 30.0
+    pos_server_consecutive: PosInt = 4
+    pos_server_evict_after: PosFloat = 300.0
+    pos_server_report_interval: PosFloat = 10.0
+    pos_server_query_interval: PosFloat = 10.0
+    # logs
+    console_output: bool = True
+    log_folder: str = ""
+    log_level: Level = "INFO"
+    # runtime safety (SPEC §5.4)
+    close_on_exit: bool = False
+    api_reserve: NonNegInt = 50
+    over_limit_pause: PosFloat = 60.0
+    trade_health: str = "SUPER BUSY"
+    health_interval: PosFloat = 5.0
+    ws_silence_timeout: NonNegFloat = 60.0
+    status_interval: NonNegFloat = 60.0
+
+    _explicit: frozenset[str] = PrivateAttr(default=frozenset())
+    _source: Path | None = PrivateAttr(default=None)
+
+    _SECRET_KEYS: ClassVar[tuple[str, ...]] = ("apikey", "secret", "pos_server_secret", "pos_server_discord")
+
+    @field_validator("product", mode="before")
+    @classmethod
+    def _product(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            raise _fail(f"must be a product code like 'FX_BTC_JPY', got {_show(v)}")
+        code = v.strip().upper()
+        if code not in PRODUCTS:
+            hint = _suggest(code, list(PRODUCTS))
+            tail = f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(PRODUCTS)}"
+            raise _fail(f"is not a known product, got {_show(v)}{tail}")
+        return code
+
+    @field_validator("endpoint", "ws_endpoint", mode="before")
+    @classmethod
+    def _url(cls, v: Any, info: Any) -> Any:
+        schemes = ("http", "https") if info.field_name == "endpoint" else ("ws", "wss")
+        if isinstance(v, str):
+            parts = urlsplit(v.strip())
+            if parts.scheme in schemes and parts.netloc:
+                return v.strip().rstrip("/") if info.field_name == "endpoint" else v.strip()
+        raise _fail(f"must be a URL starting with {schemes[0]}:// or {schemes[1]}://, got {_show(v)}")
+
+    @field_validator("strategy_py", "strategy_yaml", mode="before")
+    @classmethod
+    def _strategy_file(cls, v: Any, info: Any) -> Any:
+        want = (".py",) if info.field_name == "strategy_py" else _YAML_SUFFIXES
+        if isinstance(v, str | os.PathLike) and str(v).strip() and Path(str(v)).suffix.lower() in want:
+            return str(v).strip()
+        raise _fail(f"must be a {' or '.join(want)} file path, got {_show(v)}")
+
+    @field_validator("bot_name", mode="before")
+    @classmethod
+    def _bot_name(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if v == "":
+            return ""  # '' = derive it
+        # The name is a folder name and travels in every position-server datagram.
+        if isinstance(v, str) and re.fullmatch(r"[^\s/\\]{1,64}", v.strip()):
+            return v.strip()
+        raise _fail(f"must be 1-64 characters without spaces or slashes, got {_show(v)}")
+
+    @field_validator("trade_health", mode="before")
+    @classmethod
+    def _health(cls, v: Any) -> Any:
+        norm = " ".join(v.replace("_", " ").upper().split()) if isinstance(v, str) else v
+        if norm in TRADE_HEALTH_CHOICES:
+            return norm
+        raise _fail(f"must be one of {', '.join(map(repr, TRADE_HEALTH_CHOICES))}, got {_show(v)}")
+
+    @field_validator("pos_server_bind", mode="before")
+    @classmethod
+    def _bind(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip():
+            return v.strip().strip("[]")
+        raise _fail(f"must be a host name or address, got {_show(v)}")
+
+    @field_validator("pos_server_discord", mode="after")
+    @classmethod
+    def _webhook(cls, v: SecretStr) -> SecretStr:
+        url = v.get_secret_value().strip()
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise _fail("must be a webhook URL (https://...) or '' for off")
+        return SecretStr(url)
+
+    @model_validator(mode="after")
+    def _derive(self) -> TradeConfig:
+        # Remember what the user wrote before filling the derived defaults, so a later
+        # with_bot_name() re-derives only what was not set explicitly.
+        self._explicit = frozenset(k for k in self.model_fields_set if getattr(self, k) != "")
+        self._fill_derived()
+        problem = self._remote_secret_problem()
+        if problem:
+            raise _fail(problem)
+        return self
+
+    def _fill_derived(self) -> None:
+        if "bot_name" not in self._explicit:
+            stem = Path(self.strategy_yaml).stem if self.strategy_yaml else "bot"
+            self.bot_name = f"{stem}_{self.product}"
+        if "log_folder" not in self._explicit:
+            self.log_folder = f"./logs/{self.bot_name}"
+
+    def _remote_secret_problem(self) -> str | None:
+        if self.pos_server is None or self.pos_server_secret.get_secret_value():
+            return None
+        for host in (self.pos_server[0], self.pos_server_bind):
+            if host is not None and not is_loopback(host):
+                return (
+                    f"'pos_server_secret' is required when the position server host is not loopback "
+                    f"({host!r}); or set {ENV_POS_SERVER_SECRET}"
+                )
+        return None
+
+    # ------------------------------------------------------------------ accessors for the runtime
+    @property
+    def source(self) -> Path | None:
+        """The file this config was loaded from (None when built in code)."""
+        return self._source
+
+    def _where(self) -> str:
+        return str(self._source) if self._source else "trade.yaml"
+
+    def api_key(self) -> str:
+        """The API key in clear (never log it)."""
+        return self.apikey.get_secret_value()
+
+    def api_secret(self) -> str:
+        """The API secret in clear (never log it)."""
+        return self.secret.get_secret_value()
+
+    def pos_server_secret_value(self) -> str:
+        """The position-server signing secret in clear ('' when unset, allowed on loopback only)."""
+        return self.pos_server_secret.get_secret_value()
+
+    def pos_server_discord_value(self) -> str:
+        """The Discord webhook URL in clear ('' = off)."""
+        return self.pos_server_discord.get_secret_value()
+
+    def secret_values(self) -> list[str]:
+        """Every non-empty secret of this config (for :func:`bfsx.logs.add_secret`)."""
+        values = [getattr(self, k).get_secret_value() for k in self._SECRET_KEYS]
+        return [v for v in values if v]
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.api_key() and self.api_secret())
+
+    def require_credentials(self) -> None:
+        """Raise :class:`ConfigError` unless both apikey and secret are set (trading needs them)."""
+        if not self.has_credentials:
+            missing = "apikey" if not self.api_key() else "secret"
+            raise ConfigError(
+                f"{self._where()}: '{missing}' is required for trading "
+                f"(or set {ENV_APIKEY} / {ENV_SECRET})"
+            )
+
+    def require_secret_for_remote(self) -> None:
+        """Raise :class:`ConfigError` when a non-loopback position server has no secret.
+
+        Validation already enforces this; the method is for copies made with ``model_copy``.
+        """
+        problem = self._remote_secret_problem()
+        if problem:
+            raise ConfigError(f"{self._where()}: {problem}")
+
+    def pos_server_bind_address(self) -> tuple[str, int] | None:
+        """Where the position server listens: ``pos_server_bind`` or the pos_server host, same port."""
+        if self.pos_server is None:
+            return None
+        return (self.pos_server_bind or self.pos_server[0], self.pos_server[1])
+
+    def with_bot_name(self, strategy_yaml: str | os.PathLike[str]) -> TradeConfig:
+        """A copy with ``strategy_yaml`` set and bot_name / log_folder re-derived unless explicit."""
+        return self.with_strategy(self.strategy_py, strategy_yaml)
+
+    def with_strategy(
+        self, strategy_py: str | os.PathLike[str] | None, strategy_yaml: str | os.PathLike[str] | None
+    ) -> TradeConfig:
+        """A copy using these strategy files (from the command line), derived names updated."""
+        new = self.model_copy(
+            update={
+                "strategy_py": str(strategy_py) if strategy_py else self.strategy_py,
+                "strategy_yaml": str(strategy_yaml) if strategy_yaml else self.strategy_yaml,
+            }
+        )
+        new._explicit = self._explicit
+        new._source = self._source
+        new._fill_derived()
+        return new
+
+    def redacted(self) -> dict[str, Any]:
+        """Every key with secrets masked: safe to log or print."""
+        out = self.model_dump(mode="json")
+        for key in self._SECRET_KEYS:
+            out[key] = "***" if getattr(self, key).get_secret_value() else ""
+        out["pos_server_discord"] = mask_url(self.pos_server_discord_value())
+        return out
+
+
+#: trade.yaml keys a running bot or position server may apply without a restart.
+TRADE_LIVE_KEYS: frozenset[str] = frozenset(
+    {
+        "base_position", "adjust_position_with_api", "adjust_max_size", "adjust_position_interval",
+        "adjust_consecutive", "pos_server_graph_period", "pos_server_discord", "pos_server_discord_interval",
+        "pos_server_discord_send_text", "pos_server_bitflyer_color", "pos_server_check_interval",
+        "pos_server_consecutive", "pos_server_evict_after", "log_level", "close_on_exit", "api_reserve",
+        "over_limit_pause", "trade_health", "status_interval",
+    }
+)
+
+
+def changed_keys(old: BaseModel, new: BaseModel) -> list[str]:
+    """Names of the fields whose value differs between two configs of the same model, in order."""
+    return [k for k in type(new).model_fields if getattr(old, k, None) != getattr(new, k)]
+
+
