@@ -41,7 +41,9 @@ class Window:
     def reading(self, now: float, wall: float) -> LimitReading:
         self._roll(now)
         assert self.start is not None
-        left = max(0.0, self.start + self.seconds - now)
+        # seconds - elapsed, not (start + seconds) - now: the sum rounds, and a fresh window would
+        # then read 300.00000000000006 s left, i.e. a Period header of 301
+        left = max(0.0, self.seconds - (now - self.start))
         return LimitReading(
             remaining=max(0, self.limit - self.count),
             period=math.ceil(left),
