@@ -102,7 +102,7 @@ class SimServer:
         self.engine = Engine(cfg, self.active_faults)
         self.engine.listener = self
         self.flow = SyntheticFlow(self.engine, cfg.market, self.seed)
-        self.limiter = RateLimiter(cfg.limits)
+        self.limiter = RateLimiter(cfg.limits, api_keys=self.engine.accounts)
         self._fault_rng = random.Random(self.seed ^ 0x5EED5EED)
         self._subs: dict[str, set[_Client]] = {}
         self._clients: set[_Client] = set()
@@ -205,6 +205,7 @@ class SimServer:
         st["flow_steps"] = self.flow.steps
         st["events_dropped"] = self.events_dropped
         st["sockets_dropped"] = self.sockets_dropped
+        st["limits_refused"] = self.limiter.refused.as_dict()
         return st
 
     async def _apply_faults(self, req: faults_mod.FaultsRequest) -> dict[str, Any]:
@@ -495,9 +496,11 @@ class SimServer:
         if public is not None:
             if request.method not in ("GET", "HEAD"):
                 return _json({"Message": "The requested resource does not support http method."}, status=405)
-            window = lim.ip(request.remote or "?")
-            ok = window.hit(now)
-            headers.update(limits.headers_for(window.reading(now, wall)))
+            addr = request.remote or "?"
+            # public calls are not signed: the ACCESS-KEY header, when a client sends one anyway,
+            # only says whose refusal this is in limits_refused
+            ok = lim.hit_ip(addr, request.headers.get("ACCESS-KEY"), now)
+            headers.update(limits.headers_for(lim.ip(addr).reading(now, wall)))
             if not ok:
                 return self._error(errors.OVER_LIMIT, headers, http=self.config.limits.over_limit_http_status)
             return self._call_handler(public, request, body, None, headers)
@@ -514,13 +517,13 @@ class SimServer:
         if request.method != method:
             return _json({"Message": "The requested resource does not support http method."}, status=405)
         k = lim.key(acct.api_key)
-        ok = k.private.hit(now)
+        ok = lim.hit_private(acct.api_key, now)
         headers.update(limits.headers_for(k.private.reading(now, wall)))
         over = self.config.limits.over_limit_http_status
         if not ok:
             return self._error(errors.OVER_LIMIT, headers, http=over)
         if path in limits.ORDER_PATHS:
-            ok = k.orders.hit(now)
+            ok = lim.hit_orders(acct.api_key, now)
             headers.update(limits.headers_for(k.orders.reading(now, wall), order=True))
             if not ok:
                 return self._error(errors.OVER_LIMIT, headers, http=over)
