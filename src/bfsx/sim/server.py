@@ -28,7 +28,7 @@ from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import PRODUCTS, REGIONS
 from bfsx.sim import faults as faults_mod
 from bfsx.sim.config import SimConfig, load_sim_config
-from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order
+from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order, btc
 from bfsx.sim.faults import Faults
 from bfsx.sim.flow import SyntheticFlow
 from bfsx.sim.ratelimit import RateLimiter
@@ -680,15 +680,11 @@ class SimServer:
 
     def _sendchildorder(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        data = self._body(body)
-        size = data.get("size")
-        if (
-            isinstance(size, int | float)
-            and not isinstance(size, bool)
-            and not self.limiter.small_order(acct.api_key, float(size))
-        ):
+        req = self.engine.parse_order(self._body(body))
+        # only a well-formed order counts in the small-order bucket: a refused body is not an order
+        if not self.limiter.small_order(acct.api_key, btc(req.size)):
             raise EngineError(errors.OVER_LIMIT)
-        order: Order = self.engine.accept(acct, data)
+        order: Order = self.engine.accept(acct, req)
         self._later(self.engine.place, order)
         return {"child_order_acceptance_id": order.acceptance_id}
 
