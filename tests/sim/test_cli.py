@@ -58,6 +58,7 @@ def test_prints_urls_and_stops_cleanly(sig: signal.Signals) -> None:
         ("market:\n  taker_rate: -1\n", "market.taker_rate"),
         ("acounts: []\n", "acounts"),
         ("products: [DOGE_JPY]\n", "DOGE_JPY"),
+        ("accounts: [{api_key: a, api_secret: b, btc: 1.0e+309}]\n", "accounts.0.btc"),
         ("busy_order_rates: [150, 50, 400]\n", "busy_order_rates: must be three rising rates"),
         ("accounts: [\n", "invalid YAML"),
         (None, "cannot read"),

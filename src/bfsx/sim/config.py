@@ -26,9 +26,10 @@ class AccountConfig(_Strict):
 
     api_key: str = Field(min_length=1)
     api_secret: str = Field(min_length=1)
-    jpy: float = Field(default=10_000_000, ge=0)
-    btc: float = Field(default=1.0, ge=0)
-    collateral: float | None = Field(default=None, ge=0)
+    # bounded (YAML reads 1.0e+309 as infinity): the engine turns these into exact integers
+    jpy: float = Field(default=10_000_000, ge=0, le=1e15)
+    btc: float = Field(default=1.0, ge=0, le=1e8)
+    collateral: float | None = Field(default=None, ge=0, le=1e15)
 
 
 def _default_accounts() -> list[AccountConfig]:
