@@ -62,6 +62,7 @@ def test_prints_urls_and_stops_cleanly(sig: signal.Signals) -> None:
         ("accounts: [\n", "YAML syntax error at line"),
         ("seed: 1\nseed: 2\n", "duplicate key 'seed'"),
         (None, "sim.yaml: file not found"),
+        ("accounts: [{api_key: a, api_secret: b, btc: 1.0e+309}]\n", "accounts[0].btc"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, content: str | None, expect: str) -> None:

@@ -26,9 +26,10 @@ class AccountConfig(_Strict):
 
     api_key: str = Field(min_length=1)
     api_secret: str = Field(min_length=1)
-    jpy: float = Field(default=10_000_000, ge=0)
-    btc: float = Field(default=1.0, ge=0)
-    collateral: float | None = Field(default=None, ge=0)
+    # bounded (YAML reads 1.0e+309 as infinity): the engine turns these into exact integers
+    jpy: float = Field(default=10_000_000, ge=0, le=1e15)
+    btc: float = Field(default=1.0, ge=0, le=1e8)
+    collateral: float | None = Field(default=None, ge=0, le=1e15)
 
 
 def _default_accounts() -> list[AccountConfig]:
@@ -106,6 +107,10 @@ class SimConfig(_Strict):
     fx_leverage: float = Field(default=2.0, gt=0, description="FX margin: require = price*size/leverage")
     minute_seconds: float = Field(default=60.0, gt=0, description="length of one minute_to_expire minute")
     order_delay_ms: float = Field(default=0.0, ge=0, description="acceptance -> placement delay")
+    # bitFlyer publishes no maximum; these refuse absurd orders with -101 and keep every amount the
+    # engine computes (price x satoshi, margin) far inside float and 64-bit JSON range
+    max_order_size: float = Field(default=1000.0, gt=0, le=1e6, description="largest order size, BTC")
+    max_order_price: float = Field(default=1e10, gt=0, le=1e12, description="highest LIMIT price, JPY")
     funds_failure: Literal["event", "http"] = Field(
         default="event", description="insufficient funds/margin: ORDER_FAILED event, or -200/-205 HTTP error"
     )

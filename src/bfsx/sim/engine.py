@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Protocol
 
 from sortedcontainers import SortedDict
@@ -74,6 +75,68 @@ class EngineError(Exception):
         super().__init__(code.message.format(**fmt))
         self.code = code
         self.body = errors.error_body(code, **fmt)
+
+
+# A float's binary rounding (0.1 + 0.2 -> 0.30000000000000004) is within about 1e-16 of the decimal
+# the client meant; anything further from the size grid is a real extra decimal.
+_FLOAT_NOISE = Decimal("1e-15")
+
+
+def _number(raw: object) -> int | float:
+    """A JSON number (bools are ints to Python, NaN / Infinity are not numbers on the wire), or -101."""
+    if not isinstance(raw, int | float) or isinstance(raw, bool):
+        raise EngineError(errors.INVALID_PARAMETER)
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise EngineError(errors.INVALID_PARAMETER)
+    return raw
+
+
+def parse_size(raw: object, spec: ProductSpec, max_size: float) -> int:
+    """An order size from the wire, in satoshi, or EngineError.
+
+    -101 for anything that is not a positive finite number of at most ``max_size`` with at most
+    ``spec.size_decimals`` decimals (float noise aside); -110 below the product's minimum.
+    Checked in this order so that no huge or odd value ever reaches float or int arithmetic.
+    """
+    size = _number(raw)
+    if size <= 0 or size > max_size:  # int vs float compares exactly, even for huge ints
+        raise EngineError(errors.INVALID_PARAMETER)
+    # repr() is the shortest text that reads back as this float: the number as the client wrote it
+    exact = Decimal(repr(size)) if isinstance(size, float) else Decimal(size)
+    steps = exact.scaleb(spec.size_decimals)
+    whole = steps.to_integral_value(rounding=ROUND_HALF_EVEN)
+    if abs(steps - whole) > steps * _FLOAT_NOISE:
+        raise EngineError(errors.INVALID_PARAMETER)
+    sats = int(whole.scaleb(8 - spec.size_decimals))
+    if sats < int(spec.min_size.scaleb(8)):
+        raise EngineError(errors.MIN_SIZE, min_size=str(spec.min_size))
+    return sats
+
+
+def parse_price(raw: object, max_price: float) -> int:
+    """A LIMIT price from the wire, in whole yen, or EngineError: -106 when ≤ 0, -101 when not a
+    finite number, above ``max_price`` or off the 1 JPY tick."""
+    price = _number(raw)
+    if price <= 0:
+        raise EngineError(errors.PRICE_TOO_LOW)
+    if price > max_price:
+        raise EngineError(errors.INVALID_PARAMETER)
+    if price != int(price):  # whole-yen tick on BTC/JPY (finite and bounded, so int() is safe)
+        raise EngineError(errors.INVALID_PARAMETER)
+    return int(price)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """A sendchildorder body that passed every check that depends only on the body itself."""
+
+    product: str
+    order_type: str
+    side: int
+    time_in_force: str
+    size: int  # satoshi
+    price: int  # whole yen, 0 for MARKET
+    minute_to_expire: int
 
 
 class EngineListener(Protocol):
@@ -580,8 +643,9 @@ class Engine:
             acct.retire(order)
 
     # ------------------------------------------------------------------ user orders
-    def accept(self, account: Account, body: dict[str, Any]) -> Order:
-        """Validate a sendchildorder body; return the accepted (not yet placed) order or raise EngineError."""
+    def parse_order(self, body: Any) -> OrderRequest:
+        """Check a sendchildorder body on its own (types, product, size, price, expiry); no state
+        is read or changed, so a refused body leaves no trace. Raises EngineError."""
         if not isinstance(body, dict):
             raise EngineError(errors.INVALID_PARAMETER)
         mkt = self.market(body.get("product_code") if isinstance(body.get("product_code"), str) else "\0")
@@ -590,27 +654,23 @@ class Engine:
         tif = str(body.get("time_in_force") or "GTC").upper()
         if order_type not in ("LIMIT", "MARKET") or side is None or tif not in ("GTC", "IOC", "FOK"):
             raise EngineError(errors.INVALID_PARAMETER)
-        raw_size = body.get("size")
-        if not isinstance(raw_size, int | float) or isinstance(raw_size, bool):
-            raise EngineError(errors.INVALID_PARAMETER)
-        size = to_sats(float(raw_size))
-        if size < to_sats(float(mkt.spec.min_size)):
-            raise EngineError(errors.MIN_SIZE, min_size=str(mkt.spec.min_size))
-        price = 0
-        if order_type == "LIMIT":
-            raw_price = body.get("price")
-            if not isinstance(raw_price, int | float) or isinstance(raw_price, bool):
-                raise EngineError(errors.INVALID_PARAMETER)
-            if raw_price <= 0:
-                raise EngineError(errors.PRICE_TOO_LOW)
-            if raw_price != int(raw_price):  # whole-yen tick on BTC/JPY
-                raise EngineError(errors.INVALID_PARAMETER)
-            price = int(raw_price)
+        size = parse_size(body.get("size"), mkt.spec, self.config.max_order_size)
+        price = parse_price(body.get("price"), self.config.max_order_price) if order_type == "LIMIT" else 0
         mte = body.get("minute_to_expire", MAX_MINUTE_TO_EXPIRE)
         if mte is None:
             mte = MAX_MINUTE_TO_EXPIRE
         if not isinstance(mte, int) or isinstance(mte, bool) or not 1 <= mte <= MAX_MINUTE_TO_EXPIRE:
             raise EngineError(errors.INVALID_PARAMETER)
+        return OrderRequest(mkt.spec.code, order_type, side, tif, size, price, mte)
+
+    def accept(self, account: Account, body: dict[str, Any] | OrderRequest) -> Order:
+        """Validate a sendchildorder body (or take one :meth:`parse_order` already checked) against
+        the market and the account; return the accepted (not yet placed) order or raise EngineError."""
+        req = body if isinstance(body, OrderRequest) else self.parse_order(body)
+        mkt = self.markets[req.product]
+        order_type, side, tif, size, price, mte = (
+            req.order_type, req.side, req.time_in_force, req.size, req.price, req.minute_to_expire
+        )
         if not self.is_open():
             raise EngineError(errors.MARKET_CLOSED)
         if self.health() in ("NO ORDER", "STOP"):

@@ -29,7 +29,7 @@ from bfsx.bitflyer.products import PRODUCTS, REGIONS
 from bfsx.errors import UserError
 from bfsx.sim import faults as faults_mod
 from bfsx.sim.config import SimConfig, load_sim_config
-from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order
+from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order, btc
 from bfsx.sim.faults import Faults
 from bfsx.sim.flow import SyntheticFlow
 from bfsx.sim.ratelimit import RateLimiter
@@ -95,7 +95,7 @@ class SimServer:
         self.engine = Engine(cfg, self.active_faults)
         self.engine.listener = self
         self.flow = SyntheticFlow(self.engine, cfg.market, self.seed)
-        self.limiter = RateLimiter(cfg.limits)
+        self.limiter = RateLimiter(cfg.limits, api_keys=self.engine.accounts)
         self._fault_rng = random.Random(self.seed ^ 0x5EED5EED)
         self._subs: dict[str, set[_Client]] = {}
         self._clients: set[_Client] = set()
@@ -198,6 +198,7 @@ class SimServer:
         st["flow_steps"] = self.flow.steps
         st["events_dropped"] = self.events_dropped
         st["sockets_dropped"] = self.sockets_dropped
+        st["limits_refused"] = self.limiter.refused.as_dict()
         return st
 
     async def _apply_faults(self, req: faults_mod.FaultsRequest) -> dict[str, Any]:
@@ -488,9 +489,11 @@ class SimServer:
         if public is not None:
             if request.method not in ("GET", "HEAD"):
                 return _json({"Message": "The requested resource does not support http method."}, status=405)
-            window = lim.ip(request.remote or "?")
-            ok = window.hit(now)
-            headers.update(limits.headers_for(window.reading(now, wall)))
+            addr = request.remote or "?"
+            # public calls are not signed: the ACCESS-KEY header, when a client sends one anyway,
+            # only says whose refusal this is in limits_refused
+            ok = lim.hit_ip(addr, request.headers.get("ACCESS-KEY"), now)
+            headers.update(limits.headers_for(lim.ip(addr).reading(now, wall)))
             if not ok:
                 return self._error(errors.OVER_LIMIT, headers, http=self.config.limits.over_limit_http_status)
             return self._call_handler(public, request, body, None, headers)
@@ -507,13 +510,13 @@ class SimServer:
         if request.method != method:
             return _json({"Message": "The requested resource does not support http method."}, status=405)
         k = lim.key(acct.api_key)
-        ok = k.private.hit(now)
+        ok = lim.hit_private(acct.api_key, now)
         headers.update(limits.headers_for(k.private.reading(now, wall)))
         over = self.config.limits.over_limit_http_status
         if not ok:
             return self._error(errors.OVER_LIMIT, headers, http=over)
         if path in limits.ORDER_PATHS:
-            ok = k.orders.hit(now)
+            ok = lim.hit_orders(acct.api_key, now)
             headers.update(limits.headers_for(k.orders.reading(now, wall), order=True))
             if not ok:
                 return self._error(errors.OVER_LIMIT, headers, http=over)
@@ -670,15 +673,11 @@ class SimServer:
 
     def _sendchildorder(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        data = self._body(body)
-        size = data.get("size")
-        if (
-            isinstance(size, int | float)
-            and not isinstance(size, bool)
-            and not self.limiter.small_order(acct.api_key, float(size))
-        ):
+        req = self.engine.parse_order(self._body(body))
+        # only a well-formed order counts in the small-order bucket: a refused body is not an order
+        if not self.limiter.small_order(acct.api_key, btc(req.size)):
             raise EngineError(errors.OVER_LIMIT)
-        order: Order = self.engine.accept(acct, data)
+        order: Order = self.engine.accept(acct, req)
         self._later(self.engine.place, order)
         return {"child_order_acceptance_id": order.acceptance_id}
 
