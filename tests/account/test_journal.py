@@ -233,7 +233,7 @@ def test_wal_is_checkpointed_off_the_loop_and_folded_on_close(tmp_path: Path) ->
 
 def test_record_batch_is_one_transaction(tmp_path: Path) -> None:
     """A frame's fills and order rows land together or not at all; only new fills come back."""
-    from bfsx.account.journal import IntentState, OrderIntent
+    from bfsx.account.orders import IntentState, OrderIntent
 
     path = tmp_path / "j.db"
     with Journal(path) as j:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bfsx.account.journal import IntentState, Journal, OrderIntent
-from bfsx.account.orders import Order, OrderState
+from bfsx.account.journal import Journal
+from bfsx.account.orders import IntentState, Order, OrderIntent, OrderState
 from bfsx.bitflyer.timestamps import JST
 
 P = "FX_BTC_JPY"

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from bfsx.account.journal import IntentState, Journal, OrderIntent
+from bfsx.account.journal import Journal
+from bfsx.account.orders import IntentState, OrderIntent
 from bfsx.bitflyer.rest import RestClient
-from bfsx.bot import runtime
+from bfsx.bot import resync
 from bfsx.bot.strategy import Strategy
 from bfsx.sim.server import SimServer
 
@@ -131,8 +132,8 @@ def test_kill_9_between_acceptance_and_reply_then_restart_adopts_and_counts_once
 async def test_restart_resolves_each_open_intent_and_never_guesses(
     sim: SimServer, start_bot: StartBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "ORDER_AUDIT_INTERVAL", 0.1)
-    monkeypatch.setattr(runtime, "INTENT_RETRY", 0.2)
+    monkeypatch.setattr(resync, "ORDER_AUDIT_INTERVAL", 0.1)
+    monkeypatch.setattr(resync, "INTENT_RETRY", 0.2)
     folder = tmp_path / "bot"
     # What a killed process can leave behind, with the exchange's side of it.
     async with RestClient(sim.url, "demo-key-1", "demo-secret-1") as rest:
@@ -150,7 +151,7 @@ async def test_restart_resolves_each_open_intent_and_never_guesses(
 
     await sim.set_faults(http_error_rate=1.0)  # every lookup fails at first
     rt = await start_bot(Strategy(), log_folder=str(folder), apikey="demo-key-1", secret="demo-secret-1")
-    assert len(rt._intents) == 4
+    assert len(rt.tracker.intents) == 4
     await wait_for(lambda: rt.rest.lookups >= 8, what="two failing lookup rounds")
     # A failed lookup is "unknown": nothing closed, not even the intent whose window is over.
     assert len(rt.journal.open_intents()) == 4 and rt.tracker.open_orders == []
@@ -189,13 +190,13 @@ async def test_a_cancel_accepted_moments_ago_is_not_sent_again(
         assert await s.cancel(a) and await s.cancel(a.acceptance_id)
         assert await s.cancel_all() == 2  # a: accepted moments ago; b: sent now
         assert sent == [a.acceptance_id, b.acceptance_id]
-        monkeypatch.setattr(runtime, "CANCEL_REPEAT_AFTER", 0.0)  # once the window is over, it is sent again
+        monkeypatch.setattr(resync, "CANCEL_REPEAT_AFTER", 0.0)  # once the window is over, it is sent again
         await s.cancel(a)
         assert sent == [a.acceptance_id, b.acceptance_id, a.acceptance_id]
     finally:
         await sim.set_faults(drop_private_events=0.0)
     await wait_for(lambda: not sim.state()["accounts"]["demo-key-1"]["open_orders"], what="both cancelled")
     # Their CANCEL events were lost: the order audit settles them (at once here, not after 4 s).
-    monkeypatch.setattr(runtime, "ORDER_AUDIT_AFTER", 0.0)
-    monkeypatch.setattr(runtime, "ORDER_AUDIT_INTERVAL", 0.1)
+    monkeypatch.setattr(resync, "ORDER_AUDIT_AFTER", 0.0)
+    monkeypatch.setattr(resync, "ORDER_AUDIT_INTERVAL", 0.1)
     await wait_for(lambda: not rt.tracker.open_orders, what="the bot to see both cancelled")

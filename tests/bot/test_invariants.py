@@ -16,7 +16,7 @@ import pytest
 
 from bfsx.account.orders import Order, OrderState
 from bfsx.bitflyer.rest import RestClient
-from bfsx.bot import runtime
+from bfsx.bot import resync
 from bfsx.bot.runtime import BotRuntime
 from bfsx.bot.strategy import Strategy
 from bfsx.sim.config import SimConfig
@@ -147,8 +147,8 @@ async def test_fill_lost_while_connected_is_recovered_without_a_reconnect(
 ) -> None:
     # A resting order whose fill event is lost looks like any quiet resting order: only the
     # periodic settle (SETTLE_INTERVAL, 60 s in production) can find the fill without a reconnect.
-    monkeypatch.setattr(runtime, "SETTLE_INTERVAL", 0.5)
-    monkeypatch.setattr(runtime, "ORDER_AUDIT_INTERVAL", 0.1)
+    monkeypatch.setattr(resync, "SETTLE_INTERVAL", 0.5)
+    monkeypatch.setattr(resync, "ORDER_AUDIT_INTERVAL", 0.1)
     s = Strategy()
     rt = await start_bot(s, apikey=KEY, secret=SECRET)
     resting = await s.buy(0.01, round(s.best_bid - 300))

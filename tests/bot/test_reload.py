@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bfsx.bot.runtime import load_strategy_class
+from bfsx.bot.loader import load_strategy_class
 from bfsx.config import load_strategy_config, load_trade_config
 from bfsx.sim.server import SimServer
 

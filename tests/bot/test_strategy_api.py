@@ -13,7 +13,8 @@ import pytest
 
 from bfsx.account.orders import Order, OrderState
 from bfsx.bitflyer.states import HEALTH_LEVELS
-from bfsx.bot.runtime import BotRuntime, load_strategy_class
+from bfsx.bot.loader import load_strategy_class
+from bfsx.bot.runtime import BotRuntime
 from bfsx.bot.strategy import Strategy
 from bfsx.cli import UserError
 from bfsx.config import StrategyConfig

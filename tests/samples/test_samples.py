@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bfsx.bot.runtime import BotRuntime, load_strategy_class
+from bfsx.bot.loader import load_strategy_class
+from bfsx.bot.runtime import BotRuntime
 from bfsx.config import TradeConfig, load_strategy_config
 from bfsx.sim.config import SimConfig
 from bfsx.sim.server import SimServer

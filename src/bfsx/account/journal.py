@@ -35,17 +35,14 @@ import logging
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal, cast
 
 import orjson
 
-from bfsx.account.orders import OPEN_STATES, Fill, Order, OrderState
+from bfsx.account.orders import OPEN_STATES, Fill, IntentState, Order, OrderIntent, OrderState
 from bfsx.account.position import SNAPSHOT_KEY, Position, jst_day_start
 from bfsx.bitflyer.messages import Side
 
@@ -105,34 +102,6 @@ _ORDER_COLS = (
 )
 _INTENT_COLS = "intent_id, product, side, order_type, price, size, sent_at"
 _OPEN = tuple(s.value for s in OPEN_STATES)
-
-
-class IntentState(StrEnum):
-    """Outcome of an order intent."""
-
-    OPEN = "OPEN"  # about to be sent, or sent with no known outcome yet
-    PLACED = "PLACED"  # the exchange accepted it: ``acceptance_id`` is the order
-    FAILED = "FAILED"  # the exchange refused it (an error reply)
-    NOT_PLACED = "NOT_PLACED"  # no reply, and no matching order by the end of the lookup window
-    UNKNOWN = "UNKNOWN"  # the lookup could not tell (several matching orders): not adopted
-
-
-@dataclass(frozen=True, slots=True)
-class OrderIntent:
-    """An order POST as journaled before it is sent: what a lookup needs to find the order it became."""
-
-    intent_id: str
-    product: str
-    side: Side
-    order_type: str
-    size: float
-    price: float | None
-    sent_at: float
-
-    @classmethod
-    def new(cls, product: str, side: Side, size: float, price: float | None) -> OrderIntent:
-        """A fresh intent (random local id, sent now); LIMIT when ``price`` is given, else MARKET."""
-        return cls(uuid.uuid4().hex, product, side, "MARKET" if price is None else "LIMIT", size, price, time.time())
 
 
 class _Checkpointer(threading.Thread):

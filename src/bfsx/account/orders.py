@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
@@ -155,6 +156,34 @@ class Fill:
     child_order_id: str = ""
 
 
+class IntentState(StrEnum):
+    """Outcome of an order intent."""
+
+    OPEN = "OPEN"  # about to be sent, or sent with no known outcome yet
+    PLACED = "PLACED"  # the exchange accepted it: ``acceptance_id`` is the order
+    FAILED = "FAILED"  # the exchange refused it (an error reply)
+    NOT_PLACED = "NOT_PLACED"  # no reply, and no matching order by the end of the lookup window
+    UNKNOWN = "UNKNOWN"  # the lookup could not tell (several matching orders): not adopted
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """An order POST as journaled before it is sent: what a lookup needs to find the order it became."""
+
+    intent_id: str
+    product: str
+    side: Side
+    order_type: str
+    size: float
+    price: float | None
+    sent_at: float
+
+    @classmethod
+    def new(cls, product: str, side: Side, size: float, price: float | None) -> OrderIntent:
+        """A fresh intent (random local id, sent now); LIMIT when ``price`` is given, else MARKET."""
+        return cls(uuid.uuid4().hex, product, side, "MARKET" if price is None else "LIMIT", size, price, time.time())
+
+
 class _Parked:
     __slots__ = ("events", "since")
 
@@ -217,6 +246,15 @@ class OrderTracker:
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque(maxlen=max_seen)
         self._known = _KnownIds(self)
+        # Before and between events: POSTs whose reply is not seen yet, POSTs of unknown outcome
+        # (intents), and cancels asked for / accepted. Held here so one object owns every state an
+        # order of this bot can be in.
+        self._in_flight = 0
+        self.sends = 0
+        """Order POSTs this run sent (replied or not): a lookup compares it before and after."""
+        self._intents: dict[str, OrderIntent] = {}
+        self._cancel_asked: dict[str, float] = {}  # acceptance id -> clock time of the first request
+        self._cancel_sent: dict[str, float] = {}  # acceptance id -> clock time of the latest accepted cancel
         self.last_exec_id: int | None = None
         """Highest exec id among this bot's counted fills: the ``getexecutions(after=...)`` cursor."""
         # Counters for logs and consoles.
@@ -255,6 +293,77 @@ class OrderTracker:
     def parked(self) -> int:
         """Acceptance ids with parked events (not registered yet, or another bot's)."""
         return len(self._parked)
+
+    # ------------------------------------------------------------------ sent, reply not yet seen
+    def sending(self) -> None:
+        """An order POST is about to go out (a strategy order or a correction)."""
+        self.sends += 1
+        self._in_flight += 1
+
+    def reply_seen(self) -> None:
+        """The POST announced by :meth:`sending` ended (accepted, refused or failed)."""
+        self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        """Order POSTs sent whose reply is not seen yet."""
+        return self._in_flight
+
+    # ------------------------------------------------------------------ intents (outcome unknown)
+    def add_intent(self, intent: OrderIntent) -> None:
+        """An order POST whose outcome is unknown (no reply, a gateway error, a restart)."""
+        self._intents[intent.intent_id] = intent
+
+    def holds_intent(self, intent: OrderIntent) -> bool:
+        """True while this very intent is still waiting for its outcome."""
+        return self._intents.get(intent.intent_id) is intent
+
+    def drop_intent(self, intent_id: str) -> None:
+        """The intent's outcome is known (adopted, not placed, or given up as ambiguous)."""
+        self._intents.pop(intent_id, None)
+
+    @property
+    def intents(self) -> list[OrderIntent]:
+        """Order POSTs of unknown outcome, oldest first (a fresh list)."""
+        return list(self._intents.values())
+
+    # ------------------------------------------------------------------ pending cancels
+    def cancel_recently_sent(self, acceptance_id: str, repeat_after: float) -> bool:
+        """True when a cancel of this order was accepted less than ``repeat_after`` s ago: its CANCEL
+        event is on the way, so another request would only spend budget."""
+        sent = self._cancel_sent.get(acceptance_id)
+        return sent is not None and self._clock() - sent < repeat_after
+
+    def cancel_accepted(self, acceptance_id: str) -> None:
+        """The exchange accepted a cancel of this order (its CANCEL event is still to come)."""
+        if len(self._cancel_asked) >= 10_000:  # bounded; pruned by stuck_orders
+            return
+        now = self._clock()
+        self._cancel_asked.setdefault(acceptance_id, now)
+        self._cancel_sent[acceptance_id] = now
+
+    def stuck_orders(self, audit_after: float, repeat_after: float) -> list[str]:
+        """Open orders whose events look lost: no ORDER event ``audit_after`` s after acceptance, or
+        still open that long after a cancel was accepted. A resting order with no news is not
+        suspect. Also forgets cancels of orders that ended and cancel sends older than
+        ``repeat_after``, so both maps stay bounded."""
+        now = self._clock()
+        wall = time.time()
+        stuck = []
+        for o in self._open.values():
+            acc = o.acceptance_id
+            if not acc:
+                continue
+            asked = self._cancel_asked.get(acc)
+            if (asked is not None and now - asked > audit_after) or (
+                o.state == OrderState.PENDING and wall - o.created > audit_after
+            ):
+                stuck.append(acc)
+        for acc in [a for a in self._cancel_asked if a not in self._open]:
+            del self._cancel_asked[acc]
+        for acc in [a for a, at in self._cancel_sent.items() if now - at >= repeat_after]:
+            del self._cancel_sent[acc]
+        return stuck
 
     # ------------------------------------------------------------------ registration
     def accepted(self, order: Order) -> list[Fill]:

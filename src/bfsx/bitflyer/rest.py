@@ -15,11 +15,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import aiohttp
@@ -88,6 +88,28 @@ def _placed_before(row: Mapping[str, Any], since: float) -> bool:
         return timestamps.parse(str(row["child_order_date"])).timestamp() < since
     except (KeyError, TypeError, ValueError):
         return False
+
+
+Row = TypeVar("Row", bound=Mapping[str, Any])
+
+
+async def paged(
+    fetch: Callable[[int | None], Awaitable[list[Row]]], *, count: int, max_pages: int
+) -> AsyncIterator[list[Row]]:
+    """Pages of a newest-first list endpoint (getchildorders, getexecutions), each read by
+    ``fetch(before)`` and paged back with ``before`` = the smallest ``id`` of the page. ACTIVE
+    child-order rows have ``id`` 0, which is no paging key. Stops after a page shorter than
+    ``count``, a page without a usable id, or ``max_pages`` pages; a caller may stop earlier."""
+    before: int | None = None
+    for _ in range(max(1, max_pages)):
+        page = await fetch(before)
+        yield page
+        if len(page) < count:
+            return
+        ids = [int(r["id"]) for r in page if r.get("id")]
+        if not ids:
+            return
+        before = min(ids)
 
 
 def _normalize_endpoint(endpoint: str) -> str:
@@ -167,8 +189,6 @@ class RestClient:
         self.lookups = 0
         # Order POSTs started, and those not finished yet (lookups included): a caller resolving an
         # old order by lookup must not take one of these, whose id is not known yet, for it.
-        self.orders_sent = 0
-        self.orders_in_flight = 0
 
     # ---- session ---------------------------------------------------------------------------
 
@@ -392,21 +412,16 @@ class RestClient:
             order["minute_to_expire"] = minute_to_expire
         order["time_in_force"] = time_in_force
         sent_at = time.time()
-        self.orders_sent += 1
-        self.orders_in_flight += 1
         try:
-            try:
-                data = await self.request("POST", SEND_CHILD_ORDER, body=order, order_size=size)
-                reply_id = data.get("child_order_acceptance_id") if isinstance(data, dict) else None
-                if not isinstance(reply_id, str):
-                    raise TransportError("sendchildorder: reply without child_order_acceptance_id")
-                acceptance_id = reply_id
-            except TransportError as e:
-                log.warning("sendchildorder got no usable reply (%s); looking the order up", e)
-                acceptance_id = await self._resolve_lost_order(order, sent_at, known_ids)
-            self._remember(acceptance_id)
-        finally:
-            self.orders_in_flight -= 1
+            data = await self.request("POST", SEND_CHILD_ORDER, body=order, order_size=size)
+            reply_id = data.get("child_order_acceptance_id") if isinstance(data, dict) else None
+            if not isinstance(reply_id, str):
+                raise TransportError("sendchildorder: reply without child_order_acceptance_id")
+            acceptance_id = reply_id
+        except TransportError as e:
+            log.warning("sendchildorder got no usable reply (%s); looking the order up", e)
+            acceptance_id = await self._resolve_lost_order(order, sent_at, known_ids)
+        self._remember(acceptance_id)
         return acceptance_id
 
     def _remember(self, acceptance_id: str) -> None:
@@ -470,12 +485,13 @@ class RestClient:
         end = None if until is None else until + self.lookup_clock_slack
         n = count or self.lookup_count
         found: list[str] = []
-        before: int | None = None
-        for _ in range(max(1, max_pages)):
+        wait = self.lookup_timeout if timeout is None else timeout
+
+        async def fetch(before: int | None) -> list[ChildOrder]:
             self.lookups += 1
-            rows = await self.get_child_orders(
-                product, count=n, before=before, timeout=self.lookup_timeout if timeout is None else timeout
-            )
+            return await self.get_child_orders(product, count=n, before=before, timeout=wait)
+
+        async for rows in paged(fetch, count=n, max_pages=max_pages):
             known = known_ids() if callable(known_ids) else (known_ids or ())
             found.extend(
                 aid
@@ -488,10 +504,6 @@ class RestClient:
             )
             if len(rows) < n or any(_placed_before(row, since) for row in rows):
                 return LostOrderLookup(found, complete=True)
-            ids = [int(r["id"]) for r in rows if r.get("id")]  # ACTIVE rows have id 0: not a paging key
-            if not ids:
-                break
-            before = min(ids)
         return LostOrderLookup(found, complete=False)
 
     async def _resolve_lost_order(self, order: Mapping[str, Any], sent_at: float, known_ids: KnownIds | None) -> str:

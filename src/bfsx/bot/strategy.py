@@ -67,23 +67,23 @@ class Strategy:
     # ----------------------------------------------------------------- orders
     async def buy(self, size: float, price: float | None = None, **opts: Any) -> Order:
         """Buy ``size``; ``price=None`` is a market order. ``opts``: time_in_force, minute_to_expire."""
-        return await self._rt.send_order("BUY", size, price, **opts)
+        return await self._rt.desk.send_order("BUY", size, price, **opts)
 
     async def sell(self, size: float, price: float | None = None, **opts: Any) -> Order:
         """Sell ``size``; ``price=None`` is a market order. ``opts``: time_in_force, minute_to_expire."""
-        return await self._rt.send_order("SELL", size, price, **opts)
+        return await self._rt.desk.send_order("SELL", size, price, **opts)
 
     async def cancel(self, order_or_id: Order | str) -> bool:
         """Ask the exchange to cancel one order (by :class:`Order` or acceptance id)."""
-        return await self._rt.cancel_order(order_or_id)
+        return await self._rt.desk.cancel_order(order_or_id)
 
     async def cancel_all(self) -> int:
         """Cancel every open order of THIS bot (not the account's other bots); returns how many."""
-        return await self._rt.cancel_all()
+        return await self._rt.desk.cancel_all()
 
     async def close_position(self) -> Order | None:
         """Flatten this bot's position with a market order; None when already flat."""
-        return await self._rt.close_position()
+        return await self._rt.desk.close_position()
 
     # ----------------------------------------------------------------- state (read-only, local)
     @property

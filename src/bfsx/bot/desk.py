@@ -1,0 +1,196 @@
+"""The order desk: every order and cancel a bot sends goes through :class:`OrderDesk`.
+
+Owns the pre-trade refusal gate and the order POST itself: an order is refused locally (a result
+with a reason, never an exception) or its intent is journaled, then it is sent, and its outcome
+goes to the :class:`~bfsx.account.orders.OrderTracker` (the one owner of order state: sent and
+not yet answered, of unknown outcome, open, cancel pending). Reads the feed's connection, the
+exchange health, the budget and the strategy config; writes nothing but orders, cancels, intents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING, Any
+
+from bfsx.account.orders import IntentState, Order, OrderIntent, OrderTracker
+from bfsx.bitflyer.errors import ApiError, BitflyerError
+from bfsx.bitflyer.messages import Side
+from bfsx.bitflyer.rest import OrderNotPlaced
+from bfsx.bitflyer.states import can_order
+from bfsx.bot import resync
+
+if TYPE_CHECKING:
+    from bfsx.account.journal import Journal
+    from bfsx.account.position import Position
+    from bfsx.bitflyer.budget import ApiBudget
+    from bfsx.bitflyer.products import ProductSpec
+    from bfsx.bitflyer.realtime import RealtimeClient
+    from bfsx.bitflyer.rest import RestClient
+    from bfsx.config import StrategyConfig, TradeConfig
+    from bfsx.market.health import HealthPoller
+    from bfsx.posserver.client import PosServerClient
+
+_SIZE_STEP = Decimal("0.00000001")
+
+
+class OrderDesk:
+    """Sends this bot's orders and cancels. ``trade`` and ``strategy_config`` are replaced by the
+    runtime on a live reload; ``stopping`` is set when the bot stops (only closing orders pass)."""
+
+    def __init__(
+        self,
+        *,
+        product: str,
+        spec: ProductSpec,
+        rest: RestClient,
+        realtime: RealtimeClient,
+        health: HealthPoller,
+        budget: ApiBudget,
+        tracker: OrderTracker,
+        journal: Journal,
+        position: Position,
+        reconciler: resync.Reconciler,
+        trade: TradeConfig,
+        strategy_config: StrategyConfig,
+        log: logging.Logger,
+    ) -> None:
+        self.product = product
+        self.spec = spec
+        self.rest = rest
+        self.realtime = realtime
+        self.health = health
+        self.budget = budget
+        self.tracker = tracker
+        self.journal = journal
+        self.position = position
+        self.reconciler = reconciler
+        self.trade = trade
+        self.strategy_config = strategy_config
+        self.log = log
+        self.posclient: PosServerClient | None = None
+        self.stopping = False
+        self._min_size = float(spec.min_size)
+
+    # ----------------------------------------------------------------- the refusal gate
+    def refusal(self, side: Side, size: float, price: float | None = None, *, closing: bool = False) -> str | None:
+        """Why a new order must not be sent now, or None. Cancels never come through here."""
+        if self.stopping and not closing:
+            return "bot is stopping"
+        if size < self._min_size:
+            return f"size {size} below the minimum {self.spec.min_size}"
+        if price is not None and not price > 0:  # e.g. best_bid read before the book existed
+            return f"invalid price {price}"
+        if not self.realtime.connected.is_set():
+            return "realtime not connected (own fills would go unseen)"
+        if not can_order(self.health.health, self.health.state, self.trade.trade_health):
+            return f"exchange health {self.health.health} / {self.health.state}"
+        if not closing:
+            if self.strategy_config.close_position and not self.reduces(side, size):
+                return "close-only mode (close_position: true)"
+            if self.strategy_config.in_no_trade():
+                return "no-trade window"
+        shared = self.posclient.account_budget if self.posclient is not None else None
+        if shared is not None and shared.advice == "pause":
+            return "account-wide API budget: pause"
+        if not self.budget.can_order(size):
+            return f"API budget (private remaining {self.budget.private_remaining})"
+        return None
+
+    def reduces(self, side: Side, size: float) -> bool:
+        """True when this order only reduces the bot's position."""
+        pos = self.position.size
+        return (pos > 0 and side == "SELL" and size <= pos + 1e-12) or (pos < 0 and side == "BUY" and size <= -pos + 1e-12)
+
+    # ----------------------------------------------------------------- orders
+    async def send_order(self, side: Side, size: float, price: float | None, *, closing: bool = False, **opts: Any) -> Order:
+        """Refuse locally or send one child order; the result says which (never raises for a refusal
+        or an exchange error)."""
+        if round(size, 8) != size:  # the hot path skips Decimal when the size is on the grid already
+            size = float(Decimal(repr(size)).quantize(_SIZE_STEP, rounding=ROUND_DOWN))
+        order = Order.new(self.product, side, size, price)
+        reason = self.refusal(side, size, price, closing=closing)
+        if reason is not None:
+            order.refuse(reason)
+            self.log.info("order refused locally: %s %s @ %s: %s", side, size, price or "MARKET", reason)
+            return order
+        intent = OrderIntent.new(self.product, side, size, price)
+        # Journaled before the POST: if the process dies before the reply is journaled, the restart
+        # finds this intent OPEN and looks the order up, so the fills of an accepted order are not lost.
+        self.journal.record_intent(intent)
+        tracker = self.tracker
+        tracker.sending()
+        self.reconciler.touch()
+        tif = opts.get("time_in_force", "GTC")
+        mte = opts.get("minute_to_expire", self.strategy_config.minute_to_expire)
+        try:
+            acc = await self.rest.send_child_order(
+                self.product, side, size, price, time_in_force=tif, minute_to_expire=mte,
+                known_ids=tracker.known_ids(),
+            )
+        except OrderNotPlaced as e:
+            self.journal.close_intent(intent.intent_id, IntentState.NOT_PLACED)
+            order.fail(f"not placed: {e}")
+            self.log.warning("order not placed: %s %s @ %s: %s", side, size, price or "MARKET", e)
+            return order
+        except ApiError as e:
+            if e.status == 0 and e.http_status >= 500:  # a gateway's error page: the order may be live
+                tracker.add_intent(intent)
+            else:
+                self.journal.close_intent(intent.intent_id, IntentState.FAILED)
+            order.fail(f"{e.status}: {e.message}")
+            self.log.warning("order rejected: %s %s @ %s: %s", side, size, price or "MARKET", e.message)
+            return order
+        except BitflyerError as e:
+            tracker.add_intent(intent)  # looked up again until its outcome is known
+            order.fail(f"unknown outcome: {e}")
+            self.log.error("order outcome unknown: %s %s @ %s: %s", side, size, price or "MARKET", e)
+            return order
+        except BaseException:
+            tracker.add_intent(intent)  # cancelled mid-POST: the order may be live
+            raise
+        finally:
+            tracker.reply_seen()
+        order.acceptance_id = acc
+        fills = tracker.accepted(order)
+        self.reconciler.journal_and_count(fills, (order,), intent.intent_id)  # after parked events moved it on
+        return order
+
+    async def cancel_order(self, order_or_id: Order | str) -> bool:
+        """Ask the exchange to cancel one order; False when the request failed."""
+        acc = order_or_id if isinstance(order_or_id, str) else order_or_id.acceptance_id
+        if not acc:
+            return False
+        if self.tracker.cancel_recently_sent(acc, resync.CANCEL_REPEAT_AFTER):
+            return True  # accepted moments ago: its CANCEL event is on the way (the order audit checks)
+        try:
+            await self.rest.cancel_child_order(self.product, acceptance_id=acc)
+        except BitflyerError as e:
+            self.log.warning("cancel %s failed: %s", acc, e)
+            return False
+        self.tracker.cancel_accepted(acc)
+        return True
+
+    async def cancel_all(self) -> int:
+        """Cancel every open order of this bot; the number of cancels accepted."""
+        open_ids = [o.acceptance_id for o in self.tracker.open_orders if o.acceptance_id]
+        results = await asyncio.gather(*(self.cancel_order(a) for a in open_ids))
+        return sum(1 for r in results if r)
+
+    async def close_position(self) -> Order | None:
+        """A market order that flattens this bot's own position (None when already flat)."""
+        pos = self.position.size
+        if abs(pos) < self._min_size:
+            return None
+        return await self.send_order("SELL" if pos > 0 else "BUY", abs(pos), None, closing=True)
+
+    async def send_correction(self, side: Side, size: float) -> None:
+        """A drift-correcting market order (single-bot mode). Not registered in the tracker as an
+        order: it moves the exchange toward the bot's own position, never the bot's position. Raises
+        :class:`~bfsx.bitflyer.errors.BitflyerError` when it fails."""
+        self.tracker.sending()  # an intent lookup meanwhile must know an order of this run is out
+        try:
+            await self.rest.send_child_order(self.product, side, size, None)
+        finally:
+            self.tracker.reply_seen()
