@@ -7,9 +7,10 @@
 (c) pybotters' ``bitFlyerDataStore.onmessage`` fed the same frames (decoded with orjson for it,
     which only helps it).
 
-The stream imitates FX_BTC_JPY as captured (bitflyer-api.md §4.3): per 5 s of market time one
-board snapshot (``--levels`` per side, 1,000 by default), 35 diffs of 3–5 levels near the touch,
-10 tickers and 40 execution batches of 1–6 prints. Frames are the bytes of text frames, as the\nrealtime client's read loop receives them (``decode_text=False``).
+The stream imitates FX_BTC_JPY as observed (docs/bitflyer.md#order-book-snapshots-and-diffs): per
+5 s of market time one board snapshot (``--levels`` per side, 1,000 by default), 35 diffs of 3–5
+levels near the touch, 10 tickers and 40 execution batches of 1–6 prints. Frames are the bytes of
+text frames, as the realtime client's read loop receives them (``decode_text=False``).
 Targets (issue 3): (b)/(a) ≥ 0.5 and (b)/(c) ≥ 50 at 1,000 levels.
 
 Run: ``python -m bench.feed [--levels N] [--cycles N]`` (or ``python -m bench`` for every bench).

@@ -1,4 +1,4 @@
-"""The wire layer: signing vectors (bitflyer-api.md §2, §4.2), ids, timestamps, channel names, errors."""
+"""The wire layer: signing vectors (docs/bitflyer.md#signing), ids, timestamps, channel names, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Single-bot drift correction (``adjust_position_with_api``, SPEC §5.3, invariant 3) in-process:
+"""Single-bot drift correction (``adjust_position_with_api``, invariant 3) in-process:
 an API error is unknown (never read as 0, no correction), then after ``adjust_consecutive``
 identical diffs market orders capped by ``adjust_max_size`` bring the exchange back to the bot's
 position + base_position, without moving the bot's own position."""

@@ -1,7 +1,7 @@
 """Real ``bfsx trade`` / ``python3 trade.py`` processes against a real ``bfsx sim`` process.
 
 One fleet of five bots, each on its own simulator account, is started in parallel (the four
-argument forms of SPEC §3.1, plus a ``close_on_exit`` bot), trades, and is stopped with SIGINT or
+argument forms of docs/config.md, plus a ``close_on_exit`` bot), trades, and is stopped with SIGINT or
 SIGTERM; the tests below check different parts of that one run. Then: a misspelled key, and
 kill -9 mid-trading followed by a restart.
 """

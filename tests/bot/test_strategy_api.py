@@ -1,4 +1,4 @@
-"""The Strategy API of SPEC §3.4 through a running BotRuntime against the in-process simulator:
+"""The Strategy API (README.md) through a running BotRuntime against the in-process simulator:
 callbacks (plain and async) fire, orders return Order objects, local refusals are results, and
 every state property reads local state."""
 

@@ -23,7 +23,8 @@ def board(mid: float, bids: list[tuple[float, float]], asks: list[tuple[float, f
 
 
 class Reference:
-    """The book semantics of bitflyer-api.md §4.3, written the obvious way on SortedDicts."""
+    """The book semantics of docs/bitflyer.md#order-book-snapshots-and-diffs, written the obvious
+    way on SortedDicts."""
 
     def __init__(self) -> None:
         self.bids = SortedDict()

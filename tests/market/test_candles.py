@@ -155,7 +155,7 @@ def test_late_prints_are_counted_not_folded() -> None:
 
 
 def test_rest_timestamps_are_accepted() -> None:
-    """REST exec_date has no Z and a 0-3 digit fraction (bitflyer-api.md §1.1)."""
+    """REST exec_date has no Z and a 0-3 digit fraction (docs/bitflyer.md#timestamps)."""
     builder = CandleBuilder(0.5, maxlen=10)
     rows = [{"id": i, "side": "BUY", "price": 100.0 + i, "size": 1.0, "exec_date": d}
             for i, d in enumerate(("2015-07-08T02:43:34.1", "2015-07-08T02:43:34.823", "2015-07-08T02:43:35"))]

@@ -1,4 +1,4 @@
-"""The console: the rich tables of SPEC §5.5, and plain log lines when there is no terminal."""
+"""The console: the rich tables, and plain log lines when there is no terminal."""
 
 from __future__ import annotations
 

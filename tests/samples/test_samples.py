@@ -1,5 +1,5 @@
 """The two sample strategies trade actively on the simulator, stay within their caps, log no error,
-and leave the exchange agreeing with the bot (SPEC §5.8, issue 7 item 3)."""
+and leave the exchange agreeing with the bot (issue 7 item 3)."""
 
 from __future__ import annotations
 

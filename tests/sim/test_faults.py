@@ -1,4 +1,5 @@
-"""Each fault switch of POST /_sim/faults (SPEC §3.5), and GET /_sim/state, over HTTP."""
+"""Each fault switch of POST /_sim/faults, and GET /_sim/state, over HTTP
+(docs/simulator.md#test-hooks-no-signature-needed)."""
 
 from __future__ import annotations
 

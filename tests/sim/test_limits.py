@@ -1,6 +1,6 @@
-"""Rate limits (bitflyer-api.md §3): fixed windows, headers counting down, -1 on exhaustion,
-the order bucket, and the small-order bucket with its penalty limit; ``limits_refused`` of
-/_sim/state counts every -1 per key and bucket. Small limits keep it fast."""
+"""Rate limits (docs/bitflyer.md#rate-limits): fixed windows, headers counting down, -1 on
+exhaustion, the order bucket, and the small-order bucket with its penalty limit; ``limits_refused``
+of /_sim/state counts every -1 per key and bucket. Small limits keep it fast."""
 
 from __future__ import annotations
 

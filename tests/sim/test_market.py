@@ -69,7 +69,7 @@ async def test_server_replays_the_seeded_sequence_whatever_the_timing() -> None:
 
 
 async def test_a_bid_at_the_touch_fills_on_the_default_market() -> None:
-    """SPEC done-when: a 0.01 BTC bid resting at the touch fills (here: waits up to 60 s)."""
+    """A 0.01 BTC bid resting at the touch fills (here: waits up to 60 s)."""
     async with SimServer(SimConfig(seed=3)) as sim, WireClient(sim.url, "demo-key-1", "demo-secret-1") as c:
         ws = await WireSocket.connect(sim.ws_url)
         try:

@@ -1,4 +1,5 @@
-"""Realtime JSON-RPC at /json-rpc: methods, errors, batches, and every channel's payload (§4)."""
+"""Realtime JSON-RPC at /json-rpc: methods, errors, batches, and every channel's payload
+(docs/bitflyer.md#realtime-channels)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every REST endpoint's shape, aliases, errors and signature checks (bitflyer-api.md §1–2)."""
+"""Every REST endpoint's shape, aliases, errors and signature checks (docs/bitflyer.md,
+docs/simulator.md#what-it-serves)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Pure logic, shared by single-bot correction (``adjust_position_with_api``) and t
 The caller samples ``expected`` (what the bots believe, plus base_position where it applies) and
 ``actual`` (the exchange) every check interval and sends the :class:`Correction` it gets back.
 
-Rules (SPEC §4.3, §5.3, §5.5):
+Rules (invariants 3 and 8, docs/ARCHITECTURE.md#invariants):
 
 * **Unknown is not zero.** ``None`` for either side (API error, timeout) is no observation: it
   neither counts toward nor resets the streak, and never yields an order. Not resetting keeps a

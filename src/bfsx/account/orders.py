@@ -1,10 +1,11 @@
 """This bot's orders, keyed by ``child_order_acceptance_id``, driven by ``child_order_events``.
 
 The runtime POSTs an order without holding any lock, then calls :meth:`OrderTracker.accepted` with
-the acceptance id from the reply. Events that arrive before that (bitflyer-api.md §6.4: they can
-beat the HTTP reply) are *parked* by acceptance id and applied when the id is registered; ids that
-never become known (other bots on the same account) age out after a TTL. Only ids this bot
-registered ever produce a :class:`Fill`, so another bot's executions never move this position.
+the acceptance id from the reply. Events that arrive before that (they can beat the HTTP reply:
+docs/bitflyer.md#child-order-events) are *parked* by acceptance id and applied when the id is
+registered; ids that never become known (other bots on the same account) age out after a TTL. Only
+ids this bot registered ever produce a :class:`Fill`, so another bot's executions never move this
+position.
 
 Each execution is counted once: a bounded set of recent exec ids here, and the journal's unique
 ``exec_id`` behind it (across restarts). After a reconnect, :meth:`OrderTracker.reconcile` applies
@@ -40,7 +41,7 @@ _EPS = 1e-9
 
 
 class OrderState(StrEnum):
-    """Life of an order as this bot sees it (SPEC §5.3)."""
+    """Life of an order as this bot sees it."""
 
     PENDING = "PENDING"  # sent (or accepted), no ORDER event yet
     ACTIVE = "ACTIVE"  # on the book, nothing filled

@@ -1,4 +1,4 @@
-"""Request signing for the private REST API and the realtime ``auth`` method (bitflyer-api.md §2, §4.2)."""
+"""Request signing for the private REST API and the realtime ``auth`` method (docs/bitflyer.md#signing)."""
 
 from __future__ import annotations
 

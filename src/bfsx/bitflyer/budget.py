@@ -1,6 +1,6 @@
-"""The API budget: how many requests and orders the account may still send (SPEC §5.4).
+"""The API budget: how many requests and orders the account may still send.
 
-bitFlyer limits (bitflyer-api.md §3): a private bucket (500 / 5 min per key), an order bucket
+bitFlyer limits (docs/bitflyer.md#rate-limits): a private bucket (500 / 5 min per key), an order bucket
 (300 / 5 min for sendchildorder + sendparentorder + cancelallchildorders), and a small-order bucket
 (orders of size ≤ 0.1: 100 / min, lowered to 10 / min for an hour after a breach). Every private
 reply states what is left in the ``X-RateLimit-*`` / ``X-OrderRequest-RateLimit-*`` headers; between

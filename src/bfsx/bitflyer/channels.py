@@ -1,4 +1,4 @@
-"""Realtime channel names and JSON-RPC error codes (bitflyer-api.md §4)."""
+"""Realtime channel names and JSON-RPC error codes (docs/bitflyer.md#realtime-channels)."""
 
 from __future__ import annotations
 

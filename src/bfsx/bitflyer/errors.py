@@ -1,4 +1,4 @@
-"""Error bodies and codes (bitflyer-api.md §1.4), as typed exceptions.
+"""Error bodies and codes (docs/bitflyer.md#error-codes), as typed exceptions.
 
 The simulator builds its error replies from :data:`ERRORS`; the client maps a reply back to the
 matching :class:`ApiError` subclass, so both ends agree on one table.

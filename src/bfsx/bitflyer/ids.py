@@ -1,4 +1,4 @@
-"""Id formats (bitflyer-api.md §6.9).
+"""Id formats (docs/bitflyer.md#ids).
 
 Acceptance ``JRFYYYYMMDD-HHMMSS-NNNNNN`` (UTC); child order ``JOR…`` on spot, ``JFX…F`` on FX/CFD;
 parent ``JCP…``. Execution ids are strictly increasing integers across the venue.

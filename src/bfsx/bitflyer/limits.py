@@ -1,4 +1,4 @@
-"""Rate-limit numbers and headers (bitflyer-api.md §3)."""
+"""Rate-limit numbers and headers (docs/bitflyer.md#rate-limits)."""
 
 from __future__ import annotations
 

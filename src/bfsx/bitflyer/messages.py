@@ -1,4 +1,4 @@
-"""Payload shapes of the REST replies and realtime messages (bitflyer-api.md §1–4).
+"""Payload shapes of the REST replies and realtime messages (docs/bitflyer.md).
 
 TypedDicts cost nothing at run time: the hot path works on the dicts orjson returns, and these
 types document and check what it reads. Numbers arrive as JSON numbers (int or float).

@@ -1,4 +1,4 @@
-"""Product specs: market type, minimum size, price tick (bitflyer-api.md §5.1).
+"""Product specs: market type, minimum size, price tick (docs/bitflyer.md#products).
 
 No public call exposes tick or minimum size, so the known values live here, once, for the client
 (local order checks) and the simulator (validation, -110).

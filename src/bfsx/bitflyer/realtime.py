@@ -1,4 +1,4 @@
-"""Realtime client: JSON-RPC 2.0 over WebSocket (bitflyer-api.md §4, SPEC §5.1).
+"""Realtime client: JSON-RPC 2.0 over WebSocket (docs/bitflyer.md#realtime-channels).
 
 One socket carries every channel. On each (re)connect the client authenticates (when it has a
 key), subscribes every registered channel in one batch, waits for the replies and only then tells

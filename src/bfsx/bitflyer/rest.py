@@ -1,4 +1,4 @@
-"""REST client for bitFlyer Lightning (and ``bfsx sim``): bitflyer-api.md §1–3, SPEC §5.1.
+"""REST client for bitFlyer Lightning (and ``bfsx sim``); the wire facts it relies on are in docs/bitflyer.md.
 
 One keep-alive ``aiohttp`` session; private requests signed over the exact target and body bytes
 sent; error bodies mapped to typed :class:`~bfsx.bitflyer.errors.ApiError` subclasses; every reply's

@@ -1,4 +1,4 @@
-"""Exchange health and board states (bitflyer-api.md §5.2), with spaces as on the wire."""
+"""Exchange health and board states (docs/bitflyer.md#health-and-board-state), with spaces as on the wire."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timestamp formats: REST and realtime differ (bitflyer-api.md §1.1); all are UTC."""
+"""Timestamp formats: REST and realtime differ (docs/bitflyer.md#timestamps); all are UTC."""
 
 from __future__ import annotations
 

@@ -467,7 +467,7 @@ class BotRuntime:
 
 
 def run_trade(files: list[str]) -> int:
-    """``bfsx trade`` / ``python3 trade.py``: the four argument forms (see ``bfsx trade --help``)."""
+    """``bfsx trade`` / ``python3 trade.py``: the four argument forms of docs/config.md."""
     trade, strategy_cfg = load_run(files)
     strategy_py, strategy_yaml = str(trade.strategy_py), str(trade.strategy_yaml)
     folder = Path(trade.log_folder)

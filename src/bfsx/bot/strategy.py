@@ -1,4 +1,4 @@
-"""The user-facing strategy API (SPEC §3.4).
+"""The user-facing strategy API (README.md#five-minute-tutorial-your-first-strategy).
 
 A strategy file defines ``class MyStrategy(bfsx.Strategy)``; the runtime instantiates it, binds itself,
 calls :meth:`Strategy.initialize` and then drives the registered callbacks. Everything a strategy

@@ -102,8 +102,9 @@ def _is_yaml(name: str) -> bool:
 
 
 def resolve_trade_args(files: Sequence[str]) -> TradeArgs:
-    """The four forms of SPEC §3.1: none → ./trade.yaml; one → TRADE_YAML; two → STRATEGY_PY
-    STRATEGY_YAML with ./trade.yaml; three → TRADE_YAML STRATEGY_PY STRATEGY_YAML."""
+    """The four forms (docs/config.md#command-line-forms-bfsx-trade--python3-tradepy): none →
+    ./trade.yaml; one → TRADE_YAML; two → STRATEGY_PY STRATEGY_YAML with ./trade.yaml; three →
+    TRADE_YAML STRATEGY_PY STRATEGY_YAML."""
     files = [str(f) for f in files]
     if len(files) == 0:
         return TradeArgs(DEFAULT_TRADE_YAML, None, None)

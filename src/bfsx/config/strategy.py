@@ -124,7 +124,7 @@ class Subscribe(_Model):
 
 
 class StrategyConfig(_Model):
-    """The strategy yaml. SPEC §3.3. ``parameters`` is free; everything else is checked."""
+    """The strategy yaml (docs/config.md#strategy-yaml): ``parameters`` is free, the rest checked."""
 
     parameters: dict[str, Any] = Field(default_factory=dict)
     close_position: bool = False

@@ -47,7 +47,7 @@ from bfsx.net import is_loopback
 
 # -------------------------------------------------------------------------------------- trade.yaml
 class TradeConfig(_Model):
-    """trade.yaml: the run config of one bot (and of the position server). SPEC §3.2."""
+    """trade.yaml: the run config of one bot (and of the position server): docs/config.md#tradeyaml."""
 
     # credentials (env BFSX_APIKEY / BFSX_SECRET win over the file)
     apikey: Secret = SecretStr("")
@@ -85,7 +85,7 @@ class TradeConfig(_Model):
     console_output: bool = True
     log_folder: str = ""
     log_level: Level = "INFO"
-    # runtime safety (SPEC §5.4)
+    # runtime safety (docs/config.md#safety)
     close_on_exit: bool = False
     api_reserve: NonNegInt = 50
     over_limit_pause: PosFloat = 60.0

@@ -1,4 +1,6 @@
-"""The order book, rebuilt from realtime snapshots and diffs (SPEC §5.2, bitflyer-api.md §4.3).
+"""The order book, rebuilt from realtime snapshots and diffs.
+
+What bitFlyer sends and how it is read: docs/bitflyer.md#order-book-snapshots-and-diffs.
 
 Layout, chosen by measurement (``bench/feed.py``): per side, a plain list of prices sorted so that
 **the touch is the last element** (bids as prices ascending, asks as negated prices ascending)
@@ -36,7 +38,7 @@ def _load(levels: Sequence[PriceLevel], negate: bool) -> tuple[list[float], list
 
     Both sides arrive best first, so one reverse puts the touch last. Asks are keyed by their
     negated price so that one ascending ``bisect`` serves both sides (``bisect(key=neg)`` on a
-    descending list costs twice as much per search). Order is not guaranteed on the wire (§4.3), so
+    descending list costs twice as much per search). Order is not guaranteed on the wire, so
     an unsorted side is sorted (and de-duplicated). An Itayose price-0 level sorts to the far end
     of bids and to the touch of asks, where one check finds it. Empty levels are not scanned for
     (bitFlyer never sends them; that scan would cost as much as the load): a zero-size touch is
@@ -92,7 +94,7 @@ class OrderBook:
     def apply_diff(self, msg: Board) -> None:
         """Apply a ``lightning_board_`` diff: size is the new total, 0 deletes, price 0 is ignored.
 
-        Ignored while not :attr:`ready` (diffs start before the first snapshot, §4.3).
+        Ignored while not :attr:`ready` (diffs start before the first snapshot).
         """
         if not self.ready:
             return
@@ -143,7 +145,7 @@ class OrderBook:
     def _prune(self, mid: float) -> None:
         """Drop levels on the wrong side of the exchange's mid price, then cache the touch.
 
-        Diffs can miss deletions (§4.3), leaving stale levels that cross the real touch; every diff's
+        Diffs can miss deletions, leaving stale levels that cross the real touch; every diff's
         ``mid_price`` matches the true book, so a bid *above* it or an ask *below* it is stale.
         The comparisons are strict on purpose: a real best bid is ≤ mid and a real best ask ≥ mid,
         and with whole-yen prices a rounded mid can equal either touch (bid 100 / ask 101 → 100 or

@@ -1,4 +1,4 @@
-"""N-second OHLCV candles built from public prints (SPEC §3.4 ``self.candles``, §5.2).
+"""N-second OHLCV candles built from public prints (what ``Strategy.candles`` serves).
 
 A print belongs to bucket ``floor(epoch(exec_date) / timescale)``; a candle's ``time`` is the
 bucket's start in unix seconds (UTC). Seconds without a trade are carried forward (OHLC = previous

@@ -182,7 +182,7 @@ class MarketFeed:
 
     # ------------------------------------------------------------------ candles
     def add_candles(self, timescale: float, maxlen: int, callback: CandleCallback | None = None) -> CandleBuilder:
-        """A new :class:`CandleBuilder` fed from this feed's prints (SPEC ``self.candles``)."""
+        """A new :class:`CandleBuilder` fed from this feed's prints (behind ``Strategy.candles``)."""
         builder = CandleBuilder(timescale, maxlen, callback)
         self.candle_builders.append(builder)
         if self._candle_clock and self._clock is None:

@@ -1,7 +1,8 @@
-"""Exchange health and board state, polled over REST (SPEC §5.2, §5.4; bitflyer-api.md §5.2).
+"""Exchange health and board state, polled over REST (docs/bitflyer.md#health-and-board-state).
 
 An error, a timeout or a reading older than ``stale_after`` makes both readings ``UNKNOWN``:
-the poller never claims NORMAL / RUNNING on data it does not have (SPEC invariant 3).
+the poller never claims NORMAL / RUNNING on data it does not have (invariant 3,
+docs/ARCHITECTURE.md#invariants).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The position server (SPEC §5.5): one source of truth for the account's total position.
+"""The position server: one source of truth for the account's total position.
+
+User guide: README.md#the-position-server; wire format: docs/protocol.md.
 
 Bots report their absolute position by UDP; the server keeps the latest report of every bot
 (:class:`~bfsx.posserver.registry.Registry`) and, every ``pos_server_check_interval``, compares per

@@ -311,7 +311,10 @@ def _retry_after(headers: Mapping[str, str], body: bytes, *, fallback: float) ->
 
 @dataclass(frozen=True, slots=True)
 class ReportSettings:
-    """The live-reloadable reporting keys of trade.yaml (SPEC 3.2), in their own units."""
+    """The live-reloadable reporting keys of trade.yaml, in their own units.
+
+    The keys are documented in docs/config.md#position-server.
+    """
 
     webhook_url: str = field(default="", repr=False)  # pos_server_discord; "" = off. A secret.
     interval_minutes: float = 60.0  # pos_server_discord_interval (may be fractional)
@@ -488,7 +491,7 @@ async def _maybe_await(value: Any) -> Any:
 
 
 class DiscordReporter(_PeriodicPoster):
-    """The position server's periodic report (SPEC 5.6).
+    """The position server's periodic report.
 
     ``market_history(since_ts)`` returns ``{market: samples}`` for the chart period, oldest first,
     ideally including the last sample before ``since_ts`` (carried into the chart's left edge);

@@ -1,6 +1,6 @@
 """Simulator configuration (``bfsx sim --config sim.yaml``): accounts, products, market model, limits.
 
-Every key has a default, so an empty file (or no file) gives the SPEC §3.5 defaults: products
+Every key has a default, so an empty file (or no file) gives the defaults of docs/simulator.md: products
 FX_BTC_JPY and BTC_JPY, accounts ``demo-key-1`` / ``demo-key-2`` with 10,000,000 JPY and 1 BTC each.
 Unknown keys are errors (``extra="forbid"``) so a typo never silently does nothing.
 """
@@ -81,7 +81,7 @@ class MarketConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    """API limits (bitflyer-api.md §3). Windows are fixed and start with the first request."""
+    """API limits (docs/bitflyer.md#rate-limits). Windows are fixed and start with the first request."""
 
     window_seconds: float = Field(default=limits.WINDOW_SECONDS, gt=0)
     private: int = Field(default=limits.PRIVATE_LIMIT, ge=0, description="private calls per key per window")

@@ -1,4 +1,5 @@
-"""Fault switches of ``POST /_sim/faults`` (SPEC §3.5), with exactly the documented names.
+"""Fault switches of ``POST /_sim/faults``, with exactly the names documented in
+docs/simulator.md#test-hooks-no-signature-needed.
 
 A request sets any subset; ``close_websockets`` is an action (close every realtime connection now,
 ``true`` = code 1000, an int = that close code), the rest stay in force until changed.

@@ -1,4 +1,4 @@
-"""API limits of the simulator (bitflyer-api.md §3), as fixed windows started by the first request.
+"""API limits of the simulator (docs/bitflyer.md#rate-limits), as fixed windows started by the first request.
 
 Buckets: per IP (public calls), per key (private calls), per key for order calls, and per key for
 small orders (size <= 0.1) with a reduced limit for a penalty period after a breach. Every refusal

@@ -1,5 +1,6 @@
 """The simulator's aiohttp server: bitFlyer REST under ``/v1``, realtime JSON-RPC at ``/json-rpc``,
-test hooks under ``/_sim`` (SPEC §3.5), and the ``bfsx sim`` command (:func:`run_sim`).
+test hooks under ``/_sim`` (docs/simulator.md#test-hooks-no-signature-needed), and the ``bfsx sim``
+command (:func:`run_sim`).
 
 One event loop owns the engine; REST handlers and timers call it synchronously. Frames are encoded
 once (orjson) and queued to each subscribed socket; a socket whose bounded queue fills is dropped
