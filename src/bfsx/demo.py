@@ -182,9 +182,8 @@ class Demo:
         """One line on the demo's screen (above the live table) and in the summary."""
         stamp = f"[{time.monotonic() - self._t0:6.1f}s] {text}"
         self.events.append(stamp)
-        console = getattr(self.server, "_console", None) if self.server else None
-        if console is not None and hasattr(console, "note"):
-            console.note(stamp)
+        if self.server is not None:
+            self.server.note(stamp)
         else:
             print(stamp, flush=True)
 

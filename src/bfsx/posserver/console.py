@@ -63,6 +63,13 @@ class Console:
             self._live.stop()
             self._live = None
 
+    def note(self, text: str) -> None:
+        """One line above the live table (or on stdout when there is none), shown literally."""
+        if self._live is not None:
+            self._live.console.print(Text(text))
+        else:
+            print(text, flush=True)
+
     async def _refresh(self) -> None:
         while self._live is not None:
             self._live.update(self.render(), refresh=True)

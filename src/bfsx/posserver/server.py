@@ -314,6 +314,13 @@ class PosServer:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
+    def note(self, text: str) -> None:
+        """Show one line to the operator: above the live table when there is one, else on stdout."""
+        if self._console is not None:
+            self._console.note(text)
+        else:
+            print(text, flush=True)
+
     async def run(self) -> int:
         """Start, serve until SIGINT / SIGTERM, stop; 0 on a clean stop."""
         loop = asyncio.get_running_loop()
