@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from decimal import Decimal
 
 import pytest
@@ -221,3 +222,34 @@ async def test_status_line_every_interval_and_off_at_zero(start_bot: StartBot, c
     count = len(lines())
     await asyncio.sleep(0.5)
     assert len(lines()) == count  # off
+
+
+ABSURD = [
+    (math.nan, None, "below the minimum"),
+    (math.inf, None, "above the maximum"),
+    (-math.inf, None, "below the minimum"),
+    (-0.01, None, "below the minimum"),
+    (1e12, None, "above the maximum"),  # a price passed as the size (BFS-X's price-first order)
+    (1000.00000001, None, "above the maximum"),
+    (0.01, math.nan, "invalid price"),
+    (0.01, math.inf, "invalid price"),
+    (0.01, -1.0, "invalid price"),
+    ("0.01", None, "size must be a number"),
+    (None, None, "size must be a number"),
+    (True, None, "size must be a number"),
+    (0.01, "5000000", "price must be a number"),
+]
+
+
+async def test_absurd_numbers_are_refused_locally_as_results(start_bot: StartBot) -> None:
+    s = Strategy()
+    rt = await start_bot(s)
+    sent = orders_sent(rt)
+    for size, price, why in ABSURD:
+        for order in (await s.buy(size, price), await s.sell(size, price)):
+            assert order.state is OrderState.REFUSED and why in order.reason, (size, price, order.reason)
+            assert order.acceptance_id is None
+    assert orders_sent(rt) == sent and rt.tracker.in_flight == 0 and rt.journal.open_intents() == []
+    # int and Decimal sizes are numbers: accepted and sent
+    assert (await s.buy(Decimal("0.01"))).acceptance_id
+    assert orders_sent(rt) == sent + 1

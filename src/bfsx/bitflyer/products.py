@@ -33,6 +33,12 @@ class ProductSpec:
     def size_decimals(self) -> int:
         return 8
 
+    @property
+    def max_size(self) -> Decimal:
+        """bfsx's sanity cap on one order: a million minimum sizes (1,000 BTC). bitFlyer publishes
+        no maximum; anything above this is a mistake (a price passed as the size), never a trade."""
+        return self.min_size * 1_000_000
+
 
 def _spec(code: str, mtype: MarketType, base: str, quote: str, min_size: str, tick: str) -> ProductSpec:
     return ProductSpec(code, mtype, base, quote, Decimal(min_size), Decimal(tick))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
     from bfsx.posserver.client import PosServerClient
 
 _SIZE_STEP = Decimal("0.00000001")
+
+
+def _as_numbers(size: object, price: object) -> tuple[float, float | None] | str:
+    """``(size, price)`` as floats, or why they are not numbers (a strategy passed a str, a bool...)."""
+    for name, value in (("size", size), ("price", price)):
+        if name == "price" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            return f"{name} must be a number, got {value!r}"
+    return float(size), (None if price is None else float(price))  # type: ignore[arg-type]
 
 
 class OrderDesk:
@@ -72,15 +83,18 @@ class OrderDesk:
         self.posclient: PosServerClient | None = None
         self.stopping = False
         self._min_size = float(spec.min_size)
+        self._max_size = float(spec.max_size)
 
     # ----------------------------------------------------------------- the refusal gate
     def refusal(self, side: Side, size: float, price: float | None = None, *, closing: bool = False) -> str | None:
         """Why a new order must not be sent now, or None. Cancels never come through here."""
         if self.stopping and not closing:
             return "bot is stopping"
-        if size < self._min_size:
+        if not size >= self._min_size:  # also NaN
             return f"size {size} below the minimum {self.spec.min_size}"
-        if price is not None and not price > 0:  # e.g. best_bid read before the book existed
+        if size > self._max_size:  # also +inf: e.g. a price passed as the size
+            return f"size {size} above the maximum {self.spec.max_size}"
+        if price is not None and not 0 < price < math.inf:  # e.g. best_bid read before the book existed
             return f"invalid price {price}"
         if not self.realtime.connected.is_set():
             return "realtime not connected (own fills would go unseen)"
@@ -107,7 +121,15 @@ class OrderDesk:
     async def send_order(self, side: Side, size: float, price: float | None, *, closing: bool = False, **opts: Any) -> Order:
         """Refuse locally or send one child order; the result says which (never raises for a refusal
         or an exchange error)."""
-        if round(size, 8) != size:  # the hot path skips Decimal when the size is on the grid already
+        if type(size) is not float or (price is not None and type(price) is not float):
+            checked = _as_numbers(size, price)  # an int, a Decimal, or a mistake (a str, None, a bool)
+            if isinstance(checked, str):
+                order = Order.new(self.product, side, 0.0, None)
+                order.refuse(checked)
+                self.log.info("order refused locally: %s %r @ %r: %s", side, size, price, checked)
+                return order
+            size, price = checked
+        if round(size, 8) != size and math.isfinite(size):  # on the grid already: the hot path skips Decimal
             size = float(Decimal(repr(size)).quantize(_SIZE_STEP, rounding=ROUND_DOWN))
         order = Order.new(self.product, side, size, price)
         reason = self.refusal(side, size, price, closing=closing)
