@@ -203,7 +203,10 @@ def _client_command(kind: str, sim: Any, workdir: Path, profile: str | None) -> 
         return [sys.executable, "-m", "bench.tick_to_order", "--baseline", sim.url, sim.ws_url, KEY, SECRET]
     (workdir / "answer.py").write_text(STRATEGY)
     (workdir / "answer.yaml").write_text(yaml.safe_dump(
-        {"parameters": {}, "subscribe": {"executions": True, "board": False, "ticker": False}}))
+        {"parameters": {}, "subscribe": {"executions": True, "board": False, "ticker": False},
+         # The answer is an IOC far below the market, once per frame: the risk checks still run on
+         # every order (they are part of the measured path) but with limits this bench never hits.
+         "max_order_size": 1, "price_band": 1, "max_orders_per_second": 1000}))
     (workdir / "trade.yaml").write_text(yaml.safe_dump({
         "apikey": KEY, "secret": SECRET, "product": PRODUCT, "endpoint": sim.url, "ws_endpoint": sim.ws_url,
         "console_output": False, "log_folder": str(workdir / "logs"), "bot_name": "tick_to_order",

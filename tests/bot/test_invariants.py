@@ -19,6 +19,7 @@ from bfsx.bitflyer.rest import RestClient
 from bfsx.bot import resync
 from bfsx.bot.runtime import BotRuntime
 from bfsx.bot.strategy import Strategy
+from bfsx.config import StrategyConfig
 from bfsx.sim.config import SimConfig
 from bfsx.sim.server import SimServer
 
@@ -53,6 +54,11 @@ def journal_exec_ids(rt: BotRuntime) -> list[int]:
     return [f.exec_id for f in fills]
 
 
+# These tests are about lost and early events, not the pre-trade limits: orders of up to 0.3 BTC,
+# positions of a few BTC with hundreds of resting orders and bursts of ten orders at once must pass.
+NO_RISK_LIMITS = StrategyConfig(max_order_size=1, max_position=10_000, max_orders_per_second=1000)
+
+
 async def random_order(s: Strategy, rng: random.Random) -> Order:
     bid, ask = s.best_bid, s.best_ask
     # Sizes above 0.1 BTC: the small-order limit (100 / min) is not what this test is about.
@@ -75,7 +81,7 @@ async def random_order(s: Strategy, rng: random.Random) -> Order:
 
 async def test_1000_random_orders_with_20pct_of_events_dropped_then_resync(sim: SimServer, start_bot: StartBot) -> None:
     s = Strategy()
-    rt = await start_bot(s, apikey=KEY, secret=SECRET)
+    rt = await start_bot(s, apikey=KEY, secret=SECRET, strategy_config=NO_RISK_LIMITS)
     await sim.set_faults(drop_private_events=0.2)
     rng = random.Random(2024)
     orders: list[Order] = []
@@ -123,7 +129,7 @@ async def test_events_before_the_http_reply_are_parked_and_counted_once(
     sim: SimServer, start_bot: StartBot, latency_ms: int
 ) -> None:
     s = Strategy()
-    rt = await start_bot(s, apikey=KEY, secret=SECRET)
+    rt = await start_bot(s, apikey=KEY, secret=SECRET, strategy_config=NO_RISK_LIMITS)
     await sim.set_faults(latency_ms=latency_ms)
     # Marketable orders: ORDER + EXECUTION events go out on the socket at once, the reply 150 ms later.
     orders: list[Any] = []

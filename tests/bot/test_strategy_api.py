@@ -188,6 +188,8 @@ async def test_maintenance_closes_with_1012_then_reconnects_and_resyncs(sim: Sim
     await wait_for(lambda: rt.realtime.connects > connects and rt.realtime.connected.is_set(), what="reconnected")
     await wait_for(lambda: resting.state is OrderState.CANCELLED, what="the resync settles the cancelled order")
     await wait_for(lambda: rt.health.state == "RUNNING", what="board RUNNING")
+    # After a reconnect the book is cleared: orders wait for its fresh snapshot (no order on unknown data)
+    await wait_for(lambda: rt.feed.book.ready, what="a fresh book after the reconnect")
     assert (await s.buy(0.01)).acceptance_id
 
 
@@ -253,3 +255,45 @@ async def test_absurd_numbers_are_refused_locally_as_results(start_bot: StartBot
     # int and Decimal sizes are numbers: accepted and sent
     assert (await s.buy(Decimal("0.01"))).acceptance_id
     assert orders_sent(rt) == sent + 1
+
+
+async def test_pre_trade_risk_limits_refuse_as_results(sim: SimServer, start_bot: StartBot) -> None:
+    """max_order_size, max_position (open orders count), price_band, max_orders_per_second and an
+    unknown market: each refuses locally with its reason and nothing reaches the exchange."""
+    s = Strategy()
+    rt = await start_bot(s)
+    sent = orders_sent(rt)
+
+    def refused(order: Order, why: str) -> bool:
+        return order.state is OrderState.REFUSED and why in order.reason and order.acceptance_id is None
+
+    # BFS-X's price-first call ported unchanged: buy(price, size) asks for millions of BTC at 0.01 JPY.
+    assert refused(await s.buy(s.best_bid, 0.01), "above the maximum")
+    assert refused(await s.buy(5.0, 0.01), "max_order_size")  # the default (0.1 BTC) catches a smaller mistake
+    assert refused(await s.sell(0.01, round(s.best_ask * 10)), "price_band")
+    assert orders_sent(rt) == sent
+
+    rt.strategy_config = StrategyConfig(max_order_size=0.05, max_position=0.03, price_band=0.05)
+    assert refused(await s.buy(0.06, round(s.best_bid - 20_000)), "max_order_size 0.05")
+    far_bid = round(s.best_bid * 0.97)
+    first = await s.buy(0.02, far_bid)
+    assert first.acceptance_id
+    # 0.02 open + 0.02 more would be long 0.04 if both filled: over max_position 0.03
+    assert refused(await s.buy(0.02, far_bid), "max_position 0.03")
+    assert (await s.sell(0.02, round(s.best_ask * 1.03))).acceptance_id  # the other side does not grow it
+    mid = s.mid_price
+    assert refused(await s.sell(0.01, round(mid * 1.06)), "price_band 0.05")
+    assert refused(await s.buy(0.01, round(mid * 0.94)), "price_band 0.05")
+
+    rt.strategy_config = StrategyConfig(max_orders_per_second=2)
+    await s.cancel_all()
+    await asyncio.sleep(1.0)  # the orders above leave the one-second window
+    results = [await s.sell(0.01, round(s.best_ask * 1.02)) for _ in range(3)]
+    assert [bool(o.acceptance_id) for o in results] == [True, True, False]
+    assert refused(results[2], "max_orders_per_second 2")
+
+    rt.feed.book.clear()  # as after a reconnect, before the fresh snapshot
+    sent = orders_sent(rt)
+    assert refused(await s.buy(0.01), "market price unknown")  # a market order too
+    assert orders_sent(rt) == sent
+    await s.cancel_all()

@@ -281,6 +281,11 @@ class OrderTracker:
         counted: fetch ``getexecutions(child_order_acceptance_id=...)`` for each and reconcile."""
         return list(self._missing)
 
+    def outstanding(self, side: str) -> float:
+        """Unfilled size of this bot's open orders on ``side`` (no list is built: the refusal gate
+        asks on every order)."""
+        return sum(o.outstanding for o in self._open.values() if o.side == side)
+
     def get(self, acceptance_id: str) -> Order | None:
         """The order with this acceptance id, open or recently done."""
         return self._open.get(acceptance_id) or self._done.get(acceptance_id)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+from collections import deque
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from bfsx.bitflyer.realtime import RealtimeClient
     from bfsx.bitflyer.rest import RestClient
     from bfsx.config import StrategyConfig, TradeConfig
+    from bfsx.market.feed import MarketFeed
     from bfsx.market.health import HealthPoller
     from bfsx.posserver.client import PosServerClient
 
@@ -58,6 +61,7 @@ class OrderDesk:
         rest: RestClient,
         realtime: RealtimeClient,
         health: HealthPoller,
+        feed: MarketFeed,
         budget: ApiBudget,
         tracker: OrderTracker,
         journal: Journal,
@@ -72,6 +76,7 @@ class OrderDesk:
         self.rest = rest
         self.realtime = realtime
         self.health = health
+        self.feed = feed
         self.budget = budget
         self.tracker = tracker
         self.journal = journal
@@ -84,6 +89,7 @@ class OrderDesk:
         self.stopping = False
         self._min_size = float(spec.min_size)
         self._max_size = float(spec.max_size)
+        self._sent_at: deque[float] = deque()  # send times in the last second (bounded by the rate cap)
 
     # ----------------------------------------------------------------- the refusal gate
     def refusal(self, side: Side, size: float, price: float | None = None, *, closing: bool = False) -> str | None:
@@ -101,16 +107,57 @@ class OrderDesk:
         if not can_order(self.health.health, self.health.state, self.trade.trade_health):
             return f"exchange health {self.health.health} / {self.health.state}"
         if not closing:
-            if self.strategy_config.close_position and not self.reduces(side, size):
+            cfg = self.strategy_config
+            if cfg.close_position and not self.reduces(side, size):
                 return "close-only mode (close_position: true)"
-            if self.strategy_config.in_no_trade():
+            if cfg.in_no_trade():
                 return "no-trade window"
+            risk = self._risk(cfg, side, size, price)
+            if risk is not None:
+                return risk
         shared = self.posclient.account_budget if self.posclient is not None else None
         if shared is not None and shared.advice == "pause":
             return "account-wide API budget: pause"
         if not self.budget.can_order(size):
             return f"API budget (private remaining {self.budget.private_remaining})"
         return None
+
+    def _risk(self, cfg: StrategyConfig, side: Side, size: float, price: float | None) -> str | None:
+        """The strategy yaml's pre-trade limits: order size, position with open orders, price band
+        around the market, orders per second. Closing orders (stop, flatten) do not come here."""
+        max_size = cfg.max_order_size if cfg.max_order_size is not None else self._min_size * 100
+        if size > max_size:
+            return f"size {size} above max_order_size {max_size:g}"
+        max_pos = cfg.max_position if cfg.max_position is not None else self._min_size * 1000
+        # The open orders on the side this one grows count as if filled: several resting orders
+        # together must not be able to exceed the limit.
+        grows = self.position.size + self.tracker.outstanding("BUY") + size if side == "BUY" else (
+            -self.position.size + self.tracker.outstanding("SELL") + size)
+        if grows > max_pos + 1e-9:
+            return f"max_position {max_pos:g} (position {self.position.size:+g} with open {side} orders)"
+        ref = self.reference_price()
+        if ref is None:
+            return "market price unknown (no book or prints yet): nothing to check the order against"
+        band = cfg.price_band
+        if price is not None and abs(price - ref) > band * ref:
+            return f"price {price:g} outside price_band {band:g} of the market {ref:g}"
+        now = time.monotonic()
+        sent = self._sent_at
+        while sent and now - sent[0] >= 1.0:
+            sent.popleft()
+        if len(sent) >= cfg.max_orders_per_second:
+            return f"max_orders_per_second {cfg.max_orders_per_second}"
+        return None
+
+    def reference_price(self) -> float | None:
+        """The market a new order is checked against: the book's mid when the strategy subscribes
+        to the board (None until a snapshot after every (re)connect), else the last print or the
+        ticker; None when nothing is known."""
+        feed = self.feed
+        if self.strategy_config.subscribe.board:
+            mid = feed.book.mid_price if feed.book.ready else 0.0
+            return mid or None
+        return feed.executions.ltp or feed.ticker.ltp or None
 
     def reduces(self, side: Side, size: float) -> bool:
         """True when this order only reduces the bot's position."""
@@ -143,6 +190,7 @@ class OrderDesk:
         self.journal.record_intent(intent)
         tracker = self.tracker
         tracker.sending()
+        self._sent_at.append(time.monotonic())
         self.reconciler.touch()
         tif = opts.get("time_in_force", "GTC")
         mte = opts.get("minute_to_expire", self.strategy_config.minute_to_expire)

@@ -128,7 +128,7 @@ class BotRuntime:
             position=self.position, on_new_fills=self._on_new_fills, log=self.log,
         )
         self.desk = OrderDesk(
-            product=self.product, spec=self.spec, rest=self.rest, realtime=self.realtime, health=self.health,
+            product=self.product, spec=self.spec, rest=self.rest, realtime=self.realtime, health=self.health, feed=self.feed,
             budget=self.budget, tracker=self.tracker, journal=self.journal, position=self.position,
             reconciler=self.reconciler, trade=trade, strategy_config=strategy_config, log=self.log,
         )

@@ -135,6 +135,11 @@ class StrategyConfig(_Model):
     discord_webhook: Secret = SecretStr("")
     discord_interval: PosFloat = 60.0
     discord_graph_period: PosFloat = 6.0
+    # Pre-trade risk checks (docs/config.md#risk-limits): a refusal, never an exception.
+    max_order_size: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
+    max_position: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=10_000, allow_inf_nan=False)] | None = None
+    price_band: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1, allow_inf_nan=False)] = 0.05
+    max_orders_per_second: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=1000)] = 10
 
     _source: Path | None = PrivateAttr(default=None)
 
