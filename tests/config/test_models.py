@@ -150,10 +150,12 @@ def test_misspelled_key_names_file_key_and_suggestion() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("pos_server_check_interval: abc\n", "'pos_server_check_interval' must be a number > 0, got 'abc'"),
-        ("pos_server_check_interval: -1\n", "'pos_server_check_interval' must be a number > 0, got -1"),
-        ("adjust_max_size: true\n", "'adjust_max_size' must be a number > 0, got true"),
-        ("adjust_consecutive: 2.5\n", "'adjust_consecutive' must be an integer >= 1, got 2.5"),
+        ("pos_server_check_interval: abc\n",
+         "'pos_server_check_interval' must be a finite number >= 0.05 and <= 86400, got 'abc'"),
+        ("pos_server_check_interval: -1\n",
+         "'pos_server_check_interval' must be a finite number >= 0.05 and <= 86400, got -1"),
+        ("adjust_max_size: true\n", "'adjust_max_size' must be a finite number > 0, got true"),
+        ("adjust_consecutive: 2.5\n", "'adjust_consecutive' must be an integer >= 1 and <= 100, got 2.5"),
         ("console_output: maybe\n", "'console_output' must be true or false, got 'maybe'"),
         ("log_level: LOUD\n", "'log_level' must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL', got 'LOUD'"),
         ("product: FX_BTC_JP\n", "'product' is not a known product, got 'FX_BTC_JP' (did you mean 'FX_BTC_JPY'?)"),

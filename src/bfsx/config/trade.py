@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -27,14 +28,17 @@ from bfsx.config.base import (
     ENV_POS_SERVER_SECRET,
     ENV_SECRET,
     TRADE_HEALTH_CHOICES,
+    ApiReserve,
     ConfigError,
+    Consecutive,
     HostPort,
+    Hours,
     Level,
-    NonNegFloat,
-    NonNegInt,
+    Minutes,
     Number,
     PosFloat,
-    PosInt,
+    Seconds,
+    SecondsOrOff,
     Secret,
     _fail,
     _Model,
@@ -43,6 +47,20 @@ from bfsx.config.base import (
 )
 from bfsx.logs import mask_url
 from bfsx.net import is_loopback
+
+#: The largest ``adjust_max_size``, in minimum order sizes of the product: 1 BTC on the BTC
+#: markets (minimum 0.001). A correction heals a lost fill or an evicted bot's position; one blind
+#: market order larger than that is a typo, not a correction (a larger drift is still corrected,
+#: one capped order per check).
+MAX_CORRECTION_LOTS = 1_000
+#: The largest ``|base_position|``, in minimum order sizes: 1,000 BTC on the BTC markets. Far above
+#: any position held beside bots, and low enough that sums and diffs stay exact to the size step.
+MAX_BASE_POSITION_LOTS = 1_000_000
+
+
+def _plain(value: Decimal) -> str:
+    """A Decimal without exponent or trailing zeros: 1, 0.001, 1000."""
+    return format(value.normalize(), "f")
 
 
 # -------------------------------------------------------------------------------------- trade.yaml
@@ -61,38 +79,38 @@ class TradeConfig(_Model):
     strategy_yaml: str | None = None
     bot_name: str = ""
     # position and single-bot drift correction
-    base_position: Number = 0.0
+    base_position: Number = 0.0  # bounded per product in _size_problem()
     adjust_position_with_api: bool = False
-    adjust_max_size: PosFloat = 0.1
-    adjust_position_interval: PosFloat = 30.0
-    adjust_consecutive: PosInt = 4
+    adjust_max_size: PosFloat = 0.1  # bounded per product in _size_problem()
+    adjust_position_interval: Seconds = 30.0
+    adjust_consecutive: Consecutive = 4
     # position server
     pos_server: HostPort | None = None
     pos_server_bind: str | None = None
     pos_server_secret: Secret = SecretStr("")
-    pos_server_graph_period: PosFloat = 6.0
+    pos_server_graph_period: Hours = 6.0
     pos_server_discord: Secret = SecretStr("")
-    pos_server_discord_interval: PosFloat = 60.0
+    pos_server_discord_interval: Minutes = 60.0
     pos_server_discord_send_text: bool = False
     pos_server_bitflyer_color: bool = False
     pos_server_discord_influxdb: HostPort | None = None
-    pos_server_check_interval: PosFloat = 30.0
-    pos_server_consecutive: PosInt = 4
-    pos_server_evict_after: PosFloat = 300.0
-    pos_server_report_interval: PosFloat = 10.0
-    pos_server_query_interval: PosFloat = 10.0
+    pos_server_check_interval: Seconds = 30.0
+    pos_server_consecutive: Consecutive = 4
+    pos_server_evict_after: Seconds = 300.0
+    pos_server_report_interval: Seconds = 10.0
+    pos_server_query_interval: Seconds = 10.0
     # logs
     console_output: bool = True
     log_folder: str = ""
     log_level: Level = "INFO"
     # runtime safety (docs/config.md#safety)
     close_on_exit: bool = False
-    api_reserve: NonNegInt = 50
-    over_limit_pause: PosFloat = 60.0
+    api_reserve: ApiReserve = 50
+    over_limit_pause: Seconds = 60.0
     trade_health: str = "SUPER BUSY"
-    health_interval: PosFloat = 5.0
-    ws_silence_timeout: NonNegFloat = 60.0
-    status_interval: NonNegFloat = 60.0
+    health_interval: Seconds = 5.0
+    ws_silence_timeout: SecondsOrOff = 60.0
+    status_interval: SecondsOrOff = 60.0
 
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())
     _source: Path | None = PrivateAttr(default=None)
@@ -170,7 +188,7 @@ class TradeConfig(_Model):
         # with_bot_name() re-derives only what was not set explicitly.
         self._explicit = frozenset(k for k in self.model_fields_set if getattr(self, k) != "")
         self._fill_derived()
-        problem = self._remote_secret_problem()
+        problem = self._size_problem() or self._remote_secret_problem()
         if problem:
             raise _fail(problem)
         return self
@@ -181,6 +199,28 @@ class TradeConfig(_Model):
             self.bot_name = f"{stem}_{self.product}"
         if "log_folder" not in self._explicit:
             self.log_folder = f"./logs/{self.bot_name}"
+
+    def _size_problem(self) -> str | None:
+        # Sizes are in the product's base currency, so their sane range is the product's: counted
+        # in minimum order sizes, one bound fits BTC (0.001 → 1 BTC) and the coins with larger
+        # minimums alike.
+        spec = PRODUCTS[self.product]
+        low, high = spec.min_size, spec.min_size * MAX_CORRECTION_LOTS
+        size = Decimal(repr(self.adjust_max_size))
+        if not low <= size <= high:
+            # Below the minimum no correction could ever be sent; above the cap one blind market
+            # order could move more than any lost fill explains.
+            return (
+                f"'adjust_max_size' must be from {_plain(low)} to {_plain(high)} on {self.product} "
+                f"(its minimum order size to {MAX_CORRECTION_LOTS} times it), got {_show(self.adjust_max_size)}"
+            )
+        limit = spec.min_size * MAX_BASE_POSITION_LOTS
+        if abs(Decimal(repr(self.base_position))) > limit:
+            return (
+                f"'base_position' must be from -{_plain(limit)} to {_plain(limit)} on {self.product} "
+                f"({MAX_BASE_POSITION_LOTS:,} times its minimum order size), got {_show(self.base_position)}"
+            )
+        return None
 
     def _remote_secret_problem(self) -> str | None:
         if self.pos_server is None or self.pos_server_secret.get_secret_value():
