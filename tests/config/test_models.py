@@ -83,7 +83,8 @@ def test_trade_defaults_from_an_empty_file() -> None:
     cfg = load_trade_config(write("trade.yaml", ""))
     for key, value in TRADE_DEFAULTS.items():
         assert getattr(cfg, key) == value, key
-    assert cfg.api_key() == cfg.api_secret() == cfg.pos_server_secret_value() == cfg.pos_server_discord_value() == ""
+    assert cfg.api_key() == cfg.api_secret() == cfg.pos_server_discord_value() == ""
+    assert cfg.pos_server_secret.get_secret_value() == ""  # the effective one is the user's file
     assert not cfg.has_credentials
     assert cfg.bot_name == "bot_FX_BTC_JPY"
     assert cfg.log_folder == "./logs/bot_FX_BTC_JPY"
@@ -230,19 +231,20 @@ def test_secrets_absent_from_repr_str_and_redacted() -> None:
         apikey: KEY-abcdef123
         secret: SECRET-xyz789
         pos_server: [10.1.2.3, 51000]
-        pos_server_secret: POS-s3cr3t
+        pos_server_secret: POS-s3cr3t-long-enough
         pos_server_discord: https://discord.com/api/webhooks/123456/TOKENtokenTOKEN
     """))
     red = cfg.redacted()
     for text in (repr(cfg), str(cfg), str(red), repr(cfg.model_dump())):
-        for secret in ("KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t", "TOKENtokenTOKEN", "123456"):
+        for secret in ("KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t-long-enough", "TOKENtokenTOKEN", "123456"):
             assert secret not in text
     assert red["apikey"] == red["secret"] == red["pos_server_secret"] == "***"
     assert red["pos_server_discord"] == "discord.com/api…"
     assert red["pos_server"] == ["10.1.2.3", 51000]
     assert cfg.pos_server_discord_value().endswith("TOKENtokenTOKEN")
     assert sorted(cfg.secret_values()) == sorted(
-        ["KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t", "https://discord.com/api/webhooks/123456/TOKENtokenTOKEN"]
+        ["KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t-long-enough",
+         "https://discord.com/api/webhooks/123456/TOKENtokenTOKEN"]
     )
     s = load_strategy_config(write("s.yaml", "discord_webhook: https://discord.com/api/webhooks/9/STRATtok\n"))
     assert "STRATtok" not in repr(s) and "STRATtok" not in str(s.redacted())
@@ -259,10 +261,12 @@ def test_remote_pos_server_requires_a_secret(monkeypatch: pytest.MonkeyPatch) ->
     for host in ("localhost", "127.0.0.1", "127.0.0.2", "::1"):
         cfg = load_trade_config(write("trade.yaml", f"pos_server: ['{host}', 51000]\n"))
         assert cfg.pos_server_bind_address() == (host, 51000)
-    cfg = load_trade_config(write("trade.yaml", "pos_server: [10.0.0.5, 51000]\npos_server_bind: 0.0.0.0\npos_server_secret: s3cret!\n"))
+    cfg = load_trade_config(write(
+        "trade.yaml", "pos_server: [10.0.0.5, 51000]\npos_server_bind: 0.0.0.0\npos_server_secret: s3cret!-16-chars\n"))
     assert cfg.pos_server_bind_address() == ("0.0.0.0", 51000)
-    monkeypatch.setenv("BFSX_POS_SERVER_SECRET", "from-env")
-    assert load_trade_config(write("trade.yaml", "pos_server: [10.0.0.5, 51000]\n")).pos_server_secret_value() == "from-env"
+    monkeypatch.setenv("BFSX_POS_SERVER_SECRET", "from-env-16-chars")
+    assert load_trade_config(write("trade.yaml", "pos_server: [10.0.0.5, 51000]\n")).pos_server_secret_value() == (
+        "from-env-16-chars")
     unsafe = TradeConfig().model_copy(update={"pos_server": ("10.0.0.5", 1)})
     with pytest.raises(ConfigError, match="'pos_server_secret' is required"):
         unsafe.require_secret_for_remote()

@@ -4,6 +4,7 @@ live-reloadable keys. Keys keep the names BFS-X users know; ``docs/config.md`` i
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from decimal import Decimal
@@ -45,8 +46,11 @@ from bfsx.config.base import (
     _show,
     _suggest,
 )
-from bfsx.logs import mask_url
+from bfsx.config.local_secret import local_secret, local_secret_path
+from bfsx.logs import add_secret, mask_url
 from bfsx.net import is_loopback
+
+log = logging.getLogger("bfsx.config")
 
 #: The largest ``adjust_max_size``, in minimum order sizes of the product: 1 BTC on the BTC
 #: markets (minimum 0.001). A correction heals a lost fill or an evicted bot's position; one blind
@@ -56,6 +60,8 @@ MAX_CORRECTION_LOTS = 1_000
 #: The largest ``|base_position|``, in minimum order sizes: 1,000 BTC on the BTC markets. Far above
 #: any position held beside bots, and low enough that sums and diffs stay exact to the size step.
 MAX_BASE_POSITION_LOTS = 1_000_000
+#: Fewest non-whitespace characters of a secret that guards a position server off loopback.
+MIN_REMOTE_SECRET_CHARS = 16
 
 
 def _plain(value: Decimal) -> str:
@@ -222,15 +228,33 @@ class TradeConfig(_Model):
             )
         return None
 
+    def _remote_hosts(self) -> list[str]:
+        """The non-loopback hosts this config talks to or listens on (the server's bind counts even
+        without ``pos_server``: the server then listens there on the default port)."""
+        hosts = [self.pos_server[0]] if self.pos_server is not None else []
+        if self.pos_server_bind is not None:
+            hosts.append(self.pos_server_bind)
+        return [h for h in hosts if not is_loopback(h)]
+
     def _remote_secret_problem(self) -> str | None:
-        if self.pos_server is None or self.pos_server_secret.get_secret_value():
+        secret = self.pos_server_secret.get_secret_value()
+        if secret and not secret.strip():
+            return "'pos_server_secret' is only whitespace; set a real secret or '' (loopback only)"
+        remote = self._remote_hosts()
+        if not remote:
             return None
-        for host in (self.pos_server[0], self.pos_server_bind):
-            if host is not None and not is_loopback(host):
-                return (
-                    f"'pos_server_secret' is required when the position server host is not loopback "
-                    f"({host!r}); or set {ENV_POS_SERVER_SECRET}"
-                )
+        if not secret:
+            return (
+                f"'pos_server_secret' is required when the position server host is not loopback "
+                f"({remote[0]!r}); or set {ENV_POS_SERVER_SECRET}"
+            )
+        strength = len("".join(secret.split()))
+        if strength < MIN_REMOTE_SECRET_CHARS:
+            # Off loopback anyone who can reach the port can try keys: a short one falls to guessing.
+            return (
+                f"'pos_server_secret' must have at least {MIN_REMOTE_SECRET_CHARS} characters (not counting "
+                f"spaces) when the position server host is not loopback ({remote[0]!r}), got {strength}"
+            )
         return None
 
     # ------------------------------------------------------------------ accessors for the runtime
@@ -251,8 +275,24 @@ class TradeConfig(_Model):
         return self.secret.get_secret_value()
 
     def pos_server_secret_value(self) -> str:
-        """The position-server signing secret in clear ('' when unset, allowed on loopback only)."""
-        return self.pos_server_secret.get_secret_value()
+        """The position-server signing secret in clear (never log it): the single place both the
+        server and the bots get it from.
+
+        ``pos_server_secret`` (or env ``BFSX_POS_SERVER_SECRET``) when set. Unset, which is allowed
+        on loopback only, it is this OS user's generated secret (:mod:`bfsx.config.local_secret`),
+        created on first use in a 0600 file, so other local users cannot sign. Raises
+        :class:`ConfigError` (one line) for a remote host without a strong secret, or an unusable
+        secret file.
+        """
+        self.require_secret_for_remote()
+        explicit = self.pos_server_secret.get_secret_value()
+        if explicit:
+            return explicit
+        path = local_secret_path()
+        value = local_secret(path)
+        add_secret(value)
+        log.info("position server secret: %s (no pos_server_secret set)", path)
+        return value
 
     def pos_server_discord_value(self) -> str:
         """The Discord webhook URL in clear ('' = off)."""
@@ -277,7 +317,8 @@ class TradeConfig(_Model):
             )
 
     def require_secret_for_remote(self) -> None:
-        """Raise :class:`ConfigError` when a non-loopback position server has no secret.
+        """Raise :class:`ConfigError` when a non-loopback position server has no secret of at
+        least 16 characters (or the secret is only whitespace).
 
         Validation already enforces this; the method is for copies made with ``model_copy``.
         """
