@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import textwrap
 from datetime import UTC, datetime, timedelta, timezone
@@ -95,16 +96,22 @@ def test_trade_defaults_from_an_empty_file() -> None:
     }
 
 
+def path_hash(path: str) -> str:
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:4]
+
+
 def test_bot_name_and_log_folder_derive_from_strategy_yaml_and_product() -> None:
     cfg = load_trade_config(write("trade.yaml", "product: btc_jpy\nstrategy_yaml: strategies/mm.yaml\n"))
     assert cfg.product == "BTC_JPY"
-    assert cfg.bot_name == "mm_BTC_JPY"
-    assert cfg.log_folder == "./logs/mm_BTC_JPY"
+    name = f"mm_BTC_JPY_{path_hash('strategies/mm.yaml')}"
+    assert cfg.bot_name == name
+    assert cfg.log_folder == f"./logs/{name}"
     explicit = load_trade_config(write("t2.yaml", "bot_name: alpha\nlog_folder: /var/tmp/x\nstrategy_yaml: s/mm.yaml\n"))
     assert (explicit.bot_name, explicit.log_folder) == ("alpha", "/var/tmp/x")
     # A strategy given later (command line) re-derives only what the user did not set.
-    assert cfg.with_bot_name("other/scalping.yml").bot_name == "scalping_BTC_JPY"
-    assert cfg.with_bot_name("other/scalping.yml").log_folder == "./logs/scalping_BTC_JPY"
+    scalping = f"scalping_BTC_JPY_{path_hash('other/scalping.yml')}"
+    assert cfg.with_bot_name("other/scalping.yml").bot_name == scalping
+    assert cfg.with_bot_name("other/scalping.yml").log_folder == f"./logs/{scalping}"
     assert explicit.with_bot_name("other/scalping.yml").bot_name == "alpha"
 
 
@@ -391,11 +398,13 @@ def test_load_run_in_each_form() -> None:
     write("conf/bot.yaml", "apikey: k-1234\nsecret: s-1234\nstrategy_py: strategies/mm.py\nstrategy_yaml: strategies/mm.yaml\n")
 
     trade, strat = load_run([])
-    assert (trade.strategy_py, trade.bot_name, strat.parameters) == ("strategies/mm.py", "mm_FX_BTC_JPY", {"lot": 0.01})
+    assert (trade.strategy_py, trade.bot_name, strat.parameters) == (
+        "strategies/mm.py", f"mm_FX_BTC_JPY_{path_hash('strategies/mm.yaml')}", {"lot": 0.01})
     trade, strat = load_run(["conf/bot.yaml"])
     assert trade.source == Path("conf/bot.yaml") and strat.parameters == {"lot": 0.01}
     trade, strat = load_run(["other/alt.py", "other/alt.yaml"])
-    assert (trade.strategy_py, trade.bot_name, strat.parameters) == ("other/alt.py", "alt_FX_BTC_JPY", {"lot": 0.02})
+    assert (trade.strategy_py, trade.bot_name, strat.parameters) == (
+        "other/alt.py", f"alt_FX_BTC_JPY_{path_hash('other/alt.yaml')}", {"lot": 0.02})
     trade, strat = load_run(["conf/bot.yaml", "other/alt.py", "other/alt.yaml"])
     assert trade.strategy_yaml == "other/alt.yaml" and trade.source == Path("conf/bot.yaml")
 

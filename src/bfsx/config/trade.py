@@ -4,6 +4,7 @@ live-reloadable keys. Keys keep the names BFS-X users know; ``docs/config.md`` i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -62,11 +63,32 @@ MAX_CORRECTION_LOTS = 1_000
 MAX_BASE_POSITION_LOTS = 1_000_000
 #: Fewest non-whitespace characters of a secret that guards a position server off loopback.
 MIN_REMOTE_SECRET_CHARS = 16
+#: Hex digits of the path hash in a derived bot_name (16 bits: two same-named strategy yamls
+#: collide once in 65,536, and the name stays short enough to read in the console).
+BOT_NAME_HASH_CHARS = 4
+_MAX_BOT_NAME = 64  # the position server's id limit, and a sane folder name
 
 
 def _plain(value: Decimal) -> str:
     """A Decimal without exponent or trailing zeros: 1, 0.001, 1000."""
     return format(value.normalize(), "f")
+
+
+def derived_bot_name(strategy_yaml: str | os.PathLike[str] | None, product: str) -> str:
+    """The default ``bot_name``: strategy yaml stem, product and a short stable hash of the yaml's
+    resolved absolute path, e.g. ``mm_FX_BTC_JPY_3f2a``; ``bot_<product>`` without a strategy.
+
+    The hash keeps ``a/mm.yaml`` and ``b/mm.yaml`` apart (they would otherwise share one id at the
+    position server and one journal); the same file, however it is named, gives the same name.
+    """
+    if not strategy_yaml:
+        return f"bot_{product}"
+    path = Path(strategy_yaml).expanduser()
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    suffix = f"_{product}_{digest[:BOT_NAME_HASH_CHARS]}"
+    # A folder name that travels in every datagram: no whitespace or slashes, and short enough.
+    stem = re.sub(r"[\s/\\]+", "_", path.stem) or "bot"
+    return stem[: _MAX_BOT_NAME - len(suffix)] + suffix
 
 
 # -------------------------------------------------------------------------------------- trade.yaml
@@ -201,8 +223,7 @@ class TradeConfig(_Model):
 
     def _fill_derived(self) -> None:
         if "bot_name" not in self._explicit:
-            stem = Path(self.strategy_yaml).stem if self.strategy_yaml else "bot"
-            self.bot_name = f"{stem}_{self.product}"
+            self.bot_name = derived_bot_name(self.strategy_yaml, self.product)
         if "log_folder" not in self._explicit:
             self.log_folder = f"./logs/{self.bot_name}"
 
