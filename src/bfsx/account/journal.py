@@ -38,10 +38,10 @@ journal that cannot be opened.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -173,14 +173,14 @@ def _lock(path: Path) -> IO[bytes]:
     process lock a fresh inode while the holder still holds the old one.
     """
     where = lock_path(path)
-    fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(where, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
     handle = os.fdopen(fd, "r+b", buffering=0)  # closed (and so unlocked) even if we are dropped
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _try_lock(handle)
     except OSError as e:
         holder = handle.read(32).decode("ascii", "replace").strip() or "unknown"
         handle.close()
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
             raise JournalInUse(
                 f"journal {path} is in use by another running bot (pid {holder}); "
                 f"two bots need different bot_name (or log_folder)"
@@ -190,6 +190,23 @@ def _lock(path: Path) -> IO[bytes]:
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n".encode())
     return handle
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(handle: IO[bytes]) -> None:
+        # Windows has no flock: lock a byte far past the pid text, which must stay readable to others.
+        handle.seek(1 << 20)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        finally:
+            handle.seek(0)
+else:
+    import fcntl
+
+    def _try_lock(handle: IO[bytes]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class Journal:

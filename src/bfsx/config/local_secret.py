@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,9 @@ SECRET_FILE_NAME = "pos_server_secret"
 #: Fewest non-whitespace characters a secret file must hold (a generated one has 64).
 MIN_SECRET_CHARS = 16
 _MAX_READ_BYTES = 4096  # a secret is one short line; never slurp whatever the path points at
+# Not on every platform (Windows has neither).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -75,7 +79,7 @@ def _read(p: Path) -> str:
     try:
         # O_NOFOLLOW: a symlink planted in place of the file must not redirect us to a file of the
         # attacker's choosing; fstat on the open descriptor checks exactly what we then read.
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(p, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as e:
@@ -86,16 +90,7 @@ def _read(p: Path) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{p}: is not a regular file; the position-server secret must be one")
-        if st.st_uid != os.geteuid():
-            raise ConfigError(
-                f"{p}: owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); "
-                f"a secret another user controls protects nothing: remove the file and start again"
-            )
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{p}: other users can read or change it (mode {mode:04o}); run: chmod 600 {p}"
-            )
+        _check_owner_and_mode(p, st)
         raw = os.read(fd, _MAX_READ_BYTES)
     finally:
         os.close(fd)
@@ -106,6 +101,19 @@ def _read(p: Path) -> str:
             f"delete it and a new one is made"
         )
     return text
+
+
+def _check_owner_and_mode(p: Path, st: os.stat_result) -> None:
+    if sys.platform == "win32":
+        return  # no uid or mode bits there: the user profile's ACLs are what keeps others out
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{p}: owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}); "
+            f"a secret another user controls protects nothing: remove the file and start again"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{p}: other users can read or change it (mode {mode:04o}); run: chmod 600 {p}")
 
 
 def _create(p: Path) -> None:
@@ -144,9 +152,10 @@ def _create(p: Path) -> None:
 
 def _write_new(p: Path, data: bytes) -> None:
     # O_EXCL: never reuse (or follow) something already there; 0600 before the first byte lands.
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask
+        if sys.platform != "win32":
+            os.fchmod(fd, 0o600)  # whatever the umask
         os.write(fd, data)
         os.fsync(fd)
     finally:
