@@ -88,6 +88,19 @@ def test_intervals_have_a_floor_and_a_ceiling(key: str) -> None:
         assert f"'{key}' must be" in error_of(f"{key}: 0\n")
 
 
+@pytest.mark.parametrize(
+    ("key", "loader", "floor"),
+    [("pos_server_discord_interval", load_trade_config, ">= 0.001 and <= 1440"),
+     ("discord_interval", load_strategy_config, ">= 0.001 and <= 1440"),
+     ("pos_server_graph_period", load_trade_config, ">= 0.01 and <= 720"),
+     ("discord_graph_period", load_strategy_config, ">= 0.01 and <= 720")],
+)
+def test_minute_and_hour_keys_have_a_floor_too(key: str, loader: Loader, floor: str) -> None:
+    for tiny in ("1e-9", "1.0e-9", "0"):
+        message = error_of(f"{key}: {tiny}\n", loader)
+        assert f"'{key}' must be a finite number {floor}" in message, message
+
+
 def write_yaml(text: str) -> Path:
     path = Path("ok.yaml")
     path.write_text(text, encoding="utf-8")
