@@ -158,12 +158,12 @@ def test_adjust_max_size_is_between_the_minimum_and_a_thousand_minimums() -> Non
     assert "from 0.1 to 100 on XRP_JPY" in error_of("product: XRP_JPY\nadjust_max_size: 0.05\n")
 
 
-def test_base_position_is_within_a_million_minimum_sizes() -> None:
+def test_base_position_is_within_the_products_maximum_size() -> None:
     for fine in (1000, -1000, 0.5):
         assert load_trade_config(write_yaml(f"base_position: {fine}\n")).base_position == fine
     assert error_of("base_position: -1000.001\n") == (
         "c.yaml: 'base_position' must be from -1000 to 1000 on FX_BTC_JPY "
-        "(1,000,000 times its minimum order size), got -1000.001"
+        "(its maximum order size), got -1000.001"
     )
     assert "got 1e+20" in error_of("base_position: 1.0e+20\n")
     assert error_of("base_position: .nan\n") == "c.yaml: 'base_position' must be a finite number, got nan"

@@ -58,9 +58,6 @@ log = logging.getLogger("bfsx.config")
 #: market order larger than that is a typo, not a correction (a larger drift is still corrected,
 #: one capped order per check).
 MAX_CORRECTION_LOTS = 1_000
-#: The largest ``|base_position|``, in minimum order sizes: 1,000 BTC on the BTC markets. Far above
-#: any position held beside bots, and low enough that sums and diffs stay exact to the size step.
-MAX_BASE_POSITION_LOTS = 1_000_000
 #: Fewest non-whitespace characters of a secret that guards a position server off loopback.
 MIN_REMOTE_SECRET_CHARS = 16
 #: Hex digits of the path hash in a derived bot_name (16 bits: two same-named strategy yamls
@@ -241,11 +238,14 @@ class TradeConfig(_Model):
                 f"'adjust_max_size' must be from {_plain(low)} to {_plain(high)} on {self.product} "
                 f"(its minimum order size to {MAX_CORRECTION_LOTS} times it), got {_show(self.adjust_max_size)}"
             )
-        limit = spec.min_size * MAX_BASE_POSITION_LOTS
+        # |base_position| up to the product's sanity cap on any size (a million minimum sizes,
+        # 1,000 BTC): far above any position held beside bots, and the same bound the bot's own
+        # orders get, so every size in play stays exact to the size step.
+        limit = spec.max_size
         if abs(Decimal(repr(self.base_position))) > limit:
             return (
                 f"'base_position' must be from -{_plain(limit)} to {_plain(limit)} on {self.product} "
-                f"({MAX_BASE_POSITION_LOTS:,} times its minimum order size), got {_show(self.base_position)}"
+                f"(its maximum order size), got {_show(self.base_position)}"
             )
         return None
 
