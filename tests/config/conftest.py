@@ -12,5 +12,7 @@ import pytest
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for var in ("BFSX_APIKEY", "BFSX_SECRET", "BFSX_POS_SERVER_SECRET"):
         monkeypatch.delenv(var, raising=False)
+    # The generated position-server secret goes to a per-test folder, never the developer's ~/.config.
+    monkeypatch.setenv("BFSX_CONFIG_HOME", str(tmp_path / "bfsx-config"))
     monkeypatch.chdir(tmp_path)
     yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import textwrap
 from datetime import UTC, datetime, timedelta, timezone
@@ -83,7 +84,8 @@ def test_trade_defaults_from_an_empty_file() -> None:
     cfg = load_trade_config(write("trade.yaml", ""))
     for key, value in TRADE_DEFAULTS.items():
         assert getattr(cfg, key) == value, key
-    assert cfg.api_key() == cfg.api_secret() == cfg.pos_server_secret_value() == cfg.pos_server_discord_value() == ""
+    assert cfg.api_key() == cfg.api_secret() == cfg.pos_server_discord_value() == ""
+    assert cfg.pos_server_secret.get_secret_value() == ""  # the effective one is the user's file
     assert not cfg.has_credentials
     assert cfg.bot_name == "bot_FX_BTC_JPY"
     assert cfg.log_folder == "./logs/bot_FX_BTC_JPY"
@@ -94,16 +96,22 @@ def test_trade_defaults_from_an_empty_file() -> None:
     }
 
 
+def path_hash(path: str) -> str:
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:4]
+
+
 def test_bot_name_and_log_folder_derive_from_strategy_yaml_and_product() -> None:
     cfg = load_trade_config(write("trade.yaml", "product: btc_jpy\nstrategy_yaml: strategies/mm.yaml\n"))
     assert cfg.product == "BTC_JPY"
-    assert cfg.bot_name == "mm_BTC_JPY"
-    assert cfg.log_folder == "./logs/mm_BTC_JPY"
+    name = f"mm_BTC_JPY_{path_hash('strategies/mm.yaml')}"
+    assert cfg.bot_name == name
+    assert cfg.log_folder == f"./logs/{name}"
     explicit = load_trade_config(write("t2.yaml", "bot_name: alpha\nlog_folder: /var/tmp/x\nstrategy_yaml: s/mm.yaml\n"))
     assert (explicit.bot_name, explicit.log_folder) == ("alpha", "/var/tmp/x")
     # A strategy given later (command line) re-derives only what the user did not set.
-    assert cfg.with_bot_name("other/scalping.yml").bot_name == "scalping_BTC_JPY"
-    assert cfg.with_bot_name("other/scalping.yml").log_folder == "./logs/scalping_BTC_JPY"
+    scalping = f"scalping_BTC_JPY_{path_hash('other/scalping.yml')}"
+    assert cfg.with_bot_name("other/scalping.yml").bot_name == scalping
+    assert cfg.with_bot_name("other/scalping.yml").log_folder == f"./logs/{scalping}"
     assert explicit.with_bot_name("other/scalping.yml").bot_name == "alpha"
 
 
@@ -150,10 +158,12 @@ def test_misspelled_key_names_file_key_and_suggestion() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("pos_server_check_interval: abc\n", "'pos_server_check_interval' must be a number > 0, got 'abc'"),
-        ("pos_server_check_interval: -1\n", "'pos_server_check_interval' must be a number > 0, got -1"),
-        ("adjust_max_size: true\n", "'adjust_max_size' must be a number > 0, got true"),
-        ("adjust_consecutive: 2.5\n", "'adjust_consecutive' must be an integer >= 1, got 2.5"),
+        ("pos_server_check_interval: abc\n",
+         "'pos_server_check_interval' must be a finite number >= 0.05 and <= 86400, got 'abc'"),
+        ("pos_server_check_interval: -1\n",
+         "'pos_server_check_interval' must be a finite number >= 0.05 and <= 86400, got -1"),
+        ("adjust_max_size: true\n", "'adjust_max_size' must be a finite number > 0, got true"),
+        ("adjust_consecutive: 2.5\n", "'adjust_consecutive' must be an integer >= 1 and <= 100, got 2.5"),
         ("console_output: maybe\n", "'console_output' must be true or false, got 'maybe'"),
         ("log_level: LOUD\n", "'log_level' must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL', got 'LOUD'"),
         ("product: FX_BTC_JP\n", "'product' is not a known product, got 'FX_BTC_JP' (did you mean 'FX_BTC_JPY'?)"),
@@ -228,19 +238,20 @@ def test_secrets_absent_from_repr_str_and_redacted() -> None:
         apikey: KEY-abcdef123
         secret: SECRET-xyz789
         pos_server: [10.1.2.3, 51000]
-        pos_server_secret: POS-s3cr3t
+        pos_server_secret: POS-s3cr3t-long-enough
         pos_server_discord: https://discord.com/api/webhooks/123456/TOKENtokenTOKEN
     """))
     red = cfg.redacted()
     for text in (repr(cfg), str(cfg), str(red), repr(cfg.model_dump())):
-        for secret in ("KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t", "TOKENtokenTOKEN", "123456"):
+        for secret in ("KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t-long-enough", "TOKENtokenTOKEN", "123456"):
             assert secret not in text
     assert red["apikey"] == red["secret"] == red["pos_server_secret"] == "***"
     assert red["pos_server_discord"] == "discord.com/api…"
     assert red["pos_server"] == ["10.1.2.3", 51000]
     assert cfg.pos_server_discord_value().endswith("TOKENtokenTOKEN")
     assert sorted(cfg.secret_values()) == sorted(
-        ["KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t", "https://discord.com/api/webhooks/123456/TOKENtokenTOKEN"]
+        ["KEY-abcdef123", "SECRET-xyz789", "POS-s3cr3t-long-enough",
+         "https://discord.com/api/webhooks/123456/TOKENtokenTOKEN"]
     )
     s = load_strategy_config(write("s.yaml", "discord_webhook: https://discord.com/api/webhooks/9/STRATtok\n"))
     assert "STRATtok" not in repr(s) and "STRATtok" not in str(s.redacted())
@@ -257,10 +268,12 @@ def test_remote_pos_server_requires_a_secret(monkeypatch: pytest.MonkeyPatch) ->
     for host in ("localhost", "127.0.0.1", "127.0.0.2", "::1"):
         cfg = load_trade_config(write("trade.yaml", f"pos_server: ['{host}', 51000]\n"))
         assert cfg.pos_server_bind_address() == (host, 51000)
-    cfg = load_trade_config(write("trade.yaml", "pos_server: [10.0.0.5, 51000]\npos_server_bind: 0.0.0.0\npos_server_secret: s3cret!\n"))
+    cfg = load_trade_config(write(
+        "trade.yaml", "pos_server: [10.0.0.5, 51000]\npos_server_bind: 0.0.0.0\npos_server_secret: s3cret!-16-chars\n"))
     assert cfg.pos_server_bind_address() == ("0.0.0.0", 51000)
-    monkeypatch.setenv("BFSX_POS_SERVER_SECRET", "from-env")
-    assert load_trade_config(write("trade.yaml", "pos_server: [10.0.0.5, 51000]\n")).pos_server_secret_value() == "from-env"
+    monkeypatch.setenv("BFSX_POS_SERVER_SECRET", "from-env-16-chars")
+    assert load_trade_config(write("trade.yaml", "pos_server: [10.0.0.5, 51000]\n")).pos_server_secret_value() == (
+        "from-env-16-chars")
     unsafe = TradeConfig().model_copy(update={"pos_server": ("10.0.0.5", 1)})
     with pytest.raises(ConfigError, match="'pos_server_secret' is required"):
         unsafe.require_secret_for_remote()
@@ -385,11 +398,13 @@ def test_load_run_in_each_form() -> None:
     write("conf/bot.yaml", "apikey: k-1234\nsecret: s-1234\nstrategy_py: strategies/mm.py\nstrategy_yaml: strategies/mm.yaml\n")
 
     trade, strat = load_run([])
-    assert (trade.strategy_py, trade.bot_name, strat.parameters) == ("strategies/mm.py", "mm_FX_BTC_JPY", {"lot": 0.01})
+    assert (trade.strategy_py, trade.bot_name, strat.parameters) == (
+        "strategies/mm.py", f"mm_FX_BTC_JPY_{path_hash('strategies/mm.yaml')}", {"lot": 0.01})
     trade, strat = load_run(["conf/bot.yaml"])
     assert trade.source == Path("conf/bot.yaml") and strat.parameters == {"lot": 0.01}
     trade, strat = load_run(["other/alt.py", "other/alt.yaml"])
-    assert (trade.strategy_py, trade.bot_name, strat.parameters) == ("other/alt.py", "alt_FX_BTC_JPY", {"lot": 0.02})
+    assert (trade.strategy_py, trade.bot_name, strat.parameters) == (
+        "other/alt.py", f"alt_FX_BTC_JPY_{path_hash('other/alt.yaml')}", {"lot": 0.02})
     trade, strat = load_run(["conf/bot.yaml", "other/alt.py", "other/alt.yaml"])
     assert trade.strategy_yaml == "other/alt.yaml" and trade.source == Path("conf/bot.yaml")
 

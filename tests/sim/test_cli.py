@@ -55,7 +55,8 @@ def test_prints_urls_and_stops_cleanly(sig: signal.Signals) -> None:
 @pytest.mark.parametrize(
     ("content", "expect"),
     [
-        ("market:\n  taker_rate: -1\n", "'market.taker_rate' must be a number >= 0, got -1"),
+        ("market:\n  taker_rate: -1\n", "'market.taker_rate' must be a finite number >= 0, got -1"),
+        ("market:\n  taker_size_max: .inf\n", "'market.taker_size_max' must be a finite number > 0, got inf"),
         ("acounts: []\n", "unknown key 'acounts' (did you mean 'accounts'?)"),
         ("products: [DOGE_JPY]\n", "DOGE_JPY"),
         ("busy_order_rates: [150, 50, 400]\n", "'busy_order_rates' must be three rising rates"),

@@ -27,27 +27,39 @@ known: a kill -9 between the exchange accepting an order and the reply being jou
 OPEN intent, which the restart resolves by looking the order up, so that order's fills are not
 lost), ``kv`` (small facts: compaction snapshot, compacted exec id). :meth:`Journal.compact` folds
 old fills into a :class:`~bfsx.account.position.Position` snapshot so the file stays bounded.
+
+One journal, one process: :class:`Journal` holds an exclusive ``flock`` on ``<journal>.lock`` for
+as long as it is open. Two live bots writing one journal would each count the other's fills as
+lost, so a second process is refused at once (:class:`JournalInUse`, one line with the holder's
+pid). The OS drops the lock when the holder dies, kill -9 included, so a crash never leaves a
+journal that cannot be opened.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, cast
+from typing import IO, Literal, cast
 
 import orjson
 
 from bfsx.account.orders import OPEN_STATES, Fill, IntentState, Order, OrderIntent, OrderState
 from bfsx.account.position import SNAPSHOT_KEY, Position, jst_day_start
 from bfsx.bitflyer.messages import Side
+from bfsx.errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: The journal's file name in the bot's log folder (``<log_folder>/journal.db``).
+JOURNAL_FILE = "journal.db"
 SCHEMA_VERSION = "1"
 COMPACTED_KEY = "compacted_exec_id"  # fills at or below this exec id are folded into the snapshot
 
@@ -141,8 +153,68 @@ class _Checkpointer(threading.Thread):
             db.close()
 
 
+class JournalInUse(UserError):
+    """Another live process holds this journal: a second bot with the same name or log folder."""
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of the journal at ``path``: ``<journal>.lock`` beside it."""
+    p = Path(path)
+    return p.with_name(p.name + ".lock")
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """Take the exclusive lock of the journal at ``path`` or raise :class:`JournalInUse`.
+
+    A separate lock file, not the database: SQLite takes POSIX (fcntl) locks on the database, and
+    closing *any* descriptor of a file drops every POSIX lock the process holds on it, while
+    ``flock`` on its own file is independent of SQLite and released only with our descriptor (or
+    by the OS when the process dies). The file is never deleted: unlinking it would let a third
+    process lock a fresh inode while the holder still holds the old one.
+    """
+    where = lock_path(path)
+    fd = os.open(where, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    handle = os.fdopen(fd, "r+b", buffering=0)  # closed (and so unlocked) even if we are dropped
+    try:
+        _try_lock(handle)
+    except OSError as e:
+        holder = handle.read(32).decode("ascii", "replace").strip() or "unknown"
+        handle.close()
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+            raise JournalInUse(
+                f"journal {path} is in use by another running bot (pid {holder}); "
+                f"two bots need different bot_name (or log_folder)"
+            ) from None
+        raise
+    # Who holds it, for the message above; written after the lock, so never someone else's pid.
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n".encode())
+    return handle
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(handle: IO[bytes]) -> None:
+        # Windows has no flock: lock a byte far past the pid text, which must stay readable to others.
+        handle.seek(1 << 20)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        finally:
+            handle.seek(0)
+else:
+    import fcntl
+
+    def _try_lock(handle: IO[bytes]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 class Journal:
-    """SQLite journal of one bot. Use from one thread (the event loop's)."""
+    """SQLite journal of one bot. Use from one thread (the event loop's).
+
+    Opening it takes the journal's exclusive lock for as long as it stays open (see
+    :func:`lock_path`); a journal held by another live process raises :class:`JournalInUse`.
+    """
 
     def __init__(
         self,
@@ -154,6 +226,15 @@ class Journal:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Locked before SQLite touches the file: a refused second bot must not even open it.
+        self._lock = _lock(self.path)
+        try:
+            self._open(synchronous, checkpoint_every, checkpoint_idle)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, synchronous: Literal["NORMAL", "FULL"], checkpoint_every: int, checkpoint_idle: float) -> None:
         # Autocommit (isolation_level=None): every statement is its own durable transaction.
         self._db = sqlite3.connect(self.path, isolation_level=None)
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -419,6 +500,7 @@ class Journal:
         except sqlite3.Error as e:
             log.warning("journal final checkpoint failed: %s", e)
         self._db.close()
+        self._lock.close()  # releases the flock: another process may open the journal now
 
     def __enter__(self) -> Journal:
         return self

@@ -143,9 +143,11 @@ def _field_at(model: type[BaseModel], loc: Sequence[int | str]) -> tuple[type[Ba
     return owner, field
 
 
-def _expectation(field: FieldInfo) -> str | None:
+def _expectation(field: FieldInfo, item: bool = False) -> str | None:
     bare, meta = _unwrap(field.annotation)
     meta = [*meta, *field.metadata]
+    if item and typing.get_origin(bare) is list:  # the error is about one element: describe that
+        bare, meta = _unwrap(typing.get_args(bare)[0])
     bounds = []
     for m in meta:
         for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
@@ -157,7 +159,9 @@ def _expectation(field: FieldInfo) -> str | None:
     if bare is int:
         return f"an integer{bound}"
     if bare is float:
-        return f"a number{bound}"
+        # Every config model refuses NaN and infinities (allow_inf_nan=False): say so, since a
+        # `.inf` is "a number" to whoever typed it.
+        return f"a finite number{bound}"
     if bare in (str, SecretStr):
         return "a string"
     if typing.get_origin(bare) is Literal:
@@ -197,7 +201,7 @@ def _one_error(model: type[BaseModel], err: Mapping[str, Any]) -> str:
         return f"'{key}' {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"
     if not loc:
         return str(err.get("msg", "invalid"))
-    expect = _expectation(field) if field is not None else None
+    expect = _expectation(field, item=bool(loc) and isinstance(loc[-1], int)) if field is not None else None
     if expect is None:
         expect = str(err.get("msg", "valid")).lower().removeprefix("input should be ").removeprefix("value error, ")
     secret = field is not None and _unwrap(field.annotation)[0] is SecretStr

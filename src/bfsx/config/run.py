@@ -13,6 +13,7 @@ from pydantic import (
     ValidationError,
 )
 
+from bfsx.account.journal import JOURNAL_FILE
 from bfsx.config.base import (
     _ENV_KEYS,
     _YAML_SUFFIXES,
@@ -149,7 +150,28 @@ def load_run(files: Sequence[str]) -> tuple[TradeConfig, StrategyConfig]:
         if not Path(value).is_file():
             raise ConfigError(f"{where}: '{key}' file not found: '{value}'")
     trade.require_credentials()
+    _refuse_orphaned_journal(trade, where)
     assert trade.strategy_yaml is not None  # checked just above
     return trade, load_strategy_config(trade.strategy_yaml)
+
+
+def _refuse_orphaned_journal(trade: TradeConfig, where: Path | str) -> None:
+    """Refuse to start a bot whose journal sits under the default bot_name of earlier versions.
+
+    The default name used to be ``<yaml stem>_<product>``; it now ends in a hash of the yaml's path
+    (two ``mm.yaml`` in different folders no longer collide). A bot upgraded with a derived name
+    and folder would otherwise start from an empty journal beside its old one: its position and
+    open orders forgotten while the exchange still holds them. Which bot the old journal belongs to
+    only the user knows, so the line says how to keep it.
+    """
+    if {"bot_name", "log_folder"} & trade._explicit or not trade.strategy_yaml:
+        return
+    legacy = f"{Path(trade.strategy_yaml).stem}_{trade.product}"
+    old = Path("logs") / legacy / JOURNAL_FILE  # the old default log_folder, ./logs/<bot_name>
+    if legacy != trade.bot_name and old.exists() and not (Path(trade.log_folder) / JOURNAL_FILE).exists():
+        raise ConfigError(
+            f"{where}: found {old}, this bot's journal under the old default bot_name '{legacy}'; "
+            f"set 'bot_name: {legacy}' to keep it (the default is now '{trade.bot_name}')"
+        )
 
 

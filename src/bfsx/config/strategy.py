@@ -19,8 +19,9 @@ from pydantic import (
 
 from bfsx.bitflyer.timestamps import JST
 from bfsx.config.base import (
+    Hours,
     Level,
-    PosFloat,
+    Minutes,
     Secret,
     _fail,
     _Model,
@@ -133,8 +134,8 @@ class StrategyConfig(_Model):
     minute_to_expire: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=43200)] | None = None
     log_level: Level | None = None
     discord_webhook: Secret = SecretStr("")
-    discord_interval: PosFloat = 60.0
-    discord_graph_period: PosFloat = 6.0
+    discord_interval: Minutes = 60.0
+    discord_graph_period: Hours = 6.0
     # Pre-trade risk checks (docs/config.md#risk-limits): a refusal, never an exception.
     max_order_size: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1000, allow_inf_nan=False)] | None = None
     max_position: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=10_000, allow_inf_nan=False)] | None = None

@@ -4,8 +4,11 @@ live-reloadable keys. Keys keep the names BFS-X users know; ``docs/config.md`` i
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -27,22 +30,62 @@ from bfsx.config.base import (
     ENV_POS_SERVER_SECRET,
     ENV_SECRET,
     TRADE_HEALTH_CHOICES,
+    ApiReserve,
     ConfigError,
+    Consecutive,
     HostPort,
+    Hours,
     Level,
-    NonNegFloat,
-    NonNegInt,
+    Minutes,
     Number,
     PosFloat,
-    PosInt,
+    Seconds,
+    SecondsOrOff,
     Secret,
     _fail,
     _Model,
     _show,
     _suggest,
 )
-from bfsx.logs import mask_url
+from bfsx.config.local_secret import local_secret, local_secret_path
+from bfsx.logs import add_secret, mask_url
 from bfsx.net import is_loopback
+
+log = logging.getLogger("bfsx.config")
+
+#: The largest ``adjust_max_size``, in minimum order sizes of the product: 1 BTC on the BTC
+#: markets (minimum 0.001). A correction heals a lost fill or an evicted bot's position; one blind
+#: market order larger than that is a typo, not a correction (a larger drift is still corrected,
+#: one capped order per check).
+MAX_CORRECTION_LOTS = 1_000
+#: Fewest non-whitespace characters of a secret that guards a position server off loopback.
+MIN_REMOTE_SECRET_CHARS = 16
+#: Hex digits of the path hash in a derived bot_name (16 bits: two same-named strategy yamls
+#: collide once in 65,536, and the name stays short enough to read in the console).
+BOT_NAME_HASH_CHARS = 4
+_MAX_BOT_NAME = 64  # the position server's id limit, and a sane folder name
+
+
+def _plain(value: Decimal) -> str:
+    """A Decimal without exponent or trailing zeros: 1, 0.001, 1000."""
+    return format(value.normalize(), "f")
+
+
+def derived_bot_name(strategy_yaml: str | os.PathLike[str] | None, product: str) -> str:
+    """The default ``bot_name``: strategy yaml stem, product and a short stable hash of the yaml's
+    resolved absolute path, e.g. ``mm_FX_BTC_JPY_3f2a``; ``bot_<product>`` without a strategy.
+
+    The hash keeps ``a/mm.yaml`` and ``b/mm.yaml`` apart (they would otherwise share one id at the
+    position server and one journal); the same file, however it is named, gives the same name.
+    """
+    if not strategy_yaml:
+        return f"bot_{product}"
+    path = Path(strategy_yaml).expanduser()
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+    suffix = f"_{product}_{digest[:BOT_NAME_HASH_CHARS]}"
+    # A folder name that travels in every datagram: no whitespace or slashes, and short enough.
+    stem = re.sub(r"[\s/\\]+", "_", path.stem) or "bot"
+    return stem[: _MAX_BOT_NAME - len(suffix)] + suffix
 
 
 # -------------------------------------------------------------------------------------- trade.yaml
@@ -61,38 +104,38 @@ class TradeConfig(_Model):
     strategy_yaml: str | None = None
     bot_name: str = ""
     # position and single-bot drift correction
-    base_position: Number = 0.0
+    base_position: Number = 0.0  # bounded per product in _size_problem()
     adjust_position_with_api: bool = False
-    adjust_max_size: PosFloat = 0.1
-    adjust_position_interval: PosFloat = 30.0
-    adjust_consecutive: PosInt = 4
+    adjust_max_size: PosFloat = 0.1  # bounded per product in _size_problem()
+    adjust_position_interval: Seconds = 30.0
+    adjust_consecutive: Consecutive = 4
     # position server
     pos_server: HostPort | None = None
     pos_server_bind: str | None = None
     pos_server_secret: Secret = SecretStr("")
-    pos_server_graph_period: PosFloat = 6.0
+    pos_server_graph_period: Hours = 6.0
     pos_server_discord: Secret = SecretStr("")
-    pos_server_discord_interval: PosFloat = 60.0
+    pos_server_discord_interval: Minutes = 60.0
     pos_server_discord_send_text: bool = False
     pos_server_bitflyer_color: bool = False
     pos_server_discord_influxdb: HostPort | None = None
-    pos_server_check_interval: PosFloat = 30.0
-    pos_server_consecutive: PosInt = 4
-    pos_server_evict_after: PosFloat = 300.0
-    pos_server_report_interval: PosFloat = 10.0
-    pos_server_query_interval: PosFloat = 10.0
+    pos_server_check_interval: Seconds = 30.0
+    pos_server_consecutive: Consecutive = 4
+    pos_server_evict_after: Seconds = 300.0
+    pos_server_report_interval: Seconds = 10.0
+    pos_server_query_interval: Seconds = 10.0
     # logs
     console_output: bool = True
     log_folder: str = ""
     log_level: Level = "INFO"
     # runtime safety (docs/config.md#safety)
     close_on_exit: bool = False
-    api_reserve: NonNegInt = 50
-    over_limit_pause: PosFloat = 60.0
+    api_reserve: ApiReserve = 50
+    over_limit_pause: Seconds = 60.0
     trade_health: str = "SUPER BUSY"
-    health_interval: PosFloat = 5.0
-    ws_silence_timeout: NonNegFloat = 60.0
-    status_interval: NonNegFloat = 60.0
+    health_interval: Seconds = 5.0
+    ws_silence_timeout: SecondsOrOff = 60.0
+    status_interval: SecondsOrOff = 60.0
 
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())
     _source: Path | None = PrivateAttr(default=None)
@@ -170,27 +213,69 @@ class TradeConfig(_Model):
         # with_bot_name() re-derives only what was not set explicitly.
         self._explicit = frozenset(k for k in self.model_fields_set if getattr(self, k) != "")
         self._fill_derived()
-        problem = self._remote_secret_problem()
+        problem = self._size_problem() or self._remote_secret_problem()
         if problem:
             raise _fail(problem)
         return self
 
     def _fill_derived(self) -> None:
         if "bot_name" not in self._explicit:
-            stem = Path(self.strategy_yaml).stem if self.strategy_yaml else "bot"
-            self.bot_name = f"{stem}_{self.product}"
+            self.bot_name = derived_bot_name(self.strategy_yaml, self.product)
         if "log_folder" not in self._explicit:
             self.log_folder = f"./logs/{self.bot_name}"
 
+    def _size_problem(self) -> str | None:
+        # Sizes are in the product's base currency, so their sane range is the product's: counted
+        # in minimum order sizes, one bound fits BTC (0.001 → 1 BTC) and the coins with larger
+        # minimums alike.
+        spec = PRODUCTS[self.product]
+        low, high = spec.min_size, spec.min_size * MAX_CORRECTION_LOTS
+        size = Decimal(repr(self.adjust_max_size))
+        if not low <= size <= high:
+            # Below the minimum no correction could ever be sent; above the cap one blind market
+            # order could move more than any lost fill explains.
+            return (
+                f"'adjust_max_size' must be from {_plain(low)} to {_plain(high)} on {self.product} "
+                f"(its minimum order size to {MAX_CORRECTION_LOTS} times it), got {_show(self.adjust_max_size)}"
+            )
+        # |base_position| up to the product's sanity cap on any size (a million minimum sizes,
+        # 1,000 BTC): far above any position held beside bots, and the same bound the bot's own
+        # orders get, so every size in play stays exact to the size step.
+        limit = spec.max_size
+        if abs(Decimal(repr(self.base_position))) > limit:
+            return (
+                f"'base_position' must be from -{_plain(limit)} to {_plain(limit)} on {self.product} "
+                f"(its maximum order size), got {_show(self.base_position)}"
+            )
+        return None
+
+    def _remote_hosts(self) -> list[str]:
+        """The non-loopback hosts this config talks to or listens on (the server's bind counts even
+        without ``pos_server``: the server then listens there on the default port)."""
+        hosts = [self.pos_server[0]] if self.pos_server is not None else []
+        if self.pos_server_bind is not None:
+            hosts.append(self.pos_server_bind)
+        return [h for h in hosts if not is_loopback(h)]
+
     def _remote_secret_problem(self) -> str | None:
-        if self.pos_server is None or self.pos_server_secret.get_secret_value():
+        secret = self.pos_server_secret.get_secret_value()
+        if secret and not secret.strip():
+            return "'pos_server_secret' is only whitespace; set a real secret or '' (loopback only)"
+        remote = self._remote_hosts()
+        if not remote:
             return None
-        for host in (self.pos_server[0], self.pos_server_bind):
-            if host is not None and not is_loopback(host):
-                return (
-                    f"'pos_server_secret' is required when the position server host is not loopback "
-                    f"({host!r}); or set {ENV_POS_SERVER_SECRET}"
-                )
+        if not secret:
+            return (
+                f"'pos_server_secret' is required when the position server host is not loopback "
+                f"({remote[0]!r}); or set {ENV_POS_SERVER_SECRET}"
+            )
+        strength = len("".join(secret.split()))
+        if strength < MIN_REMOTE_SECRET_CHARS:
+            # Off loopback anyone who can reach the port can try keys: a short one falls to guessing.
+            return (
+                f"'pos_server_secret' must have at least {MIN_REMOTE_SECRET_CHARS} characters (not counting "
+                f"spaces) when the position server host is not loopback ({remote[0]!r}), got {strength}"
+            )
         return None
 
     # ------------------------------------------------------------------ accessors for the runtime
@@ -211,8 +296,24 @@ class TradeConfig(_Model):
         return self.secret.get_secret_value()
 
     def pos_server_secret_value(self) -> str:
-        """The position-server signing secret in clear ('' when unset, allowed on loopback only)."""
-        return self.pos_server_secret.get_secret_value()
+        """The position-server signing secret in clear (never log it): the single place both the
+        server and the bots get it from.
+
+        ``pos_server_secret`` (or env ``BFSX_POS_SERVER_SECRET``) when set. Unset, which is allowed
+        on loopback only, it is this OS user's generated secret (:mod:`bfsx.config.local_secret`),
+        created on first use in a 0600 file, so other local users cannot sign. Raises
+        :class:`ConfigError` (one line) for a remote host without a strong secret, or an unusable
+        secret file.
+        """
+        self.require_secret_for_remote()
+        explicit = self.pos_server_secret.get_secret_value()
+        if explicit:
+            return explicit
+        path = local_secret_path()
+        value = local_secret(path)
+        add_secret(value)
+        log.info("position server secret: %s (no pos_server_secret set)", path)
+        return value
 
     def pos_server_discord_value(self) -> str:
         """The Discord webhook URL in clear ('' = off)."""
@@ -237,7 +338,8 @@ class TradeConfig(_Model):
             )
 
     def require_secret_for_remote(self) -> None:
-        """Raise :class:`ConfigError` when a non-loopback position server has no secret.
+        """Raise :class:`ConfigError` when a non-loopback position server has no secret of at
+        least 16 characters (or the secret is only whitespace).
 
         Validation already enforces this; the method is for copies made with ``model_copy``.
         """

@@ -18,7 +18,8 @@ from bfsx.config.loading import load_model
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity anywhere: a `.nan` rate or size would poison the market model silently.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AccountConfig(_Strict):
