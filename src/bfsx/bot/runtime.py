@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bfsx import aio
 from bfsx.account.drift import DriftCheck
@@ -54,6 +54,10 @@ from bfsx.logs import setup_logging
 from bfsx.market.candles import CandleBuilder
 from bfsx.market.feed import MarketFeed
 from bfsx.market.health import HealthPoller
+
+if TYPE_CHECKING:  # imported lazily below: a bot without a server or charts does not load them
+    from bfsx.posserver.client import PosServerClient
+    from bfsx.reporting.discord import BotChartReporter
 
 QUIET_SECONDS = 5.0  # no drift correction while this bot traded this recently
 STOP_CANCEL_TIMEOUT = 10.0
@@ -106,7 +110,7 @@ class BotRuntime:
             consecutive=trade.adjust_consecutive,
             max_order=Decimal(str(trade.adjust_max_size)),
         )
-        self.posclient: Any = None
+        self.posclient: PosServerClient | None = None
         if trade.pos_server:
             from bfsx.posserver.client import PosServerClient
 
@@ -117,7 +121,7 @@ class BotRuntime:
                 on_budget=self._on_account_budget,
             )
 
-        self.charts: Any = None  # BotChartReporter when the strategy yaml names a discord_webhook
+        self.charts: BotChartReporter | None = None  # when the strategy yaml names a discord_webhook
         if strategy_config.discord_webhook_value():
             from bfsx.reporting.discord import BotChartReporter, ReportSettings
 
@@ -313,12 +317,12 @@ class BotRuntime:
             if interval and self.trade.status_interval and not self._stopping:
                 self.log.info("%s", self.status_line())
 
-    async def _chart_sample_loop(self) -> None:
+    async def _chart_sample_loop(self, charts: BotChartReporter) -> None:
         """One sample every few seconds for this bot's own chart (bounded in the reporter)."""
         from bfsx.reporting.samples import BotSample
 
         while not self._stopping:
-            self.charts.record(BotSample(
+            charts.record(BotSample(
                 ts=time.time(), bot=self.bot_name, market=self.product, position=self.position.size,
                 profit=self.realized_today() + self.unrealized(), api_remaining=self.budget.private_remaining,
             ))
@@ -395,7 +399,7 @@ class BotRuntime:
         self._spawn(self._status_loop(), "status")
         if self.charts is not None:
             self.charts.start()
-            self._spawn(self._chart_sample_loop(), "chart-samples")
+            self._spawn(self._chart_sample_loop(self.charts), "chart-samples")
         if self.posclient is None:
             self._spawn(self._drift_loop(), "drift")
         if self._strategy_yaml_path:
