@@ -7,10 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("bfsx.bot.runtime")
-
 
 def test_cli_misspelled_key_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("apikey: k\nsecret: s\nadjust_max_sise: 0.2\n", encoding="utf-8")

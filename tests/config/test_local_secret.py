@@ -25,6 +25,7 @@ from bfsx.config import ConfigError, TradeConfig, load_trade_config
 from bfsx.config.local_secret import config_dir, local_secret, local_secret_path
 from bfsx.net import free_port
 from bfsx.posserver.client import PosServerUnavailable, query_status
+from real_components import missing
 
 
 def one_line(info: pytest.ExceptionInfo[ConfigError]) -> str:
@@ -137,7 +138,7 @@ def _nobody() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam("nobody")
     except KeyError:
-        pytest.skip("no user 'nobody' on this machine")
+        missing("no user 'nobody' on this machine")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from bfsx.posserver.client import PosServerClient
 from bfsx.posserver.server import PosServer
+from real_components import missing
 
 SECRET = "pos-secret"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,7 +70,7 @@ async def webhook() -> AsyncIterator[Webhook]:
 def influxd(tmp_path: Path) -> Iterator[int]:
     binary = shutil.which("influxd")
     if binary is None:
-        pytest.skip("influxd (Debian package 'influxdb') is not installed")
+        missing("influxd (Debian package 'influxdb') is not installed; `make influxdb` installs it")
     port, rpc = _port(), _port()
     conf = tmp_path / "influxdb.conf"
     conf.write_text(

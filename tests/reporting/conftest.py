@@ -19,6 +19,8 @@ import orjson
 import pytest
 from aiohttp import BodyPartReader, web
 
+from real_components import missing
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -116,7 +118,7 @@ def influxd(tmp_path: Path) -> Iterator[InfluxServer]:
     """A running InfluxDB 1.x on a free loopback port; killed after the test."""
     binary = shutil.which("influxd") or ("/usr/bin/influxd" if Path("/usr/bin/influxd").exists() else None)
     if binary is None:
-        pytest.skip(
+        missing(
             "influxd (Debian package 'influxdb', InfluxDB 1.x) is not installed; `make influxdb` installs it"
         )
     server = InfluxServer(binary, tmp_path)
