@@ -38,20 +38,6 @@ MAX_MINUTE_TO_EXPIRE = 43_200
 FIRST_EXEC_ID = 2_650_000_000
 FIRST_PAGE_ID = 2_790_000_000
 
-PRIVATE_PATHS = (
-    "/v1/me/getpermissions",
-    "/v1/me/getbalance",
-    "/v1/me/getcollateral",
-    "/v1/me/getcollateralaccounts",
-    "/v1/me/sendchildorder",
-    "/v1/me/cancelchildorder",
-    "/v1/me/cancelallchildorders",
-    "/v1/me/getchildorders",
-    "/v1/me/getexecutions",
-    "/v1/me/getpositions",
-    "/v1/me/gettradingcommission",
-)
-
 
 def to_sats(size: float) -> int:
     """BTC (as sent on the wire) to satoshi, rounding away float noise (0.1 + 0.2 style)."""

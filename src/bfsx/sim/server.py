@@ -24,19 +24,35 @@ from aiohttp import WSMsgType, web
 from multidict import MultiMapping
 
 from bfsx import aio
-from bfsx.bitflyer import auth, channels, errors, limits
+from bfsx.bitflyer import auth, channels, endpoints, errors, limits
 from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import PRODUCTS, REGIONS
 from bfsx.errors import UserError
 from bfsx.sim import faults as faults_mod
+from bfsx.sim import paths
 from bfsx.sim.config import SimConfig, load_sim_config
-from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order, btc
+from bfsx.sim.engine import Account, Engine, EngineError, Order, btc
 from bfsx.sim.faults import Faults
 from bfsx.sim.flow import SyntheticFlow
 from bfsx.sim.ratelimit import RateLimiter
 
 JSON = "application/json"
 _MAX_COUNT = 1000
+
+#: The private paths the simulator serves, as ``getpermissions`` lists them.
+PRIVATE_PATHS = (
+    endpoints.GET_PERMISSIONS,
+    endpoints.GET_BALANCE,
+    endpoints.GET_COLLATERAL,
+    endpoints.GET_COLLATERAL_ACCOUNTS,
+    endpoints.SEND_CHILD_ORDER,
+    endpoints.CANCEL_CHILD_ORDER,
+    endpoints.CANCEL_ALL_CHILD_ORDERS,
+    endpoints.GET_CHILD_ORDERS,
+    endpoints.GET_MY_EXECUTIONS,
+    endpoints.GET_POSITIONS,
+    endpoints.GET_TRADING_COMMISSION,
+)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -109,10 +125,10 @@ class SimServer:
         self._private: dict[str, tuple[str, Handler]] = {}
         self._routes()
         self.app = web.Application(client_max_size=1 << 20)
-        self.app.router.add_get("/json-rpc", self._ws_handler)
-        self.app.router.add_post("/_sim/faults", self._faults_handler)
-        self.app.router.add_get("/_sim/faults", self._faults_get)
-        self.app.router.add_get("/_sim/state", self._state_handler)
+        self.app.router.add_get(endpoints.REALTIME_PATH, self._ws_handler)
+        self.app.router.add_post(paths.FAULTS, self._faults_handler)
+        self.app.router.add_get(paths.FAULTS, self._faults_get)
+        self.app.router.add_get(paths.STATE, self._state_handler)
         self.app.router.add_route("*", "/{tail:.*}", self._rest_handler)
 
     # ------------------------------------------------------------------ lifecycle
@@ -123,7 +139,7 @@ class SimServer:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/json-rpc"
+        return f"ws://{self.host}:{self.port}{endpoints.REALTIME_PATH}"
 
     async def start(self) -> None:
         """Listen and start the market clock."""
@@ -432,31 +448,31 @@ class SimServer:
     # ------------------------------------------------------------------ REST
     def _routes(self) -> None:
         pub = self._public
-        for alias in ("getmarkets", "markets"):
-            pub[f"/v1/{alias}"] = self._getmarkets
-            pub[f"/v1/{alias}/usa"] = self._getmarkets
-            pub[f"/v1/{alias}/eu"] = self._getmarkets
-        for name in ("getboard", "board"):
-            pub[f"/v1/{name}"] = self._getboard
-        for name in ("getticker", "ticker"):
-            pub[f"/v1/{name}"] = self._getticker
-        for name in ("getexecutions", "executions"):
-            pub[f"/v1/{name}"] = self._getexecutions
-        pub["/v1/getboardstate"] = self._getboardstate
-        pub["/v1/gethealth"] = self._gethealth
-        pub["/v1/getfundingrate"] = self._getfundingrate
+        for path in endpoints.spellings(endpoints.GET_MARKETS):
+            pub[path] = self._getmarkets
+            for region in endpoints.MARKET_REGIONS:
+                pub[f"{path}/{region}"] = self._getmarkets
+        for path in endpoints.spellings(endpoints.GET_BOARD):
+            pub[path] = self._getboard
+        for path in endpoints.spellings(endpoints.GET_TICKER):
+            pub[path] = self._getticker
+        for path in endpoints.spellings(endpoints.GET_EXECUTIONS):
+            pub[path] = self._getexecutions
+        pub[endpoints.GET_BOARD_STATE] = self._getboardstate
+        pub[endpoints.GET_HEALTH] = self._gethealth
+        pub[endpoints.GET_FUNDING_RATE] = self._getfundingrate
         priv = self._private
-        priv["/v1/me/getpermissions"] = ("GET", self._getpermissions)
-        priv["/v1/me/getbalance"] = ("GET", self._getbalance)
-        priv["/v1/me/getcollateral"] = ("GET", self._getcollateral)
-        priv["/v1/me/getcollateralaccounts"] = ("GET", self._getcollateralaccounts)
-        priv["/v1/me/sendchildorder"] = ("POST", self._sendchildorder)
-        priv["/v1/me/cancelchildorder"] = ("POST", self._cancelchildorder)
-        priv["/v1/me/cancelallchildorders"] = ("POST", self._cancelallchildorders)
-        priv["/v1/me/getchildorders"] = ("GET", self._getchildorders)
-        priv["/v1/me/getexecutions"] = ("GET", self._getmyexecutions)
-        priv["/v1/me/getpositions"] = ("GET", self._getpositions)
-        priv["/v1/me/gettradingcommission"] = ("GET", self._gettradingcommission)
+        priv[endpoints.GET_PERMISSIONS] = ("GET", self._getpermissions)
+        priv[endpoints.GET_BALANCE] = ("GET", self._getbalance)
+        priv[endpoints.GET_COLLATERAL] = ("GET", self._getcollateral)
+        priv[endpoints.GET_COLLATERAL_ACCOUNTS] = ("GET", self._getcollateralaccounts)
+        priv[endpoints.SEND_CHILD_ORDER] = ("POST", self._sendchildorder)
+        priv[endpoints.CANCEL_CHILD_ORDER] = ("POST", self._cancelchildorder)
+        priv[endpoints.CANCEL_ALL_CHILD_ORDERS] = ("POST", self._cancelallchildorders)
+        priv[endpoints.GET_CHILD_ORDERS] = ("GET", self._getchildorders)
+        priv[endpoints.GET_MY_EXECUTIONS] = ("GET", self._getmyexecutions)
+        priv[endpoints.GET_POSITIONS] = ("GET", self._getpositions)
+        priv[endpoints.GET_TRADING_COMMISSION] = ("GET", self._gettradingcommission)
 
     async def _rest_handler(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/").lower() or "/"
@@ -516,7 +532,7 @@ class SimServer:
         over = self.config.limits.over_limit_http_status
         if not ok:
             return self._error(errors.OVER_LIMIT, headers, http=over)
-        if path in limits.ORDER_PATHS:
+        if path in endpoints.ORDER_PATHS:
             ok = lim.hit_orders(acct.api_key, now)
             headers.update(limits.headers_for(k.orders.reading(now, wall), order=True))
             if not ok:
@@ -576,7 +592,7 @@ class SimServer:
     def _getmarkets(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         region = request.path.rstrip("/").rsplit("/", 1)[-1].lower()
         served = self.engine.markets
-        codes = [c for c in REGIONS.get(region, ()) if c in served] if region in ("usa", "eu") else list(served)
+        codes = [c for c in REGIONS.get(region, ()) if c in served] if region in endpoints.MARKET_REGIONS else list(served)
         return [{"product_code": c, "market_type": PRODUCTS[c].market_type} for c in codes]
 
     def _getboard(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
