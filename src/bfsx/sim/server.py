@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import signal
 import sys
 import time
@@ -29,11 +28,13 @@ from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import PRODUCTS, REGIONS
 from bfsx.errors import UserError
 from bfsx.sim import faults as faults_mod
-from bfsx.sim import paths
+from bfsx.sim import paths, views
 from bfsx.sim.config import SimConfig, load_sim_config
-from bfsx.sim.engine import Account, Engine, EngineError, Order, btc
+from bfsx.sim.engine import Engine
 from bfsx.sim.faults import Faults
 from bfsx.sim.flow import SyntheticFlow
+from bfsx.sim.live import LiveView
+from bfsx.sim.model import Account, EngineError, Order, btc
 from bfsx.sim.ratelimit import RateLimiter
 
 JSON = "application/json"
@@ -208,7 +209,7 @@ class SimServer:
 
     def state(self) -> dict[str, Any]:
         """Same JSON as GET /_sim/state."""
-        st = self.engine.state()
+        st = views.state(self.engine)
         st["faults"] = self.active_faults.as_dict()
         st["seed"] = self.seed
         st["websockets"] = len(self._clients)
@@ -260,7 +261,7 @@ class SimServer:
 
     def _diffs(self) -> None:
         for code in self.engine.markets:
-            diff = self.engine.take_diff(code)
+            diff = views.take_diff(self.engine, code)
             if diff is not None:
                 self._publish(channels.board(code), diff)
 
@@ -269,13 +270,13 @@ class SimServer:
         for code in self.engine.markets:
             ch = channels.board_snapshot(code)
             if self._subs.get(ch):
-                self._publish(ch, self.engine.board(code, depth, ws=True))
+                self._publish(ch, views.board(self.engine, code, depth, ws=True))
 
     def _tickers(self) -> None:
         for code in self.engine.markets:
             ch = channels.ticker(code)
             if self._subs.get(ch):
-                self._publish(ch, self.engine.ticker(code, ws=True))
+                self._publish(ch, views.ticker(self.engine, code, ws=True))
 
     # ------------------------------------------------------------------ engine listener
     def on_executions(self, product: str, rows: list[dict[str, Any]]) -> None:
@@ -596,14 +597,14 @@ class SimServer:
         return [{"product_code": c, "market_type": PRODUCTS[c].market_type} for c in codes]
 
     def _getboard(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        return self.engine.board(self._product(q))
+        return views.board(self.engine, self._product(q))
 
     def _getticker(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        return self.engine.ticker(self._product(q))
+        return views.ticker(self.engine, self._product(q))
 
     def _getexecutions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        return self.engine.public_executions(
-            self._product(q), self._count(q), self._int(q, "before"), self._int(q, "after")
+        return views.public_executions(
+            self.engine, self._product(q), self._count(q), self._int(q, "before"), self._int(q, "after")
         )
 
     def _getboardstate(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
@@ -629,17 +630,17 @@ class SimServer:
 
     def _getbalance(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.balance(acct)
+        return views.balance(self.engine, acct)
 
     def _getcollateral(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.collateral(acct)
+        return views.collateral(self.engine, acct)
 
     def _getcollateralaccounts(
         self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
     ) -> Any:
         assert acct is not None
-        return self.engine.collateral_accounts(acct)
+        return views.collateral_accounts(self.engine, acct)
 
     def _gettradingcommission(
         self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
@@ -649,7 +650,8 @@ class SimServer:
 
     def _getchildorders(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.child_orders(
+        return views.child_orders(
+            self.engine,
             acct,
             self._product(q),
             self._count(q),
@@ -662,7 +664,8 @@ class SimServer:
 
     def _getmyexecutions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.my_executions(
+        return views.my_executions(
+            self.engine,
             acct,
             self._product(q),
             self._count(q),
@@ -677,7 +680,7 @@ class SimServer:
         code = self._product({"product_code": q.get("product_code") or "FX_BTC_JPY"})
         if not self.engine.markets[code].spec.is_fx:
             raise EngineError(errors.INVALID_PRODUCT)
-        return self.engine.positions(acct, code)
+        return views.positions(self.engine, acct, code)
 
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Run an order action after the reply is produced (acceptance is not placement)."""
@@ -720,46 +723,6 @@ class SimServer:
 
 
 # ---------------------------------------------------------------------- the `bfsx sim` command
-def _fmt(v: float | int | None) -> str:
-    return "-" if v is None else f"{v:,.0f}"
-
-
-class _LiveView:
-    """The one-line market view: rewritten in place on a terminal, a line now and then otherwise."""
-
-    def __init__(self, sim: SimServer, tty: bool) -> None:
-        self.sim = sim
-        self.tty = tty
-        self._last_total = sim.executions_total
-        self._last_time = time.monotonic()
-
-    def line(self) -> str:
-        now = time.monotonic()
-        total = self.sim.executions_total
-        rate = (total - self._last_total) / max(1e-6, now - self._last_time)
-        self._last_total, self._last_time = total, now
-        parts = []
-        for code, mkt in self.sim.engine.markets.items():
-            b = mkt.book
-            parts.append(f"{code} {_fmt(b.touch(1))}/{_fmt(b.touch(-1))} last {_fmt(mkt.ltp)}")
-        state = self.sim.engine.board_state()
-        return " | ".join(parts) + f" | {rate:.0f} exec/s | {len(self.sim._clients)} ws | {state}"
-
-    async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            line = self.line()
-            try:
-                if self.tty:
-                    width = shutil.get_terminal_size((120, 24)).columns
-                    sys.stdout.write("\r\x1b[K" + line[: max(20, width - 1)])
-                else:
-                    sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-            except OSError:  # stdout went away (closed pipe): keep serving, stop printing
-                return
-
-
 async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
 
     sim = SimServer(cfg, host, port)
@@ -779,7 +742,7 @@ async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
     tty = sys.stdout.isatty()
     if not quiet:
         interval = cfg.live_interval if tty else max(10.0, cfg.live_interval)
-        view = asyncio.create_task(_LiveView(sim, tty).run(interval))
+        view = asyncio.create_task(LiveView(sim, tty).run(interval))
     try:
         await stop.wait()
     finally:
