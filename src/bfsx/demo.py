@@ -32,6 +32,7 @@ import aiohttp
 import yaml
 
 from bfsx import aio
+from bfsx.bitflyer import endpoints
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.messages import Side
 from bfsx.bitflyer.products import get_product
@@ -99,7 +100,7 @@ def fleet_trade_config(sim_port: int, pos_port: int, timing: DemoTiming | None =
     t = timing or DemoTiming()
     return {
         "apikey": API_KEY, "secret": API_SECRET,
-        "endpoint": f"http://127.0.0.1:{sim_port}", "ws_endpoint": f"ws://127.0.0.1:{sim_port}/json-rpc",
+        "endpoint": f"http://127.0.0.1:{sim_port}", "ws_endpoint": f"ws://127.0.0.1:{sim_port}{endpoints.REALTIME_PATH}",
         "pos_server": ["127.0.0.1", pos_port], "pos_server_secret": POS_SECRET,
         "pos_server_check_interval": t.check_interval, "pos_server_consecutive": t.consecutive,
         "pos_server_report_interval": t.report_interval, "pos_server_query_interval": t.query_interval,

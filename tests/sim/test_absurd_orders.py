@@ -12,8 +12,8 @@ import pytest
 from bfsx.bitflyer import errors
 from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import product_spec
-from bfsx.sim.engine import EngineError, parse_price, parse_size
 from bfsx.sim.hooks import SimHooks, WireClient
+from bfsx.sim.model import EngineError, parse_price, parse_size
 from bfsx.sim.server import SimServer
 
 FX = "FX_BTC_JPY"

@@ -16,8 +16,9 @@ import pytest
 
 from bfsx.net import free_port
 from bfsx.sim.config import SimConfig
-from bfsx.sim.engine import SIDE_NAME, Engine
+from bfsx.sim.engine import Engine
 from bfsx.sim.flow import SyntheticFlow
+from bfsx.sim.model import SIDE_NAME
 
 
 def _sim(*args: str) -> subprocess.Popen[str]:

@@ -34,6 +34,7 @@ from pybotters.ws import AuthHosts as WsHosts
 from yarl import URL
 
 from bfsx.bitflyer import channels, errors
+from bfsx.sim import views
 from bfsx.sim.config import SimConfig
 from bfsx.sim.hooks import eventually as wait_for
 from bfsx.sim.server import SimServer
@@ -234,7 +235,7 @@ async def test_pybotters_websocket_auth_and_datastore(
 
     def top(n: int = 10) -> bool:
         book = store.board.sorted({"product_code": FX}, limit=n)
-        engine = sim.engine.board(FX, n, ws=True)
+        engine = views.board(sim.engine, FX, n, ws=True)
         return all(
             [(x["price"], x["size"]) for x in book[side]] == [(x["price"], x["size"]) for x in engine[side]]
             for side in ("bids", "asks")

@@ -23,12 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from bfsx.bitflyer import limits
+from bfsx.bitflyer import endpoints, limits
 
 Advice = Literal["trade", "slow", "pause"]
 
-PRIVATE_PREFIX = "/v1/me/"
-SMALL_ORDER_PATHS = frozenset({"/v1/me/sendchildorder", "/v1/me/sendparentorder"})
 #: Two readings whose reset times differ by at most this much describe the same window (the
 #: exchange computes ``Reset`` per reply, so it may jitter by a second).
 SAME_WINDOW_SLACK = 2.0
@@ -199,15 +197,15 @@ class ApiBudget:
         """Count a request about to be sent. ``order_size``: size of a new order (sendchildorder /
         sendparentorder) for the small-order bucket. Returns the request's sequence number, to hand
         back to :meth:`on_headers` with its reply (0 for a public request, which is not counted)."""
-        if not path.startswith(PRIVATE_PREFIX):
+        if not path.startswith(endpoints.PRIVATE_PREFIX):
             return 0
         t = time.time() if now is None else now
         self._seq += 1
         seq = self._seq
         self.private.request(seq, t)
-        if path in limits.ORDER_PATHS:
+        if path in endpoints.ORDER_PATHS:
             self.orders.request(seq, t)
-        if order_size is not None and path in SMALL_ORDER_PATHS and order_size <= self.small_order_size:
+        if order_size is not None and path in endpoints.SMALL_ORDER_PATHS and order_size <= self.small_order_size:
             self._small_request(t)
         return seq
 

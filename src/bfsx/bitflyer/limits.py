@@ -21,8 +21,6 @@ HDR_ORDER_PERIOD = "X-OrderRequest-RateLimit-Period"
 HDR_ORDER_REMAINING = "X-OrderRequest-RateLimit-Remaining"
 HDR_ORDER_RESET = "X-OrderRequest-RateLimit-Reset"
 
-ORDER_PATHS = frozenset({"/v1/me/sendchildorder", "/v1/me/sendparentorder", "/v1/me/cancelallchildorders"})
-
 
 @dataclass(frozen=True, slots=True)
 class LimitReading:

@@ -27,7 +27,7 @@ import orjson
 from yarl import URL
 
 from bfsx.aio import backoff_delay
-from bfsx.bitflyer import auth, errors, timestamps
+from bfsx.bitflyer import auth, endpoints, errors, timestamps
 from bfsx.bitflyer.budget import ApiBudget
 from bfsx.bitflyer.errors import ApiError, BitflyerError, OverloadError, RateLimitError, TransportError
 from bfsx.bitflyer.messages import (
@@ -47,8 +47,6 @@ from bfsx.bitflyer.products import get_product
 
 log = logging.getLogger(__name__)
 
-SEND_CHILD_ORDER = "/v1/me/sendchildorder"
-PRIVATE_PREFIX = "/v1/me/"
 _ERROR_TEXT_MAX = 200  # an HTML error page is cut to this many characters in the message
 
 KnownIds = Collection[str] | Callable[[], Collection[str]]
@@ -228,7 +226,7 @@ class RestClient:
         order_size: float | None,
         timeout: float,
     ) -> Any:
-        private = path.startswith(PRIVATE_PREFIX)
+        private = path.startswith(endpoints.PRIVATE_PREFIX)
         query = urlencode([(k, v) for k, v in params.items() if v is not None]) if params else ""
         target = f"{path}?{query}" if query else path
         data = body or b""
@@ -323,50 +321,50 @@ class RestClient:
 
     async def get_markets(self, region: str = "") -> list[dict[str, Any]]:
         """getmarkets; ``region`` "" (JP), "usa" or "eu"."""
-        path = f"/v1/getmarkets/{region}" if region else "/v1/getmarkets"
+        path = f"{endpoints.GET_MARKETS}/{region}" if region else endpoints.GET_MARKETS
         return self._list(await self._get(path), path)
 
     async def get_board(self, product: str) -> Board:
         """getboard: the whole book (bids descending, asks ascending)."""
-        return cast(Board, self._dict(await self._get("/v1/getboard", {"product_code": product}), "getboard"))
+        return cast(Board, self._dict(await self._get(endpoints.GET_BOARD, {"product_code": product}), "getboard"))
 
     async def get_ticker(self, product: str) -> Ticker:
         """getticker (may be ~1 s stale on the real exchange: edge cache)."""
-        return cast(Ticker, self._dict(await self._get("/v1/getticker", {"product_code": product}), "getticker"))
+        return cast(Ticker, self._dict(await self._get(endpoints.GET_TICKER, {"product_code": product}), "getticker"))
 
     async def get_executions(
         self, product: str, count: int = 100, before: int | None = None, after: int | None = None
     ) -> list[Execution]:
         """Public executions, newest first; ``before`` / ``after`` page by id."""
         params = {"product_code": product, "count": count, "before": before, "after": after}
-        return cast(list[Execution], self._list(await self._get("/v1/getexecutions", params), "getexecutions"))
+        return cast(list[Execution], self._list(await self._get(endpoints.GET_EXECUTIONS, params), "getexecutions"))
 
     async def get_board_state(self, product: str) -> BoardState:
         """getboardstate: ``health`` and ``state``."""
-        data = await self._get("/v1/getboardstate", {"product_code": product})
+        data = await self._get(endpoints.GET_BOARD_STATE, {"product_code": product})
         return cast(BoardState, self._dict(data, "getboardstate"))
 
     async def get_health(self, product: str) -> dict[str, Any]:
         """gethealth: ``{"status": ...}``."""
-        return self._dict(await self._get("/v1/gethealth", {"product_code": product}), "gethealth")
+        return self._dict(await self._get(endpoints.GET_HEALTH, {"product_code": product}), "gethealth")
 
     # ---- private ---------------------------------------------------------------------------
 
     async def get_permissions(self) -> list[str]:
         """The private paths this key may call."""
-        return cast(list[str], self._list(await self._get("/v1/me/getpermissions"), "getpermissions"))
+        return cast(list[str], self._list(await self._get(endpoints.GET_PERMISSIONS), "getpermissions"))
 
     async def get_balance(self) -> list[Balance]:
         """Spot balances per currency."""
-        return cast(list[Balance], self._list(await self._get("/v1/me/getbalance"), "getbalance"))
+        return cast(list[Balance], self._list(await self._get(endpoints.GET_BALANCE), "getbalance"))
 
     async def get_collateral(self) -> Collateral:
         """FX / CFD collateral and margin figures."""
-        return cast(Collateral, self._dict(await self._get("/v1/me/getcollateral"), "getcollateral"))
+        return cast(Collateral, self._dict(await self._get(endpoints.GET_COLLATERAL), "getcollateral"))
 
     async def get_positions(self, product: str = "FX_BTC_JPY") -> list[PositionRow]:
         """Open FX lots, one row per lot (not netted; see :meth:`net_position`)."""
-        data = await self._get("/v1/me/getpositions", {"product_code": product})
+        data = await self._get(endpoints.GET_POSITIONS, {"product_code": product})
         return cast(list[PositionRow], self._list(data, "getpositions"))
 
     async def send_child_order(
@@ -413,7 +411,7 @@ class RestClient:
         order["time_in_force"] = time_in_force
         sent_at = time.time()
         try:
-            data = await self.request("POST", SEND_CHILD_ORDER, body=order, order_size=size)
+            data = await self.request("POST", endpoints.SEND_CHILD_ORDER, body=order, order_size=size)
             reply_id = data.get("child_order_acceptance_id") if isinstance(data, dict) else None
             if not isinstance(reply_id, str):
                 raise TransportError("sendchildorder: reply without child_order_acceptance_id")
@@ -546,11 +544,11 @@ class RestClient:
             body["child_order_acceptance_id"] = acceptance_id
         else:
             body["child_order_id"] = order_id
-        await self.request("POST", "/v1/me/cancelchildorder", body=body)
+        await self.request("POST", endpoints.CANCEL_CHILD_ORDER, body=body)
 
     async def cancel_all_child_orders(self, product: str) -> None:
         """Cancel every open child order on ``product`` (counts in the order bucket)."""
-        await self.request("POST", "/v1/me/cancelallchildorders", body={"product_code": product})
+        await self.request("POST", endpoints.CANCEL_ALL_CHILD_ORDERS, body={"product_code": product})
 
     async def get_child_orders(
         self,
@@ -574,7 +572,7 @@ class RestClient:
             "child_order_acceptance_id": acceptance_id,
             "child_order_id": order_id,
         }
-        data = await self._get("/v1/me/getchildorders", params, timeout=timeout)
+        data = await self._get(endpoints.GET_CHILD_ORDERS, params, timeout=timeout)
         return cast(list[ChildOrder], self._list(data, "getchildorders"))
 
     async def get_my_executions(
@@ -596,12 +594,12 @@ class RestClient:
             "child_order_acceptance_id": acceptance_id,
             "child_order_id": order_id,
         }
-        data = await self._get("/v1/me/getexecutions", params)
+        data = await self._get(endpoints.GET_MY_EXECUTIONS, params)
         return cast(list[PrivateExecution], self._list(data, "getexecutions"))
 
     async def get_trading_commission(self, product: str) -> dict[str, Any]:
         """``{"commission_rate": ...}``."""
-        data = await self._get("/v1/me/gettradingcommission", {"product_code": product})
+        data = await self._get(endpoints.GET_TRADING_COMMISSION, {"product_code": product})
         return self._dict(data, "gettradingcommission")
 
     async def net_position(self, product: str) -> Decimal:

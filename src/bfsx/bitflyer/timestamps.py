@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 JST = timezone(timedelta(hours=9), "JST")
@@ -34,6 +35,21 @@ def parse(text: str) -> datetime:
     else:
         fmt = "%Y-%m-%dT%H:%M:%S"
     return datetime.strptime(s, fmt).replace(tzinfo=UTC)
+
+
+def parse_epoch(text: object) -> float:
+    """Epoch seconds of a REST or WS date (UTC, 0-7 fraction digits, optional Z); the clock if
+    absent. ``fromisoformat`` on a normalized string is ~8x faster than strptime: fills are hot."""
+    if not isinstance(text, str) or not text:
+        return time.time()
+    head, dot, frac = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{frac[:6].ljust(6, '0')}+00:00" if dot else f"{head}+00:00").timestamp()
+    except ValueError:
+        try:
+            return parse(text).timestamp()
+        except ValueError:
+            return time.time()
 
 
 def now() -> datetime:

@@ -20,14 +20,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bfsx.bitflyer import endpoints
 from bfsx.bitflyer.limits import PRIVATE_LIMIT
 from bfsx.bitflyer.states import HEALTH_LEVELS
 from bfsx.errors import UserError
 
 log = logging.getLogger("bfsx.config")
 
-DEFAULT_ENDPOINT = "https://api.bitflyer.com"
-DEFAULT_WS_ENDPOINT = "wss://ws.lightstream.bitflyer.com/json-rpc"
+DEFAULT_ENDPOINT = endpoints.REST_ORIGIN
+DEFAULT_WS_ENDPOINT = endpoints.REALTIME_URL
 DEFAULT_TRADE_YAML = "trade.yaml"
 ENV_APIKEY = "BFSX_APIKEY"
 ENV_SECRET = "BFSX_SECRET"

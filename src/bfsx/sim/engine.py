@@ -1,142 +1,52 @@
-"""Matching engine, accounts, FX lots and spot balances of the simulator.
+"""Matching engine of the simulator: order lifecycle, matching and accounting.
 
 Everything is integer: sizes in satoshi (1e-8 BTC), prices in whole yen, money in 1e-8 yen
 (``price * sats``), so accounting is exact and ``exchange position`` checks never see float dust.
 The engine is synchronous and loop-agnostic: the server calls it from its one event loop and it
 reports what happened through an :class:`EngineListener` (public executions per product, private
 child_order_events per account), batched once per operation so a taker sweep is one frame.
+
+Owns the markets (:mod:`bfsx.sim.book`), the accounts (:mod:`bfsx.sim.model`), the id and serial
+counters, the expiry heap and the batched output. Answers to REST and realtime requests are shaped
+from this state by :mod:`bfsx.sim.views`.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
-import math
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Protocol
-
-from sortedcontainers import SortedDict
 
 from bfsx.bitflyer import errors, ids, timestamps
 from bfsx.bitflyer.errors import ErrorCode
-from bfsx.bitflyer.products import ProductSpec, get_product
-from bfsx.sim.config import AccountConfig, SimConfig
+from bfsx.bitflyer.products import get_product
+from bfsx.sim.book import Book, Market, OrderRate
+from bfsx.sim.config import SimConfig
 from bfsx.sim.faults import Faults
+from bfsx.sim.model import (
+    BUY,
+    SAT,
+    SELL,
+    SIDE_NAME,
+    SIDE_OF,
+    Account,
+    EngineError,
+    Fill,
+    Lot,
+    Order,
+    OrderRequest,
+    btc,
+    parse_price,
+    parse_size,
+)
 
-SAT = 100_000_000
-BUY = 1
-SELL = -1
-SIDE_NAME = {BUY: "BUY", SELL: "SELL"}
-SIDE_OF = {"BUY": BUY, "SELL": SELL}
 MAX_MINUTE_TO_EXPIRE = 43_200
 FIRST_EXEC_ID = 2_650_000_000
 FIRST_PAGE_ID = 2_790_000_000
-
-PRIVATE_PATHS = (
-    "/v1/me/getpermissions",
-    "/v1/me/getbalance",
-    "/v1/me/getcollateral",
-    "/v1/me/getcollateralaccounts",
-    "/v1/me/sendchildorder",
-    "/v1/me/cancelchildorder",
-    "/v1/me/cancelallchildorders",
-    "/v1/me/getchildorders",
-    "/v1/me/getexecutions",
-    "/v1/me/getpositions",
-    "/v1/me/gettradingcommission",
-)
-
-
-def to_sats(size: float) -> int:
-    """BTC (as sent on the wire) to satoshi, rounding away float noise (0.1 + 0.2 style)."""
-    return round(size * SAT)
-
-
-def btc(sats: int) -> float:
-    return sats / SAT
-
-
-def jpy(e8: int) -> float:
-    """1e-8 yen units to a JSON number (int when whole, as bitFlyer prints balances)."""
-    q, r = divmod(e8, SAT)
-    return float(q) if r == 0 else e8 / SAT
-
-
-class EngineError(Exception):
-    """A request the exchange refuses synchronously (HTTP error body)."""
-
-    def __init__(self, code: ErrorCode, **fmt: Any) -> None:
-        super().__init__(code.message.format(**fmt))
-        self.code = code
-        self.body = errors.error_body(code, **fmt)
-
-
-# A float's binary rounding (0.1 + 0.2 -> 0.30000000000000004) is within about 1e-16 of the decimal
-# the client meant; anything further from the size grid is a real extra decimal.
-_FLOAT_NOISE = Decimal("1e-15")
-
-
-def _number(raw: object) -> int | float:
-    """A JSON number (bools are ints to Python, NaN / Infinity are not numbers on the wire), or -101."""
-    if not isinstance(raw, int | float) or isinstance(raw, bool):
-        raise EngineError(errors.INVALID_PARAMETER)
-    if isinstance(raw, float) and not math.isfinite(raw):
-        raise EngineError(errors.INVALID_PARAMETER)
-    return raw
-
-
-def parse_size(raw: object, spec: ProductSpec, max_size: float) -> int:
-    """An order size from the wire, in satoshi, or EngineError.
-
-    -101 for anything that is not a positive finite number of at most ``max_size`` with at most
-    ``spec.size_decimals`` decimals (float noise aside); -110 below the product's minimum.
-    Checked in this order so that no huge or odd value ever reaches float or int arithmetic.
-    """
-    size = _number(raw)
-    if size <= 0 or size > max_size:  # int vs float compares exactly, even for huge ints
-        raise EngineError(errors.INVALID_PARAMETER)
-    # repr() is the shortest text that reads back as this float: the number as the client wrote it
-    exact = Decimal(repr(size)) if isinstance(size, float) else Decimal(size)
-    steps = exact.scaleb(spec.size_decimals)
-    whole = steps.to_integral_value(rounding=ROUND_HALF_EVEN)
-    if abs(steps - whole) > steps * _FLOAT_NOISE:
-        raise EngineError(errors.INVALID_PARAMETER)
-    sats = int(whole.scaleb(8 - spec.size_decimals))
-    if sats < int(spec.min_size.scaleb(8)):
-        raise EngineError(errors.MIN_SIZE, min_size=str(spec.min_size))
-    return sats
-
-
-def parse_price(raw: object, max_price: float) -> int:
-    """A LIMIT price from the wire, in whole yen, or EngineError: -106 when ≤ 0, -101 when not a
-    finite number, above ``max_price`` or off the 1 JPY tick."""
-    price = _number(raw)
-    if price <= 0:
-        raise EngineError(errors.PRICE_TOO_LOW)
-    if price > max_price:
-        raise EngineError(errors.INVALID_PARAMETER)
-    if price != int(price):  # whole-yen tick on BTC/JPY (finite and bounded, so int() is safe)
-        raise EngineError(errors.INVALID_PARAMETER)
-    return int(price)
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRequest:
-    """A sendchildorder body that passed every check that depends only on the body itself."""
-
-    product: str
-    order_type: str
-    side: int
-    time_in_force: str
-    size: int  # satoshi
-    price: int  # whole yen, 0 for MARKET
-    minute_to_expire: int
 
 
 class EngineListener(Protocol):
@@ -145,261 +55,6 @@ class EngineListener(Protocol):
     def on_executions(self, product: str, rows: list[dict[str, Any]]) -> None: ...
 
     def on_child_events(self, account: Account, events: list[dict[str, Any]]) -> None: ...
-
-
-@dataclass(slots=True, eq=False)
-class Order:
-    """A resting or in-flight order; ``account is None`` marks synthetic liquidity."""
-
-    serial: int  # time priority and tie-break
-    product: str
-    side: int
-    price: int  # 0 for MARKET
-    size: int
-    remaining: int
-    account: Account | None
-    acceptance_id: str
-    child_order_id: str = ""
-    order_type: str = "LIMIT"
-    time_in_force: str = "GTC"
-    accepted_at: datetime | None = None
-    expire_at: float = math.inf  # engine clock (monotonic seconds)
-    expire_date: str = ""
-    state: str = "ACTIVE"
-    executed: int = 0
-    notional: int = 0  # sum of price * sats, for average_price
-    commission: int = 0  # sats
-    cancel_size: int = 0
-    page_id: int = 0
-    resting: bool = False
-
-    def row(self) -> dict[str, Any]:
-        """getchildorders row."""
-        avg = self.notional / self.executed if self.executed else 0.0
-        return {
-            "id": self.page_id if self.state != "ACTIVE" else 0,
-            "child_order_id": self.child_order_id,
-            "product_code": self.product,
-            "side": SIDE_NAME[self.side],
-            "child_order_type": self.order_type,
-            "price": float(self.price),
-            "average_price": float(round(avg)) if avg == round(avg) else avg,
-            "size": btc(self.size),
-            "child_order_state": self.state,
-            "expire_date": self.expire_date,
-            "child_order_date": timestamps.rest_seconds(self.accepted_at) if self.accepted_at else "",
-            "child_order_acceptance_id": self.acceptance_id,
-            "outstanding_size": btc(self.remaining if self.state == "ACTIVE" else 0),
-            "cancel_size": btc(self.cancel_size),
-            "executed_size": btc(self.executed),
-            "total_commission": btc(self.commission),
-            "time_in_force": self.time_in_force,
-        }
-
-
-@dataclass(slots=True)
-class Lot:
-    """One open FX lot (a getpositions row)."""
-
-    side: int
-    price: int
-    size: int
-    opened: datetime
-
-
-@dataclass(slots=True)
-class Fill:
-    exec_id: int
-    order: Order
-    side: int
-    price: int
-    size: int
-    commission: int
-    when: datetime
-
-    def row(self) -> dict[str, Any]:
-        """/v1/me/getexecutions row."""
-        return {
-            "id": self.exec_id,
-            "child_order_id": self.order.child_order_id,
-            "side": SIDE_NAME[self.side],
-            "price": self.price,
-            "size": btc(self.size),
-            "commission": btc(self.commission),
-            "exec_date": timestamps.rest_ms(self.when),
-            "child_order_acceptance_id": self.order.acceptance_id,
-        }
-
-
-class Account:
-    """Balances (spot), collateral and lots (FX), orders and fills of one API key."""
-
-    def __init__(self, cfg: AccountConfig, history: int) -> None:
-        self.api_key = cfg.api_key
-        self.api_secret = cfg.api_secret
-        self.jpy = round(cfg.jpy * SAT)  # 1e-8 yen
-        self.btc = to_sats(cfg.btc)
-        self.collateral = round((cfg.jpy if cfg.collateral is None else cfg.collateral) * SAT)
-        self.lots: dict[str, deque[Lot]] = {}
-        self.active: dict[str, Order] = {}  # acceptance id -> order, insertion (time) ordered
-        self.finished: deque[Order] = deque(maxlen=history)  # in page-id order
-        self.fills: deque[Fill] = deque(maxlen=history)
-        self._by_acceptance: dict[str, Order] = {}  # every order still known (active or in `finished`)
-        self._by_child: dict[str, Order] = {}
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"Account({self.api_key!r})"
-
-    def track(self, order: Order) -> None:
-        """Index a placed order for lookups by either id."""
-        self._by_acceptance[order.acceptance_id] = order
-        self._by_child[order.child_order_id] = order
-
-    def retire(self, order: Order) -> None:
-        """Move a finished order to the bounded history (forgetting the oldest one)."""
-        self.active.pop(order.acceptance_id, None)
-        if self.finished.maxlen is not None and len(self.finished) == self.finished.maxlen:
-            old = self.finished[0]
-            self._by_acceptance.pop(old.acceptance_id, None)
-            self._by_child.pop(old.child_order_id, None)
-        self.finished.append(order)
-        self.track(order)
-
-    def find(self, acceptance_id: str | None, child_order_id: str | None) -> Order | None:
-        if acceptance_id:
-            return self._by_acceptance.get(acceptance_id)
-        if child_order_id:
-            return self._by_child.get(child_order_id)
-        return None
-
-    def net(self, product: str) -> int:
-        return sum(lot.side * lot.size for lot in self.lots.get(product, ()))
-
-
-class Level:
-    """FIFO queue of orders at one price."""
-
-    __slots__ = ("orders", "total")
-
-    def __init__(self) -> None:
-        self.orders: deque[Order] = deque()
-        self.total = 0
-
-
-class Book:
-    """Bids and asks as price -> Level, with the set of prices changed since the last diff."""
-
-    def __init__(self) -> None:
-        self.bids: SortedDict = SortedDict()
-        self.asks: SortedDict = SortedDict()
-        self.dirty_bids: set[int] = set()
-        self.dirty_asks: set[int] = set()
-        self.depth = {BUY: 0, SELL: 0}
-
-    def side(self, side: int) -> SortedDict:
-        return self.bids if side == BUY else self.asks
-
-    def touch(self, side: int) -> int | None:
-        """Best price on ``side`` (BUY = best bid)."""
-        m = self.side(side)
-        if not m:
-            return None
-        price: int = m.peekitem(-1 if side == BUY else 0)[0]
-        return price
-
-    def mark(self, side: int, price: int) -> None:
-        (self.dirty_bids if side == BUY else self.dirty_asks).add(price)
-
-    def add(self, order: Order) -> None:
-        m = self.side(order.side)
-        lvl = m.get(order.price)
-        if lvl is None:
-            lvl = m[order.price] = Level()
-        lvl.orders.append(order)
-        lvl.total += order.remaining
-        self.depth[order.side] += order.remaining
-        order.resting = True
-        self.mark(order.side, order.price)
-
-    def remove(self, order: Order) -> None:
-        m = self.side(order.side)
-        lvl: Level = m[order.price]
-        lvl.orders.remove(order)
-        lvl.total -= order.remaining
-        self.depth[order.side] -= order.remaining
-        order.resting = False
-        if not lvl.orders:
-            del m[order.price]
-        self.mark(order.side, order.price)
-
-    def shrink(self, order: Order, by: int) -> None:
-        """Reduce a resting order in place (keeps its queue position)."""
-        lvl: Level = self.side(order.side)[order.price]
-        order.remaining -= by
-        lvl.total -= by
-        self.depth[order.side] -= by
-        self.mark(order.side, order.price)
-
-    def mid(self) -> float | None:
-        b, a = self.touch(BUY), self.touch(SELL)
-        if b is not None and a is not None:
-            return (a + b) / 2
-        one = b if a is None else a
-        return None if one is None else float(one)
-
-    def levels(self, side: int, depth: int | None = None) -> Iterator[tuple[int, int]]:
-        m = self.side(side)
-        keys: Iterable[int] = reversed(m.keys()) if side == BUY else m.keys()
-        for n, price in enumerate(keys):
-            if depth is not None and n >= depth:
-                return
-            yield price, m[price].total
-
-
-@dataclass(slots=True)
-class Market:
-    """Per-product state: the book, last trade, public history and ticker counters."""
-
-    spec: ProductSpec
-    book: Book
-    history: deque[tuple[int, int, int, int, datetime, str, str]]
-    ltp: int = 0
-    volume: int = 0
-    tick_id: int = 0
-    fair_mid: float = 0.0  # the synthetic flow's latent price
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _mid_json(mid: float | None) -> float:
-    if mid is None:
-        return 0.0
-    return float(mid) if mid != int(mid) else float(int(mid))
-
-
-class OrderRate:
-    """Orders accepted per whole second, for the natural health: two counters, no per-order memory."""
-
-    __slots__ = ("_current", "_previous", "_second")
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._current = 0
-        self._previous = 0
-
-    def hit(self, now: float) -> None:
-        second = int(now)
-        if second != self._second:
-            self._previous = self._current if second == self._second + 1 else 0
-            self._current = 0
-            self._second = second
-        self._current += 1
-
-    def last_second(self, now: float) -> int:
-        """Orders in the last whole second before ``now``."""
-        second = int(now)
-        if second == self._second:
-            return self._previous
-        return self._current if second == self._second + 1 else 0
 
 
 class Engine:
@@ -428,7 +83,8 @@ class Engine:
         self._expiry: list[tuple[float, int, Order]] = []
         self.synthetic_filled: list[Order] = []  # drained by the flow every step
         self.user_flow: dict[str, int] = {}  # product -> signed sats users took since the last step
-        self._diff_rng = random.Random((config.seed or 0) ^ 0xD1FF)  # not the flow's generator
+        # the stale-deletion fault's generator (read by views.take_diff), not the flow's
+        self.diff_rng = random.Random((config.seed or 0) ^ 0xD1FF)
         self._pub: dict[str, list[dict[str, Any]]] = {}
         self._priv: dict[Account, list[dict[str, Any]]] = {}
         self.order_rate = OrderRate()
@@ -870,7 +526,7 @@ class Engine:
             self._cancel(order, when)
         self.flush()
 
-    # ------------------------------------------------------------------ views
+    # ------------------------------------------------------------------ accounting
     def open_pnl(self, account: Account, product: str | None = None) -> int:
         total = 0
         for code, lots in account.lots.items():
@@ -885,233 +541,3 @@ class Engine:
         return round(
             sum(lot.price * lot.size for lots in account.lots.values() for lot in lots) / self.config.fx_leverage
         )
-
-    def board(self, product: str, depth: int | None = None, *, ws: bool = False) -> dict[str, Any]:
-        """getboard / snapshot payload (``ws`` prints prices as floats, like the realtime feed)."""
-        book = self.markets[product].book
-        conv: Any = float if ws else int
-        return {
-            "mid_price": _mid_json(book.mid()) if ws else _rest_mid(book.mid()),
-            "bids": [{"price": conv(p), "size": btc(s)} for p, s in book.levels(BUY, depth)],
-            "asks": [{"price": conv(p), "size": btc(s)} for p, s in book.levels(SELL, depth)],
-        }
-
-    def take_diff(self, product: str) -> dict[str, Any] | None:
-        """The levels changed since the last call (size = new total, 0 = gone), or None."""
-        book = self.markets[product].book
-        if not book.dirty_bids and not book.dirty_asks:
-            return None
-        stale = self.config.market.stale_deletions
-        bids = [{"price": float(p), "size": btc(_total(book.bids, p))} for p in sorted(book.dirty_bids, reverse=True)]
-        asks = [{"price": float(p), "size": btc(_total(book.asks, p))} for p in sorted(book.dirty_asks)]
-        if stale > 0:  # a missed deletion leaves a stale level until the next snapshot
-            bids = [x for x in bids if x["size"] or self._diff_rng.random() >= stale]
-            asks = [x for x in asks if x["size"] or self._diff_rng.random() >= stale]
-        book.dirty_bids.clear()
-        book.dirty_asks.clear()
-        return {"mid_price": _mid_json(book.mid()), "bids": bids, "asks": asks}
-
-    def ticker(self, product: str, *, ws: bool = False) -> dict[str, Any]:
-        mkt = self.markets[product]
-        book = mkt.book
-        mkt.tick_id += 1
-        bb, ba = book.touch(BUY), book.touch(SELL)
-        when = self.now()
-        out: dict[str, Any] = {
-            "product_code": product,
-            "state": self.board_state(),
-            "timestamp": timestamps.ws(when) if ws else timestamps.rest_ms(when),
-            "tick_id": mkt.tick_id,
-            "best_bid": float(bb or 0),
-            "best_ask": float(ba or 0),
-            "best_bid_size": btc(book.bids[bb].total) if bb is not None else 0.0,
-            "best_ask_size": btc(book.asks[ba].total) if ba is not None else 0.0,
-            "total_bid_depth": btc(book.depth[BUY]),
-            "total_ask_depth": btc(book.depth[SELL]),
-            "market_bid_size": 0.0,
-            "market_ask_size": 0.0,
-            "ltp": float(mkt.ltp),
-            "volume": btc(mkt.volume),
-            "volume_by_product": btc(mkt.volume),
-        }
-        if ws:
-            out["preopen_end"] = None
-            out["circuit_break_end"] = None
-        return out
-
-    def public_executions(
-        self, product: str, count: int = 100, before: int | None = None, after: int | None = None
-    ) -> list[dict[str, Any]]:
-        """getexecutions rows, newest first, ids in (after, before)."""
-        out: list[dict[str, Any]] = []
-        for xid, side, price, size, when, b, s in reversed(self.markets[product].history):
-            if before is not None and xid >= before:
-                continue
-            if after is not None and xid <= after:
-                break
-            out.append(
-                {
-                    "id": xid,
-                    "side": SIDE_NAME[side],
-                    "price": price,
-                    "size": btc(size),
-                    "exec_date": timestamps.rest_ms(when),
-                    "buy_child_order_acceptance_id": b,
-                    "sell_child_order_acceptance_id": s,
-                }
-            )
-            if len(out) >= count:
-                break
-        return out
-
-    def child_orders(
-        self,
-        account: Account,
-        product: str,
-        count: int = 100,
-        before: int | None = None,
-        after: int | None = None,
-        state: str | None = None,
-        child_order_id: str | None = None,
-        acceptance_id: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """getchildorders rows, newest first. ACTIVE rows (id 0) come first and are left out
-        when paging by ``before``/``after`` (their id is not assigned yet)."""
-        paging = before is not None or after is not None
-        rows: list[dict[str, Any]] = []
-        actives = [] if paging else sorted(account.active.values(), key=lambda o: -o.serial)
-        for o in itertools.chain(actives, reversed(account.finished)):
-            if o.product != product:
-                continue
-            if state and o.state != state.upper():
-                continue
-            if child_order_id and o.child_order_id != child_order_id:
-                continue
-            if acceptance_id and o.acceptance_id != acceptance_id:
-                continue
-            if before is not None and o.page_id >= before:
-                continue
-            if after is not None and o.page_id <= after:
-                continue
-            rows.append(o.row())
-            if len(rows) >= count:
-                break
-        return rows
-
-    def my_executions(
-        self,
-        account: Account,
-        product: str,
-        count: int = 100,
-        before: int | None = None,
-        after: int | None = None,
-        child_order_id: str | None = None,
-        acceptance_id: str | None = None,
-    ) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for f in reversed(account.fills):
-            if f.order.product != product:
-                continue
-            if before is not None and f.exec_id >= before:
-                continue
-            if after is not None and f.exec_id <= after:
-                break
-            if child_order_id and f.order.child_order_id != child_order_id:
-                continue
-            if acceptance_id and f.order.acceptance_id != acceptance_id:
-                continue
-            rows.append(f.row())
-            if len(rows) >= count:
-                break
-        return rows
-
-    def positions(self, account: Account, product: str) -> list[dict[str, Any]]:
-        mkt = self.markets[product]
-        mark = mkt.ltp or int(mkt.fair_mid)
-        lev = self.config.fx_leverage
-        return [
-            {
-                "product_code": product,
-                "side": SIDE_NAME[lot.side],
-                "price": lot.price,
-                "size": btc(lot.size),
-                "commission": 0,
-                "swap_point_accumulate": 0,
-                "require_collateral": jpy(round(lot.price * lot.size / lev)),
-                "open_date": timestamps.rest_ms(lot.opened),
-                "leverage": int(lev) if lev == int(lev) else lev,
-                "pnl": jpy((mark - lot.price) * lot.size * lot.side),
-                "sfd": 0,
-            }
-            for lot in account.lots.get(product, ())
-        ]
-
-    def balance(self, account: Account) -> list[dict[str, Any]]:
-        return [
-            {"currency_code": "JPY", "amount": jpy(account.jpy), "available": jpy(self.available_jpy(account))},
-            {"currency_code": "BTC", "amount": btc(account.btc), "available": btc(self.available_btc(account))},
-        ]
-
-    def collateral(self, account: Account) -> dict[str, Any]:
-        pnl = self.open_pnl(account)
-        req = self.require_collateral(account)
-        keep = (account.collateral + pnl) / req if req else 0.0
-        return {
-            "collateral": jpy(account.collateral),
-            "open_position_pnl": jpy(pnl),
-            "require_collateral": jpy(req),
-            "keep_rate": round(keep, 4),
-            "margin_call_amount": 0,
-            "margin_call_due_date": None,
-        }
-
-    def collateral_accounts(self, account: Account) -> list[dict[str, Any]]:
-        return [{"currency_code": "JPY", "amount": jpy(account.collateral)}, {"currency_code": "BTC", "amount": 0.0}]
-
-    def state(self) -> dict[str, Any]:
-        """GET /_sim/state: markets, accounts (balances, collateral, open orders, positions)."""
-        accounts: dict[str, Any] = {}
-        for key, acct in self.accounts.items():
-            positions: dict[str, Any] = {}
-            for code, mkt in self.markets.items():
-                if mkt.spec.is_fx:
-                    positions[code] = {"net": btc(acct.net(code)), "lots": self.positions(acct, code)}
-                else:
-                    positions[code] = {"net": btc(acct.btc), "lots": []}
-            accounts[key] = {
-                "balances": {b["currency_code"]: b for b in self.balance(acct)},
-                "collateral": self.collateral(acct),
-                "open_orders": [o.row() for o in acct.active.values()],
-                "positions": positions,
-                "executions": len(acct.fills),
-            }
-        markets = {}
-        for code, mkt in self.markets.items():
-            book = mkt.book
-            markets[code] = {
-                "best_bid": book.touch(BUY),
-                "best_ask": book.touch(SELL),
-                "mid_price": book.mid(),
-                "fair_mid": mkt.fair_mid,
-                "ltp": mkt.ltp,
-                "volume": btc(mkt.volume),
-                "levels": [len(book.bids), len(book.asks)],
-            }
-        return {
-            "last_execution_id": self.last_exec_id,
-            "board_state": self.board_state(),
-            "health": self.health(),
-            "markets": markets,
-            "accounts": accounts,
-        }
-
-
-def _total(m: SortedDict, price: int) -> int:
-    lvl: Level | None = m.get(price)
-    return lvl.total if lvl is not None else 0
-
-
-def _rest_mid(mid: float | None) -> float | int:
-    if mid is None:
-        return 0
-    return int(mid) if mid == int(mid) else mid

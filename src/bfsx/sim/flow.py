@@ -17,8 +17,10 @@ from datetime import datetime
 
 from sortedcontainers import SortedDict
 
+from bfsx.sim.book import Market
 from bfsx.sim.config import MarketConfig
-from bfsx.sim.engine import BUY, SAT, SELL, Engine, Market, Order, to_sats
+from bfsx.sim.engine import Engine
+from bfsx.sim.model import BUY, SAT, SELL, Order, to_sats
 
 _BIG = 10**18  # size of a sweep order: bounded by its limit price, not by size
 

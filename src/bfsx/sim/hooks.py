@@ -23,7 +23,8 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from bfsx.bitflyer import auth
+from bfsx.bitflyer import auth, endpoints
+from bfsx.sim import paths
 
 
 async def eventually(
@@ -52,7 +53,7 @@ class SimHooks:
 
     async def set_faults(self, **faults: Any) -> dict[str, Any]:
         """POST /_sim/faults with any subset of the switches; returns the faults in force."""
-        async with aiohttp.ClientSession() as s, s.post(f"{self.url}/_sim/faults", json=faults) as r:
+        async with aiohttp.ClientSession() as s, s.post(f"{self.url}{paths.FAULTS}", json=faults) as r:
             data: dict[str, Any] = await r.json()
             if r.status != 200:
                 raise ValueError(data.get("error", f"HTTP {r.status}"))
@@ -60,7 +61,7 @@ class SimHooks:
 
     async def fetch_state(self) -> dict[str, Any]:
         """GET /_sim/state."""
-        async with aiohttp.ClientSession() as s, s.get(f"{self.url}/_sim/state") as r:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.url}{paths.STATE}") as r:
             data: dict[str, Any] = await r.json()
             return data
 
@@ -108,7 +109,7 @@ class WireClient:
         target = path + ("?" + urlencode(query) if query else "")
         raw = json.dumps(body).encode() if body is not None else b""
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        if (sign if sign is not None else path.startswith("/v1/me/")) and self.api_key:
+        if (sign if sign is not None else path.startswith(endpoints.PRIVATE_PREFIX)) and self.api_key:
             headers.update(auth.rest_headers(self.api_key, secret or self.secret or "", method, target, raw))
         async with self._session.request(method, self.url + target, data=raw or None, headers=headers) as r:
             return WireReply(r.status, r.headers, await r.text())
@@ -130,7 +131,7 @@ class WireClient:
         }
         if price is not None:
             body["price"] = price
-        r = await self.post("/v1/me/sendchildorder", body)
+        r = await self.post(endpoints.SEND_CHILD_ORDER, body)
         assert r.status == 200, f"sendchildorder: HTTP {r.status} {r.text}"
         acceptance: str = r.data["child_order_acceptance_id"]
         return acceptance

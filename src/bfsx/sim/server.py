@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import signal
 import sys
 import time
@@ -24,19 +23,37 @@ from aiohttp import WSMsgType, web
 from multidict import MultiMapping
 
 from bfsx import aio
-from bfsx.bitflyer import auth, channels, errors, limits
+from bfsx.bitflyer import auth, channels, endpoints, errors, limits
 from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import PRODUCTS, REGIONS
 from bfsx.errors import UserError
 from bfsx.sim import faults as faults_mod
+from bfsx.sim import paths, views
 from bfsx.sim.config import SimConfig, load_sim_config
-from bfsx.sim.engine import PRIVATE_PATHS, Account, Engine, EngineError, Order, btc
+from bfsx.sim.engine import Engine
 from bfsx.sim.faults import Faults
 from bfsx.sim.flow import SyntheticFlow
+from bfsx.sim.live import LiveView
+from bfsx.sim.model import Account, EngineError, Order, btc
 from bfsx.sim.ratelimit import RateLimiter
 
 JSON = "application/json"
 _MAX_COUNT = 1000
+
+#: The private paths the simulator serves, as ``getpermissions`` lists them.
+PRIVATE_PATHS = (
+    endpoints.GET_PERMISSIONS,
+    endpoints.GET_BALANCE,
+    endpoints.GET_COLLATERAL,
+    endpoints.GET_COLLATERAL_ACCOUNTS,
+    endpoints.SEND_CHILD_ORDER,
+    endpoints.CANCEL_CHILD_ORDER,
+    endpoints.CANCEL_ALL_CHILD_ORDERS,
+    endpoints.GET_CHILD_ORDERS,
+    endpoints.GET_MY_EXECUTIONS,
+    endpoints.GET_POSITIONS,
+    endpoints.GET_TRADING_COMMISSION,
+)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -109,10 +126,10 @@ class SimServer:
         self._private: dict[str, tuple[str, Handler]] = {}
         self._routes()
         self.app = web.Application(client_max_size=1 << 20)
-        self.app.router.add_get("/json-rpc", self._ws_handler)
-        self.app.router.add_post("/_sim/faults", self._faults_handler)
-        self.app.router.add_get("/_sim/faults", self._faults_get)
-        self.app.router.add_get("/_sim/state", self._state_handler)
+        self.app.router.add_get(endpoints.REALTIME_PATH, self._ws_handler)
+        self.app.router.add_post(paths.FAULTS, self._faults_handler)
+        self.app.router.add_get(paths.FAULTS, self._faults_get)
+        self.app.router.add_get(paths.STATE, self._state_handler)
         self.app.router.add_route("*", "/{tail:.*}", self._rest_handler)
 
     # ------------------------------------------------------------------ lifecycle
@@ -123,7 +140,7 @@ class SimServer:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/json-rpc"
+        return f"ws://{self.host}:{self.port}{endpoints.REALTIME_PATH}"
 
     async def start(self) -> None:
         """Listen and start the market clock."""
@@ -192,7 +209,7 @@ class SimServer:
 
     def state(self) -> dict[str, Any]:
         """Same JSON as GET /_sim/state."""
-        st = self.engine.state()
+        st = views.state(self.engine)
         st["faults"] = self.active_faults.as_dict()
         st["seed"] = self.seed
         st["websockets"] = len(self._clients)
@@ -244,7 +261,7 @@ class SimServer:
 
     def _diffs(self) -> None:
         for code in self.engine.markets:
-            diff = self.engine.take_diff(code)
+            diff = views.take_diff(self.engine, code)
             if diff is not None:
                 self._publish(channels.board(code), diff)
 
@@ -253,13 +270,13 @@ class SimServer:
         for code in self.engine.markets:
             ch = channels.board_snapshot(code)
             if self._subs.get(ch):
-                self._publish(ch, self.engine.board(code, depth, ws=True))
+                self._publish(ch, views.board(self.engine, code, depth, ws=True))
 
     def _tickers(self) -> None:
         for code in self.engine.markets:
             ch = channels.ticker(code)
             if self._subs.get(ch):
-                self._publish(ch, self.engine.ticker(code, ws=True))
+                self._publish(ch, views.ticker(self.engine, code, ws=True))
 
     # ------------------------------------------------------------------ engine listener
     def on_executions(self, product: str, rows: list[dict[str, Any]]) -> None:
@@ -432,31 +449,31 @@ class SimServer:
     # ------------------------------------------------------------------ REST
     def _routes(self) -> None:
         pub = self._public
-        for alias in ("getmarkets", "markets"):
-            pub[f"/v1/{alias}"] = self._getmarkets
-            pub[f"/v1/{alias}/usa"] = self._getmarkets
-            pub[f"/v1/{alias}/eu"] = self._getmarkets
-        for name in ("getboard", "board"):
-            pub[f"/v1/{name}"] = self._getboard
-        for name in ("getticker", "ticker"):
-            pub[f"/v1/{name}"] = self._getticker
-        for name in ("getexecutions", "executions"):
-            pub[f"/v1/{name}"] = self._getexecutions
-        pub["/v1/getboardstate"] = self._getboardstate
-        pub["/v1/gethealth"] = self._gethealth
-        pub["/v1/getfundingrate"] = self._getfundingrate
+        for path in endpoints.spellings(endpoints.GET_MARKETS):
+            pub[path] = self._getmarkets
+            for region in endpoints.MARKET_REGIONS:
+                pub[f"{path}/{region}"] = self._getmarkets
+        for path in endpoints.spellings(endpoints.GET_BOARD):
+            pub[path] = self._getboard
+        for path in endpoints.spellings(endpoints.GET_TICKER):
+            pub[path] = self._getticker
+        for path in endpoints.spellings(endpoints.GET_EXECUTIONS):
+            pub[path] = self._getexecutions
+        pub[endpoints.GET_BOARD_STATE] = self._getboardstate
+        pub[endpoints.GET_HEALTH] = self._gethealth
+        pub[endpoints.GET_FUNDING_RATE] = self._getfundingrate
         priv = self._private
-        priv["/v1/me/getpermissions"] = ("GET", self._getpermissions)
-        priv["/v1/me/getbalance"] = ("GET", self._getbalance)
-        priv["/v1/me/getcollateral"] = ("GET", self._getcollateral)
-        priv["/v1/me/getcollateralaccounts"] = ("GET", self._getcollateralaccounts)
-        priv["/v1/me/sendchildorder"] = ("POST", self._sendchildorder)
-        priv["/v1/me/cancelchildorder"] = ("POST", self._cancelchildorder)
-        priv["/v1/me/cancelallchildorders"] = ("POST", self._cancelallchildorders)
-        priv["/v1/me/getchildorders"] = ("GET", self._getchildorders)
-        priv["/v1/me/getexecutions"] = ("GET", self._getmyexecutions)
-        priv["/v1/me/getpositions"] = ("GET", self._getpositions)
-        priv["/v1/me/gettradingcommission"] = ("GET", self._gettradingcommission)
+        priv[endpoints.GET_PERMISSIONS] = ("GET", self._getpermissions)
+        priv[endpoints.GET_BALANCE] = ("GET", self._getbalance)
+        priv[endpoints.GET_COLLATERAL] = ("GET", self._getcollateral)
+        priv[endpoints.GET_COLLATERAL_ACCOUNTS] = ("GET", self._getcollateralaccounts)
+        priv[endpoints.SEND_CHILD_ORDER] = ("POST", self._sendchildorder)
+        priv[endpoints.CANCEL_CHILD_ORDER] = ("POST", self._cancelchildorder)
+        priv[endpoints.CANCEL_ALL_CHILD_ORDERS] = ("POST", self._cancelallchildorders)
+        priv[endpoints.GET_CHILD_ORDERS] = ("GET", self._getchildorders)
+        priv[endpoints.GET_MY_EXECUTIONS] = ("GET", self._getmyexecutions)
+        priv[endpoints.GET_POSITIONS] = ("GET", self._getpositions)
+        priv[endpoints.GET_TRADING_COMMISSION] = ("GET", self._gettradingcommission)
 
     async def _rest_handler(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/").lower() or "/"
@@ -516,7 +533,7 @@ class SimServer:
         over = self.config.limits.over_limit_http_status
         if not ok:
             return self._error(errors.OVER_LIMIT, headers, http=over)
-        if path in limits.ORDER_PATHS:
+        if path in endpoints.ORDER_PATHS:
             ok = lim.hit_orders(acct.api_key, now)
             headers.update(limits.headers_for(k.orders.reading(now, wall), order=True))
             if not ok:
@@ -576,18 +593,18 @@ class SimServer:
     def _getmarkets(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         region = request.path.rstrip("/").rsplit("/", 1)[-1].lower()
         served = self.engine.markets
-        codes = [c for c in REGIONS.get(region, ()) if c in served] if region in ("usa", "eu") else list(served)
+        codes = [c for c in REGIONS.get(region, ()) if c in served] if region in endpoints.MARKET_REGIONS else list(served)
         return [{"product_code": c, "market_type": PRODUCTS[c].market_type} for c in codes]
 
     def _getboard(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        return self.engine.board(self._product(q))
+        return views.board(self.engine, self._product(q))
 
     def _getticker(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        return self.engine.ticker(self._product(q))
+        return views.ticker(self.engine, self._product(q))
 
     def _getexecutions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        return self.engine.public_executions(
-            self._product(q), self._count(q), self._int(q, "before"), self._int(q, "after")
+        return views.public_executions(
+            self.engine, self._product(q), self._count(q), self._int(q, "before"), self._int(q, "after")
         )
 
     def _getboardstate(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
@@ -613,17 +630,17 @@ class SimServer:
 
     def _getbalance(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.balance(acct)
+        return views.balance(self.engine, acct)
 
     def _getcollateral(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.collateral(acct)
+        return views.collateral(self.engine, acct)
 
     def _getcollateralaccounts(
         self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
     ) -> Any:
         assert acct is not None
-        return self.engine.collateral_accounts(acct)
+        return views.collateral_accounts(self.engine, acct)
 
     def _gettradingcommission(
         self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
@@ -633,7 +650,8 @@ class SimServer:
 
     def _getchildorders(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.child_orders(
+        return views.child_orders(
+            self.engine,
             acct,
             self._product(q),
             self._count(q),
@@ -646,7 +664,8 @@ class SimServer:
 
     def _getmyexecutions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
-        return self.engine.my_executions(
+        return views.my_executions(
+            self.engine,
             acct,
             self._product(q),
             self._count(q),
@@ -661,7 +680,7 @@ class SimServer:
         code = self._product({"product_code": q.get("product_code") or "FX_BTC_JPY"})
         if not self.engine.markets[code].spec.is_fx:
             raise EngineError(errors.INVALID_PRODUCT)
-        return self.engine.positions(acct, code)
+        return views.positions(self.engine, acct, code)
 
     def _later(self, fn: Callable[..., None], *args: Any) -> None:
         """Run an order action after the reply is produced (acceptance is not placement)."""
@@ -704,46 +723,6 @@ class SimServer:
 
 
 # ---------------------------------------------------------------------- the `bfsx sim` command
-def _fmt(v: float | int | None) -> str:
-    return "-" if v is None else f"{v:,.0f}"
-
-
-class _LiveView:
-    """The one-line market view: rewritten in place on a terminal, a line now and then otherwise."""
-
-    def __init__(self, sim: SimServer, tty: bool) -> None:
-        self.sim = sim
-        self.tty = tty
-        self._last_total = sim.executions_total
-        self._last_time = time.monotonic()
-
-    def line(self) -> str:
-        now = time.monotonic()
-        total = self.sim.executions_total
-        rate = (total - self._last_total) / max(1e-6, now - self._last_time)
-        self._last_total, self._last_time = total, now
-        parts = []
-        for code, mkt in self.sim.engine.markets.items():
-            b = mkt.book
-            parts.append(f"{code} {_fmt(b.touch(1))}/{_fmt(b.touch(-1))} last {_fmt(mkt.ltp)}")
-        state = self.sim.engine.board_state()
-        return " | ".join(parts) + f" | {rate:.0f} exec/s | {len(self.sim._clients)} ws | {state}"
-
-    async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            line = self.line()
-            try:
-                if self.tty:
-                    width = shutil.get_terminal_size((120, 24)).columns
-                    sys.stdout.write("\r\x1b[K" + line[: max(20, width - 1)])
-                else:
-                    sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-            except OSError:  # stdout went away (closed pipe): keep serving, stop printing
-                return
-
-
 async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
 
     sim = SimServer(cfg, host, port)
@@ -763,7 +742,7 @@ async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
     tty = sys.stdout.isatty()
     if not quiet:
         interval = cfg.live_interval if tty else max(10.0, cfg.live_interval)
-        view = asyncio.create_task(_LiveView(sim, tty).run(interval))
+        view = asyncio.create_task(LiveView(sim, tty).run(interval))
     try:
         await stop.wait()
     finally:

@@ -6,9 +6,10 @@ import asyncio
 from typing import Any
 
 from bfsx.sim.config import SimConfig
-from bfsx.sim.engine import SIDE_NAME, Engine
+from bfsx.sim.engine import Engine
 from bfsx.sim.flow import SyntheticFlow
 from bfsx.sim.hooks import WireClient, WireSocket
+from bfsx.sim.model import SIDE_NAME
 from bfsx.sim.server import SimServer
 
 FX = "FX_BTC_JPY"
