@@ -162,3 +162,14 @@ class Collateral(TypedDict):
     keep_rate: float
     margin_call_amount: NotRequired[float]
     margin_call_due_date: NotRequired[str | None]
+
+
+class CollateralChange(TypedDict):
+    """getcollateralhistory row: one change of the collateral, newest first."""
+
+    id: int
+    currency_code: str
+    change: float  # JPY, + deposit / profit, - withdrawal / loss
+    amount: float  # the collateral after this change
+    reason_code: str  # e.g. CLEARING_COLL (realised CFD PnL)
+    date: str

@@ -36,6 +36,7 @@ from bfsx.bitflyer.messages import (
     BoardState,
     ChildOrder,
     Collateral,
+    CollateralChange,
     Execution,
     PositionRow,
     PrivateExecution,
@@ -94,9 +95,9 @@ Row = TypeVar("Row", bound=Mapping[str, Any])
 async def paged(
     fetch: Callable[[int | None], Awaitable[list[Row]]], *, count: int, max_pages: int
 ) -> AsyncIterator[list[Row]]:
-    """Pages of a newest-first list endpoint (getchildorders, getexecutions), each read by
-    ``fetch(before)`` and paged back with ``before`` = the smallest ``id`` of the page. ACTIVE
-    child-order rows have ``id`` 0, which is no paging key. Stops after a page shorter than
+    """Pages of a newest-first list endpoint (getchildorders, getexecutions, getcollateralhistory),
+    each read by ``fetch(before)`` and paged back with ``before`` = the smallest ``id`` of the page.
+    ACTIVE child-order rows have ``id`` 0, which is no paging key. Stops after a page shorter than
     ``count``, a page without a usable id, or ``max_pages`` pages; a caller may stop earlier."""
     before: int | None = None
     for _ in range(max(1, max_pages)):
@@ -361,6 +362,15 @@ class RestClient:
     async def get_collateral(self) -> Collateral:
         """FX / CFD collateral and margin figures."""
         return cast(Collateral, self._dict(await self._get(endpoints.GET_COLLATERAL), "getcollateral"))
+
+    async def get_collateral_history(
+        self, *, count: int = 100, before: int | None = None, after: int | None = None
+    ) -> list[CollateralChange]:
+        """The changes of the collateral (realised PnL, deposits...), newest first; page with
+        ``before`` / ``after`` by ``id`` (see :func:`paged`)."""
+        params = {"count": count, "before": before, "after": after}
+        data = await self._get(endpoints.GET_COLLATERAL_HISTORY, params)
+        return cast(list[CollateralChange], self._list(data, "getcollateralhistory"))
 
     async def get_positions(self, product: str = "FX_BTC_JPY") -> list[PositionRow]:
         """Open FX lots, one row per lot (not netted; see :meth:`net_position`)."""
