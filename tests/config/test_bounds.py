@@ -20,7 +20,14 @@ from pydantic import BaseModel
 from bfsx.config import ConfigError, StrategyConfig, TradeConfig, load_strategy_config, load_trade_config
 from bfsx.config.loading import _unwrap
 from bfsx.errors import UserError
-from bfsx.sim.config import AccountConfig, LimitsConfig, MarketConfig, SimConfig, load_sim_config
+from bfsx.sim.config import (
+    AccountConfig,
+    LimitsConfig,
+    MarginConfig,
+    MarketConfig,
+    SimConfig,
+    load_sim_config,
+)
 
 Loader = Callable[[Path], Any]
 
@@ -181,7 +188,7 @@ def test_models_built_in_code_are_checked_too() -> None:
 
 # ------------------------------------------------------------------------------- the simulator
 SIM_MODELS: dict[str, type[BaseModel]] = {"": SimConfig, "market": MarketConfig, "limits": LimitsConfig,
-                                          "accounts": AccountConfig}
+                                          "margin": MarginConfig, "accounts": AccountConfig}
 
 
 def sim_yaml(section: str, key: str, value: str) -> str:
@@ -211,8 +218,26 @@ def test_sim_config_refuses_nan_inside_lists_and_mappings() -> None:
 
 
 def test_sim_float_keys_are_all_covered() -> None:
-    assert len(SIM_CASES) >= 30  # every float of the four sim models, found by type
+    assert len(SIM_CASES) >= 33  # every float of the five sim models, found by type
     assert ("market", "taker_size_max") in SIM_CASES and ("accounts", "collateral") in SIM_CASES
+    assert {("margin", "leverage"), ("margin", "margin_call_ratio"), ("margin", "loss_cut_ratio")} <= set(SIM_CASES)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("margin: {leverage: 0.5}\n", "'margin.leverage' must be a finite number >= 1 and <= 100, got 0.5"),
+        ("margin: {leverage: 1.0e+300}\n", "'margin.leverage' must be a finite number >= 1 and <= 100, got 1e+300"),
+        ("margin: {loss_cut_ratio: -0.1}\n", "'margin.loss_cut_ratio' must be a finite number >= 0 and <= 10, got -0.1"),
+        ("margin: {margin_call_ratio: 11}\n", "'margin.margin_call_ratio' must be a finite number >= 0 and <= 10, got 11"),
+        ("margin: {margin_call_ratio: 0.4}\n",
+         "'margin' must have loss_cut_ratio <= margin_call_ratio, got 0.5 > 0.4"),
+        ("fx_leverage: 2\n", "'fx_leverage' is now 'margin: {leverage: ...}'"),
+    ],
+)
+def test_sim_margin_keys_are_bounded(text: str, expected: str) -> None:
+    message = error_of(text, load_sim_config, "sim.yaml")
+    assert expected in message, message
 
 
 # ------------------------------------------------------------------------------ real processes

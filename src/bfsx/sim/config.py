@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bfsx.bitflyer import limits
 from bfsx.bitflyer.products import get_product
+from bfsx.config.base import _fail
 from bfsx.config.loading import load_model
 
 
@@ -96,6 +97,30 @@ class LimitsConfig(_Strict):
     over_limit_http_status: int = Field(default=429, ge=100, le=599)
 
 
+class MarginConfig(_Strict):
+    """bitFlyer Crypto CFD margin rules for ``FX_BTC_JPY`` (docs/simulator.md#margin-and-loss-cut).
+
+    keep rate = (collateral + open PnL) / required collateral, required = Σ lot price × size / leverage.
+    """
+
+    leverage: float = Field(default=2.0, ge=1, le=100, description="required collateral = position value / leverage")
+    margin_call_ratio: float = Field(
+        default=1.0, ge=0, le=10, description="keep rate below which getcollateral shows a margin call (closes nothing)"
+    )
+    loss_cut_ratio: float = Field(
+        default=0.5, ge=0, le=10, description="keep rate below which every CFD position is closed at market"
+    )
+    history: int = Field(default=10_000, ge=10, le=1_000_000, description="getcollateralhistory rows kept per account")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MarginConfig:
+        if self.loss_cut_ratio > self.margin_call_ratio:
+            raise ValueError(
+                f"must have loss_cut_ratio <= margin_call_ratio, got {self.loss_cut_ratio:g} > {self.margin_call_ratio:g}"
+            )
+        return self
+
+
 class SimConfig(_Strict):
     """Top-level simulator config (the whole of sim.yaml)."""
 
@@ -104,8 +129,8 @@ class SimConfig(_Strict):
     accounts: list[AccountConfig] = Field(default_factory=_default_accounts, min_length=1)
     market: MarketConfig = Field(default_factory=MarketConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    margin: MarginConfig = Field(default_factory=MarginConfig)
     spot_commission_rate: float = Field(default=0.0015, ge=0, lt=0.1, description="spot fee, charged in BTC")
-    fx_leverage: float = Field(default=2.0, gt=0, description="FX margin: require = price*size/leverage")
     minute_seconds: float = Field(default=60.0, gt=0, description="length of one minute_to_expire minute")
     order_delay_ms: float = Field(default=0.0, ge=0, description="acceptance -> placement delay")
     # bitFlyer publishes no maximum; these refuse absurd orders with -101 and keep every amount the
@@ -124,6 +149,13 @@ class SimConfig(_Strict):
         description="orders accepted per second (all accounts, the last whole second) from which the natural "
                     "health reads BUSY, VERY BUSY, SUPER BUSY",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "fx_leverage" in data:
+            raise _fail("'fx_leverage' is now 'margin: {leverage: ...}'")
+        return data
 
     @field_validator("products")
     @classmethod
@@ -157,7 +189,7 @@ class SimConfig(_Strict):
     @classmethod
     def fast(cls, **overrides: Any) -> SimConfig:
         """A busy market for tests: seed 1, frequent takers and snapshots (any key may be overridden;
-        ``market`` and ``limits`` accept partial dicts)."""
+        ``market``, ``limits`` and ``margin`` accept partial dicts)."""
         market: dict[str, Any] = {
             "taker_rate": 10.0,
             "taker_size_mean": 0.05,

@@ -7,13 +7,15 @@ reports what happened through an :class:`EngineListener` (public executions per 
 child_order_events per account), batched once per operation so a taker sweep is one frame.
 
 Owns the markets (:mod:`bfsx.sim.book`), the accounts (:mod:`bfsx.sim.model`), the id and serial
-counters, the expiry heap and the batched output. Answers to REST and realtime requests are shaped
-from this state by :mod:`bfsx.sim.views`.
+counters, the expiry heap, the batched output and the CFD margin rules (keep rate, loss-cut; see
+:meth:`Engine.check_margin`). Answers to REST and realtime requests are shaped from this state by
+:mod:`bfsx.sim.views`.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections import deque
@@ -34,6 +36,7 @@ from bfsx.sim.model import (
     SIDE_NAME,
     SIDE_OF,
     Account,
+    CollateralChange,
     EngineError,
     Fill,
     Lot,
@@ -47,6 +50,13 @@ from bfsx.sim.model import (
 MAX_MINUTE_TO_EXPIRE = 43_200
 FIRST_EXEC_ID = 2_650_000_000
 FIRST_PAGE_ID = 2_790_000_000
+FIRST_COLLATERAL_ID = 41_000_000
+
+#: getcollateralhistory reason codes. CLEARING_COLL (realised CFD PnL) is bitFlyer's; the two
+#: others are the simulator's own names for a change made with ``POST /_sim/account``.
+CLEARING = "CLEARING_COLL"
+DEPOSIT = "DEPOSIT"
+WITHDRAWAL = "WITHDRAWAL"
 
 
 class EngineListener(Protocol):
@@ -74,7 +84,9 @@ class Engine:
             spec = get_product(code)
             assert spec is not None  # validated by SimConfig
             self.markets[spec.code] = Market(spec, Book(), deque(maxlen=config.history))
-        self.accounts: dict[str, Account] = {a.api_key: Account(a, config.account_history) for a in config.accounts}
+        self.accounts: dict[str, Account] = {
+            a.api_key: Account(a, config.account_history, config.margin.history) for a in config.accounts
+        }
         self.commission_e8 = round(config.spot_commission_rate * SAT)
         self.last_exec_id = FIRST_EXEC_ID
         self._serial = 0
@@ -88,6 +100,14 @@ class Engine:
         self._pub: dict[str, list[dict[str, Any]]] = {}
         self._priv: dict[Account, list[dict[str, Any]]] = {}
         self.order_rate = OrderRate()
+        self._collateral_id = FIRST_COLLATERAL_ID
+        self._margin_dirty = False  # a CFD price or collateral moved since the last margin check
+        self._cutting = False  # a loss-cut is placing its orders (no nested margin check)
+        started = self.now()
+        for acct in self.accounts.values():
+            opening, acct.collateral = acct.collateral, 0
+            if opening:  # the configured collateral is the first deposit, so the history sums to it
+                self.change_collateral(acct, opening, DEPOSIT, started)
 
     # ------------------------------------------------------------------ helpers
     def now(self) -> datetime:
@@ -133,7 +153,10 @@ class Engine:
         self._priv.setdefault(account, []).append(event)
 
     def flush(self) -> None:
-        """Hand the batched public executions and private events to the listener."""
+        """Run the margin check if a CFD price or a collateral moved, then hand the batched public
+        executions and private events to the listener."""
+        if self._margin_dirty and not self._cutting:
+            self.check_margin()
         pub, priv = self._pub, self._priv
         self._pub, self._priv = {}, {}
         if self.listener is None:
@@ -224,6 +247,8 @@ class Engine:
         mkt.history.append((xid, taker.side, price, size, when, buy.acceptance_id, sell.acceptance_id))
         mkt.ltp = price
         mkt.volume += size
+        if mkt.spec.is_fx:
+            self._margin_dirty = True  # the mark may have moved, and every CFD account's open PnL with it
         self._pub.setdefault(mkt.spec.code, []).append(
             {
                 "id": xid,
@@ -279,14 +304,17 @@ class Engine:
         """FIFO netting: close opposite lots first (realised PnL to collateral), open the rest."""
         lots = acct.lots.setdefault(product, deque())
         left = size
+        realised = 0
         while left and lots and lots[0].side != side:
             lot = lots[0]
             q = min(lot.size, left)
-            acct.collateral += (price - lot.price) * q * lot.side
+            realised += (price - lot.price) * q * lot.side
             lot.size -= q
             left -= q
             if lot.size == 0:
                 lots.popleft()
+        if realised:  # one history row per fill that realised a profit or a loss
+            self.change_collateral(acct, realised, CLEARING, when)
         if left:
             lots.append(Lot(side, price, left, when))
 
@@ -375,8 +403,7 @@ class Engine:
             )
             if after <= before:
                 return None  # reduces or keeps exposure: no extra margin needed
-            equity = account.collateral + self.open_pnl(account)
-            if after * ref / self.config.fx_leverage > equity:
+            if after * ref / self.config.margin.leverage > self.equity(account):
                 return errors.MARGIN_INSUFFICIENT
             return None
         if side == BUY:
@@ -538,6 +565,104 @@ class Engine:
         return total
 
     def require_collateral(self, account: Account) -> int:
+        """Σ lot price × size / leverage (1e-8 yen): the CFD positions at their opening prices."""
         return round(
-            sum(lot.price * lot.size for lots in account.lots.values() for lot in lots) / self.config.fx_leverage
+            sum(lot.price * lot.size for lots in account.lots.values() for lot in lots) / self.config.margin.leverage
+        )
+
+    def equity(self, account: Account) -> int:
+        """Collateral + open PnL (1e-8 yen)."""
+        return account.collateral + self.open_pnl(account)
+
+    def keep_rate(self, account: Account) -> float:
+        """(collateral + open PnL) / required collateral; 0.0 without a CFD position."""
+        req = self.require_collateral(account)
+        return self.equity(account) / req if req else 0.0
+
+    def margin_call_amount(self, account: Account) -> int:
+        """What a deposit must add (1e-8 yen) to bring the keep rate back to ``margin_call_ratio``;
+        0 when it is not below it."""
+        req = self.require_collateral(account)
+        if not req:
+            return 0
+        return max(0, math.ceil(req * self.config.margin.margin_call_ratio) - self.equity(account))
+
+    def change_collateral(self, account: Account, change: int, reason: str, when: datetime) -> None:
+        """Add ``change`` (1e-8 yen) to the collateral and record it as a getcollateralhistory row."""
+        account.collateral += change
+        self._collateral_id += 1
+        account.collateral_changes.append(CollateralChange(self._collateral_id, change, account.collateral, reason, when))
+        self._margin_dirty = True
+
+    def set_collateral(self, account: Account, amount: int) -> None:
+        """``POST /_sim/account``: set the collateral to ``amount`` (1e-8 yen) as one deposit or
+        withdrawal, then run the margin check at once (a withdrawal may loss-cut the account)."""
+        change = amount - account.collateral
+        if change:
+            self.change_collateral(account, change, DEPOSIT if change > 0 else WITHDRAWAL, self.now())
+        self._margin_dirty = True
+        self.flush()
+
+    # ------------------------------------------------------------------ margin: keep rate and loss-cut
+    # When to check. On bitFlyer the keep rate follows every price move; here open PnL only moves when
+    # the CFD market trades (the mark is the last trade price) or a collateral changes, and both already
+    # end in flush(). So flush() checks when one of them happened since the last check: exact (no
+    # window in which an account sits below the ratio while the market keeps trading, no dependence
+    # on the timer schedule in tests) and cheap (only accounts holding CFD lots, a sum over their
+    # lots, at most once per operation). A timer at the ticker interval would cost the same per
+    # tick but react up to ``ticker_interval`` late and make "the loss-cut happened" timing-bound.
+    def check_margin(self) -> int:
+        """Loss-cut every account whose keep rate is below ``loss_cut_ratio``; returns how many."""
+        self._margin_dirty = False
+        if not self.is_open():
+            return 0  # nothing trades in maintenance; the first trade after it checks again
+        ratio = self.config.margin.loss_cut_ratio
+        cut = 0
+        for acct in self.accounts.values():
+            if not any(acct.lots.values()):
+                continue
+            req = self.require_collateral(acct)
+            if req and self.equity(acct) < ratio * req:
+                self.loss_cut(acct)
+                cut += 1
+        return cut
+
+    def loss_cut(self, account: Account) -> None:
+        """Close every CFD position of ``account`` at market with the exchange's own orders: its open
+        CFD orders are cancelled first (they could re-open it), then one MARKET order per product
+        for the whole net position goes through the normal matching path, so the account's
+        child_order_events carry CANCEL, ORDER and EXECUTION for orders no bot placed. What the
+        book cannot fill expires; the next check cuts again if the keep rate is still below."""
+        account.loss_cuts += 1
+        self._cutting = True
+        try:
+            when = self.now()
+            for order in [o for o in account.active.values() if self.markets[o.product].spec.is_fx]:
+                self._cancel(order, when)
+            for code in list(account.lots):
+                net = account.net(code)
+                if net:
+                    self.place(self._exchange_order(account, code, SELL if net > 0 else BUY, abs(net), when))
+        finally:
+            self._cutting = False
+
+    def _exchange_order(self, account: Account, product: str, side: int, size: int, when: datetime) -> Order:
+        """A MARKET order the exchange places on ``account``'s behalf (accepted at once, no checks)."""
+        serial = self._next_serial()
+        self._child_serial += 1
+        expire_after = MAX_MINUTE_TO_EXPIRE * self.config.minute_seconds
+        return Order(
+            serial,
+            product,
+            side,
+            0,
+            size,
+            size,
+            account,
+            ids.acceptance_id(when, serial),
+            child_order_id=ids.child_order_id(when, self._child_serial, self.markets[product].spec.is_fx),
+            order_type="MARKET",
+            accepted_at=when,
+            expire_at=self.clock() + expire_after,
+            expire_date=timestamps.rest_seconds(when + timedelta(seconds=expire_after)),
         )

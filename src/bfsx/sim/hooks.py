@@ -1,6 +1,6 @@
 """Test utilities for a running simulator: its ``/_sim`` hooks and a bare wire-level client.
 
-:class:`SimHooks` talks to ``POST /_sim/faults`` and ``GET /_sim/state``. :class:`WireClient` and
+:class:`SimHooks` talks to ``POST /_sim/faults``, ``POST /_sim/account`` and ``GET /_sim/state``. :class:`WireClient` and
 :class:`WireSocket` speak raw bitFlyer REST and JSON-RPC (signed with ``bfsx.bitflyer.auth``) so the
 simulator's own tests check exact paths, headers and payloads without depending on the bot-side
 client. Not for bots: they use ``bfsx.bitflyer.rest`` / ``realtime``.
@@ -46,7 +46,7 @@ async def eventually(
 
 
 class SimHooks:
-    """``/_sim/faults`` and ``/_sim/state`` of the simulator at ``url`` (``http://host:port``)."""
+    """``/_sim/faults``, ``/_sim/account`` and ``/_sim/state`` of the simulator at ``url`` (``http://host:port``)."""
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
@@ -54,6 +54,17 @@ class SimHooks:
     async def set_faults(self, **faults: Any) -> dict[str, Any]:
         """POST /_sim/faults with any subset of the switches; returns the faults in force."""
         async with aiohttp.ClientSession() as s, s.post(f"{self.url}{paths.FAULTS}", json=faults) as r:
+            data: dict[str, Any] = await r.json()
+            if r.status != 200:
+                raise ValueError(data.get("error", f"HTTP {r.status}"))
+            return data
+
+    async def set_account(self, api_key: str, collateral_jpy: float) -> dict[str, Any]:
+        """POST /_sim/account: set the account's CFD collateral to ``collateral_jpy`` (a deposit or a
+        withdrawal; a withdrawal may loss-cut it at once). Returns the reply; raises ``ValueError``
+        with the simulator's one-line error (bad value, unknown key)."""
+        body = {"api_key": api_key, "collateral_jpy": collateral_jpy}
+        async with aiohttp.ClientSession() as s, s.post(f"{self.url}{paths.ACCOUNT}", json=body) as r:
             data: dict[str, Any] = await r.json()
             if r.status != 200:
                 raise ValueError(data.get("error", f"HTTP {r.status}"))

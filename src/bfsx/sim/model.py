@@ -2,10 +2,11 @@
 they are kept in (satoshi, whole yen, 1e-8 yen) and the checks of an order body on its own.
 
 Owns :class:`Order` (a resting or in-flight order and its getchildorders row), :class:`Lot`,
-:class:`Fill`, :class:`Account` (balances, collateral, lots, its orders and fills), the unit helpers
-(:func:`to_sats`, :func:`btc`, :func:`jpy`), :class:`EngineError` (a synchronous refusal with its
-error body) and :func:`parse_size` / :func:`parse_price` / :class:`OrderRequest`. Holds no exchange-wide
-state: the engine (:mod:`bfsx.sim.engine`) changes these objects.
+:class:`Fill`, :class:`CollateralChange` (a getcollateralhistory row), :class:`Account` (balances,
+collateral and its history, lots, its orders and fills), the unit helpers (:func:`to_sats`,
+:func:`btc`, :func:`jpy`), :class:`EngineError` (a synchronous refusal with its error body) and
+:func:`parse_size` / :func:`parse_price` / :class:`OrderRequest`. Holds no exchange-wide state:
+the engine (:mod:`bfsx.sim.engine`) changes these objects.
 """
 
 from __future__ import annotations
@@ -175,6 +176,28 @@ class Lot:
     opened: datetime
 
 
+@dataclass(slots=True, frozen=True)
+class CollateralChange:
+    """One getcollateralhistory row: ``change`` and the collateral after it (``amount``), 1e-8 yen."""
+
+    change_id: int
+    change: int
+    amount: int
+    reason: str
+    when: datetime
+
+    def row(self) -> dict[str, Any]:
+        """/v1/me/getcollateralhistory row."""
+        return {
+            "id": self.change_id,
+            "currency_code": "JPY",
+            "change": jpy(self.change),
+            "amount": jpy(self.amount),
+            "reason_code": self.reason,
+            "date": timestamps.rest_ms(self.when),
+        }
+
+
 @dataclass(slots=True)
 class Fill:
     exec_id: int
@@ -202,13 +225,15 @@ class Fill:
 class Account:
     """Balances (spot), collateral and lots (FX), orders and fills of one API key."""
 
-    def __init__(self, cfg: AccountConfig, history: int) -> None:
+    def __init__(self, cfg: AccountConfig, history: int, collateral_history: int = 10_000) -> None:
         self.api_key = cfg.api_key
         self.api_secret = cfg.api_secret
         self.jpy = round(cfg.jpy * SAT)  # 1e-8 yen
         self.btc = to_sats(cfg.btc)
         self.collateral = round((cfg.jpy if cfg.collateral is None else cfg.collateral) * SAT)
         self.lots: dict[str, deque[Lot]] = {}
+        self.collateral_changes: deque[CollateralChange] = deque(maxlen=collateral_history)  # oldest first
+        self.loss_cuts = 0  # loss-cut rounds the exchange ran on this account
         self.active: dict[str, Order] = {}  # acceptance id -> order, insertion (time) ordered
         self.finished: deque[Order] = deque(maxlen=history)  # in page-id order
         self.fills: deque[Fill] = deque(maxlen=history)

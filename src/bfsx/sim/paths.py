@@ -7,3 +7,4 @@ from __future__ import annotations
 
 FAULTS = "/_sim/faults"
 STATE = "/_sim/state"
+ACCOUNT = "/_sim/account"

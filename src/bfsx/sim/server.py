@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from bfsx.bitflyer import auth, channels, endpoints, errors, limits
 from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import PRODUCTS, REGIONS
 from bfsx.errors import UserError
+from bfsx.sim import accounts as accounts_mod
 from bfsx.sim import faults as faults_mod
 from bfsx.sim import paths, views
 from bfsx.sim.config import SimConfig, load_sim_config
@@ -34,7 +36,7 @@ from bfsx.sim.engine import Engine
 from bfsx.sim.faults import Faults
 from bfsx.sim.flow import SyntheticFlow
 from bfsx.sim.live import LiveView
-from bfsx.sim.model import Account, EngineError, Order, btc
+from bfsx.sim.model import SAT, Account, EngineError, Order, btc
 from bfsx.sim.ratelimit import RateLimiter
 
 JSON = "application/json"
@@ -46,6 +48,7 @@ PRIVATE_PATHS = (
     endpoints.GET_BALANCE,
     endpoints.GET_COLLATERAL,
     endpoints.GET_COLLATERAL_ACCOUNTS,
+    endpoints.GET_COLLATERAL_HISTORY,
     endpoints.SEND_CHILD_ORDER,
     endpoints.CANCEL_CHILD_ORDER,
     endpoints.CANCEL_ALL_CHILD_ORDERS,
@@ -130,6 +133,7 @@ class SimServer:
         self.app.router.add_post(paths.FAULTS, self._faults_handler)
         self.app.router.add_get(paths.FAULTS, self._faults_get)
         self.app.router.add_get(paths.STATE, self._state_handler)
+        self.app.router.add_post(paths.ACCOUNT, self._account_handler)
         self.app.router.add_route("*", "/{tail:.*}", self._rest_handler)
 
     # ------------------------------------------------------------------ lifecycle
@@ -203,6 +207,25 @@ class SimServer:
 
     faults = set_faults  # the name in docs/ARCHITECTURE.md
 
+    async def set_account(self, api_key: str, collateral_jpy: float) -> dict[str, Any]:
+        """Same as POST /_sim/account; returns its reply. Raises ``ValueError`` (bad value) or
+        ``KeyError`` (unknown key) with one line."""
+        req = accounts_mod.parse_request({"api_key": api_key, "collateral_jpy": collateral_jpy})
+        return self._apply_account(req)
+
+    def _apply_account(self, req: accounts_mod.AccountRequest) -> dict[str, Any]:
+        acct = self.engine.accounts.get(req.api_key)
+        if acct is None:
+            raise KeyError(f"unknown api_key {req.api_key!r}")
+        cuts = acct.loss_cuts
+        self.engine.set_collateral(acct, round(Decimal(repr(req.collateral_jpy)) * SAT))
+        return {
+            "api_key": acct.api_key,
+            "collateral": views.collateral(self.engine, acct),
+            "loss_cut": acct.loss_cuts > cuts,
+            "loss_cuts": acct.loss_cuts,
+        }
+
     async def fetch_state(self) -> dict[str, Any]:
         """Same as :meth:`state` (async, like ``SimHooks.fetch_state``)."""
         return self.state()
@@ -247,6 +270,18 @@ class SimServer:
         except (orjson.JSONDecodeError, ValueError) as e:
             return _json({"error": str(e)}, status=400)
         return _json(await self._apply_faults(req))
+
+    async def _account_handler(self, request: web.Request) -> web.Response:
+        try:
+            req = accounts_mod.parse_request(orjson.loads(await request.read() or b"{}"))
+        except orjson.JSONDecodeError:
+            return _json({"error": "body is not JSON"}, status=400)
+        except ValueError as e:
+            return _json({"error": str(e)}, status=400)
+        try:
+            return _json(self._apply_account(req))
+        except KeyError as e:
+            return _json({"error": e.args[0]}, status=404)
 
     async def _faults_get(self, request: web.Request) -> web.Response:
         return _json(self.active_faults.as_dict())
@@ -467,6 +502,7 @@ class SimServer:
         priv[endpoints.GET_BALANCE] = ("GET", self._getbalance)
         priv[endpoints.GET_COLLATERAL] = ("GET", self._getcollateral)
         priv[endpoints.GET_COLLATERAL_ACCOUNTS] = ("GET", self._getcollateralaccounts)
+        priv[endpoints.GET_COLLATERAL_HISTORY] = ("GET", self._getcollateralhistory)
         priv[endpoints.SEND_CHILD_ORDER] = ("POST", self._sendchildorder)
         priv[endpoints.CANCEL_CHILD_ORDER] = ("POST", self._cancelchildorder)
         priv[endpoints.CANCEL_ALL_CHILD_ORDERS] = ("POST", self._cancelallchildorders)
@@ -641,6 +677,14 @@ class SimServer:
     ) -> Any:
         assert acct is not None
         return views.collateral_accounts(self.engine, acct)
+
+    def _getcollateralhistory(
+        self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
+    ) -> Any:
+        assert acct is not None
+        return views.collateral_history(
+            self.engine, acct, self._count(q), self._int(q, "before"), self._int(q, "after")
+        )
 
     def _gettradingcommission(
         self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None

@@ -1,5 +1,5 @@
 """Answers shaped from the engine's state: the REST replies (board, ticker, executions, child
-orders, positions, balances, collateral), the realtime board snapshots, diffs and tickers, and the
+orders, positions, balances, collateral and its history), the realtime board snapshots, diffs and tickers, and the
 ``/_sim/state`` JSON.
 
 Owns no state of its own: every function reads an :class:`~bfsx.sim.engine.Engine`. Two counters
@@ -17,7 +17,7 @@ from sortedcontainers import SortedDict
 from bfsx.bitflyer import timestamps
 from bfsx.sim.book import Level
 from bfsx.sim.engine import Engine
-from bfsx.sim.model import BUY, SELL, SIDE_NAME, Account, btc, jpy
+from bfsx.sim.model import BUY, SAT, SELL, SIDE_NAME, Account, btc, jpy
 
 
 def _mid_json(mid: float | None) -> float:
@@ -174,7 +174,7 @@ def my_executions(
 def positions(engine: Engine, account: Account, product: str) -> list[dict[str, Any]]:
     mkt = engine.markets[product]
     mark = mkt.ltp or int(mkt.fair_mid)
-    lev = engine.config.fx_leverage
+    lev = engine.config.margin.leverage
     return [
         {
             "product_code": product,
@@ -201,17 +201,32 @@ def balance(engine: Engine, account: Account) -> list[dict[str, Any]]:
 
 
 def collateral(engine: Engine, account: Account) -> dict[str, Any]:
-    pnl = engine.open_pnl(account)
-    req = engine.require_collateral(account)
-    keep = (account.collateral + pnl) / req if req else 0.0
+    """getcollateral. ``margin_call_amount``: whole yen that would bring the keep rate back to
+    ``margin.margin_call_ratio`` (0 when it is not below); the simulator sets no due date."""
     return {
         "collateral": jpy(account.collateral),
-        "open_position_pnl": jpy(pnl),
-        "require_collateral": jpy(req),
-        "keep_rate": round(keep, 4),
-        "margin_call_amount": 0,
+        "open_position_pnl": jpy(engine.open_pnl(account)),
+        "require_collateral": jpy(engine.require_collateral(account)),
+        "keep_rate": round(engine.keep_rate(account), 4),
+        "margin_call_amount": -(-engine.margin_call_amount(account) // SAT),
         "margin_call_due_date": None,
     }
+
+
+def collateral_history(
+    engine: Engine, account: Account, count: int = 100, before: int | None = None, after: int | None = None
+) -> list[dict[str, Any]]:
+    """getcollateralhistory rows, newest first, ids in (after, before)."""
+    rows: list[dict[str, Any]] = []
+    for c in reversed(account.collateral_changes):
+        if before is not None and c.change_id >= before:
+            continue
+        if after is not None and c.change_id <= after:
+            break
+        rows.append(c.row())
+        if len(rows) >= count:
+            break
+    return rows
 
 
 def collateral_accounts(engine: Engine, account: Account) -> list[dict[str, Any]]:
@@ -231,6 +246,8 @@ def state(engine: Engine) -> dict[str, Any]:
         accounts[key] = {
             "balances": {b["currency_code"]: b for b in balance(engine, acct)},
             "collateral": collateral(engine, acct),
+            "keep_rate": engine.keep_rate(acct),
+            "loss_cuts": acct.loss_cuts,
             "open_orders": [o.row() for o in acct.active.values()],
             "positions": by_product,
             "executions": len(acct.fills),
