@@ -11,8 +11,10 @@ import pytest
 
 from bfsx.bitflyer import errors, ids, limits
 from bfsx.bitflyer.budget import ApiBudget
-from bfsx.bitflyer.rest import OrderUnknown, RestClient
+from bfsx.bitflyer.messages import CollateralChange
+from bfsx.bitflyer.rest import OrderUnknown, RestClient, paged
 from bfsx.sim.config import SimConfig
+from bfsx.sim.hooks import SimHooks
 from bfsx.sim.hooks import eventually as wait_until
 from bfsx.sim.server import SimServer
 
@@ -96,6 +98,26 @@ async def test_every_method_returns_the_right_shape(sim: SimServer) -> None:
         await wait_until(lambda: open_orders(sim))
         await rest.cancel_all_child_orders(FX)
         await wait_until(lambda: not open_orders(sim))
+
+
+async def test_collateral_history_is_typed_and_pages_like_the_other_lists(sim: SimServer) -> None:
+    hooks = SimHooks(sim.url)
+    for amount in (9_000_000, 9_500_000, 8_000_000):  # a withdrawal, a deposit, a withdrawal
+        await hooks.set_account(KEY, amount)
+    async with RestClient(sim.url, KEY, SECRET) as rest:
+        rows = await rest.get_collateral_history()
+        assert [(r["reason_code"], r["change"], r["amount"]) for r in rows] == [
+            ("WITHDRAWAL", -1_500_000, 8_000_000), ("DEPOSIT", 500_000, 9_500_000),
+            ("WITHDRAWAL", -1_000_000, 9_000_000), ("DEPOSIT", 10_000_000, 10_000_000)]
+        assert all(r["currency_code"] == "JPY" and r["date"] for r in rows)
+        assert sum(r["change"] for r in rows) == (await rest.get_collateral())["collateral"]
+
+        async def fetch(before: int | None) -> list[CollateralChange]:
+            return await rest.get_collateral_history(count=3, before=before)
+
+        pages = [page async for page in paged(fetch, count=3, max_pages=5)]
+        assert [len(p) for p in pages] == [3, 1] and [r for p in pages for r in p] == rows
+        assert await rest.get_collateral_history(after=rows[1]["id"]) == rows[:1]
 
 
 async def test_rate_limit_headers_count_down_in_the_budget(sim: SimServer) -> None:
