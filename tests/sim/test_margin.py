@@ -58,7 +58,7 @@ async def get(rest: WireClient, path: str, **query: Any) -> Any:
 
 async def net(rest: WireClient) -> float:
     lots = await get(rest, "/v1/me/getpositions", product_code=FX)
-    return round(sum(lot["size"] * (1 if lot["side"] == "BUY" else -1) for lot in lots), 8)
+    return round(float(sum(lot["size"] * (1 if lot["side"] == "BUY" else -1) for lot in lots)), 8)
 
 
 async def open_long(rest: WireClient, size: float) -> None:
@@ -69,7 +69,7 @@ async def open_long(rest: WireClient, size: float) -> None:
 
 
 async def _near(value: Any, target: float) -> bool:
-    return abs(await value - target) < 1e-9
+    return bool(abs(await value - target) < 1e-9)
 
 
 async def independent(rest: WireClient) -> dict[str, float]:
@@ -309,8 +309,12 @@ async def test_bad_account_bodies_get_one_clear_error(sim: SimServer, body: byte
     assert r.status == status and set(data) == {"error"}
     assert data["error"].startswith(message) and "\n" not in data["error"]
     assert acct_state(sim)["collateral"]["collateral"] == 10_000_000  # nothing changed
-    with pytest.raises(ValueError, match="unknown api_key"):
+    with pytest.raises(ValueError, match="unknown api_key 'nobody'"):
         await SimHooks(sim.url).set_account("nobody", 1)
+    with pytest.raises(ValueError, match="unknown api_key 'nobody'"):  # in-process, the same
+        await sim.set_account("nobody", 1)
+    with pytest.raises(ValueError, match="collateral_jpy: Input should be greater than or equal to 0"):
+        await sim.set_account(KEY, -1)
 
 
 def test_margin_config_keys_and_their_order() -> None:

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MAX_COLLATERAL_JPY = 1e15
 
 
+class UnknownAccount(ValueError):
+    """The body names no configured account (HTTP 404)."""
+
+
 class AccountRequest(BaseModel):
     """``{"api_key": "...", "collateral_jpy": X}``: the collateral becomes X JPY."""
 

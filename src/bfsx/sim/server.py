@@ -208,15 +208,15 @@ class SimServer:
     faults = set_faults  # the name in docs/ARCHITECTURE.md
 
     async def set_account(self, api_key: str, collateral_jpy: float) -> dict[str, Any]:
-        """Same as POST /_sim/account; returns its reply. Raises ``ValueError`` (bad value) or
-        ``KeyError`` (unknown key) with one line."""
+        """Same as POST /_sim/account; returns its reply. Raises ``ValueError`` with one line (a bad
+        value, or :class:`~bfsx.sim.accounts.UnknownAccount` for a key that is not configured)."""
         req = accounts_mod.parse_request({"api_key": api_key, "collateral_jpy": collateral_jpy})
         return self._apply_account(req)
 
     def _apply_account(self, req: accounts_mod.AccountRequest) -> dict[str, Any]:
         acct = self.engine.accounts.get(req.api_key)
         if acct is None:
-            raise KeyError(f"unknown api_key {req.api_key!r}")
+            raise accounts_mod.UnknownAccount(f"unknown api_key {req.api_key!r}")
         cuts = acct.loss_cuts
         self.engine.set_collateral(acct, round(Decimal(repr(req.collateral_jpy)) * SAT))
         return {
@@ -274,14 +274,13 @@ class SimServer:
     async def _account_handler(self, request: web.Request) -> web.Response:
         try:
             req = accounts_mod.parse_request(orjson.loads(await request.read() or b"{}"))
+            return _json(self._apply_account(req))
         except orjson.JSONDecodeError:
             return _json({"error": "body is not JSON"}, status=400)
+        except accounts_mod.UnknownAccount as e:
+            return _json({"error": str(e)}, status=404)
         except ValueError as e:
             return _json({"error": str(e)}, status=400)
-        try:
-            return _json(self._apply_account(req))
-        except KeyError as e:
-            return _json({"error": e.args[0]}, status=404)
 
     async def _faults_get(self, request: web.Request) -> web.Response:
         return _json(self.active_faults.as_dict())
