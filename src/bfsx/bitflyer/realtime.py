@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], None]
 ConnectCallback = Callable[[bool], Awaitable[None] | None]
+DisconnectCallback = Callable[[int | None], None]
 SilenceCallback = Callable[[str], None]
 
 _monotonic = time.monotonic
@@ -91,6 +92,7 @@ class RealtimeClient:
         self._own_session = session is None
         self._handlers: dict[str, Handler] = {}
         self._connect_cbs: list[ConnectCallback] = []
+        self._disconnect_cbs: list[DisconnectCallback] = []
         self._silence_cbs: list[SilenceCallback] = []
         self._last: dict[str, float] = {}  # watched channel -> when the watchdog last saw it speak
         self._heard: set[str] = set()  # watched channels that spoke since the last watchdog tick
@@ -126,6 +128,11 @@ class RealtimeClient:
         """``cb(reconnected)`` after every successful (re)subscription; ``reconnected`` is True on
         every connection after the first: the upper layers must resync what they may have missed."""
         self._connect_cbs.append(cb)
+
+    def on_disconnect(self, cb: DisconnectCallback) -> None:
+        """``cb(close_code)`` each time a connection ends other than by :meth:`close` (``None`` when
+        the socket had no close code), before the back-off: a recorder marks the gap from here."""
+        self._disconnect_cbs.append(cb)
 
     def on_silence(self, cb: SilenceCallback) -> None:
         """``cb(channel)`` when a watched channel has been silent for its timeout."""
@@ -302,6 +309,11 @@ class RealtimeClient:
             self._ws = None
             if not self._closing:
                 log.warning("realtime closed (code %s)", ws.close_code)
+                for dcb in list(self._disconnect_cbs):
+                    try:
+                        dcb(ws.close_code)
+                    except Exception:
+                        log.exception("realtime on_disconnect callback failed")
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
         try:
