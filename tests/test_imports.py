@@ -5,7 +5,7 @@ Walks every module of ``src/bfsx`` with :mod:`ast`: imports at module level *and
 they only name types for the checker. Floors, lowest first (docs/ARCHITECTURE.md draws them)::
 
     errors, aio, net, logs  →  bitflyer  →  market, account, reporting, config
-      →  bot, posserver, sim  →  demo  →  cli
+      →  bot, posserver, sim, record  →  demo  →  cli
 
 A module may import its own floor or lower. ``bitflyer`` is stricter: the wire layer imports only
 itself and the floor under it, so the client and the simulator can share it.
@@ -28,7 +28,7 @@ FLOORS: dict[str, int] = {
     "errors": 0, "aio": 0, "net": 0, "logs": 0,
     "bitflyer": 1,
     "market": 2, "account": 2, "reporting": 2, "config": 2,
-    "bot": 3, "posserver": 3, "sim": 3,
+    "bot": 3, "posserver": 3, "sim": 3, "record": 3,
     "demo": 4,
     "cli": 5,
 }

@@ -1,4 +1,4 @@
-"""``bfsx`` command line: trade, pos-server, sim, demo, bench.
+"""``bfsx`` command line: trade, pos-server, sim, record, demo, bench.
 
 Each subcommand imports its module lazily so ``bfsx sim`` starts fast. A user mistake exits non-zero
 with one line on stderr, never a traceback.
@@ -32,6 +32,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="sim.yaml: accounts, products, market, limits")
     s.add_argument("--quiet", action="store_true", help="no live market line")
 
+    r = sub.add_parser("record", help="record the public feed: bfsx record [TRADE_YAML] [--products P ...] [--out DIR]")
+    r.add_argument("config", nargs="?", default=None,
+                   help="run config: its ws_endpoint and product (default ./trade.yaml if present, else bitFlyer)")
+    r.add_argument("--products", nargs="+", default=None, metavar="P",
+                   help="product codes (default: the trade.yaml product, else FX_BTC_JPY)")
+    r.add_argument("--out", default="recordings", help="folder for the recordings (default ./recordings)")
+    r.add_argument("--ws-endpoint", default=None, metavar="URL", help="realtime URL (overrides trade.yaml)")
+    r.add_argument("--retention-days", type=int, default=30, metavar="N", help="days of files kept (0 = all)")
+    r.add_argument("--status-seconds", type=float, default=10.0, metavar="S", help="seconds between status lines")
+    r.add_argument("--flush-seconds", type=float, default=1.0, metavar="S",
+                   help="seconds between flushes: what a crash can lose")
+    r.add_argument("--queue-mb", type=float, default=64.0, metavar="MB", help="write queue bound; beyond it frames drop")
+
     d = sub.add_parser("demo", help="the whole system on the embedded simulator")
     d.add_argument("--minutes", type=float, default=None, help="stop after N minutes (default: until Ctrl+C)")
     d.add_argument("--out", default="demo-out", help="folder for charts and the summary")
@@ -56,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bfsx.posserver.server import run_pos_server
 
             return run_pos_server(args.config)
+        if args.command == "record":
+            from bfsx.record.command import run_record
+
+            return run_record(
+                args.config, args.products, args.out, ws_endpoint=args.ws_endpoint,
+                retention_days=args.retention_days, status_s=args.status_seconds,
+                flush_s=args.flush_seconds, queue_mb=args.queue_mb,
+            )
         if args.command == "demo":
             from bfsx.demo import run_demo
 
