@@ -105,7 +105,7 @@ class _StatusLine:
             p = Path(path)
             with contextlib.suppress(OSError):
                 files.append(f"{p.relative_to(self.out) if p.is_relative_to(self.out) else p} {_mb(p.stat().st_size)}")
-        state = "connected" if st["connected"] else "DISCONNECTED"
+        state = "connected" if st["connected"] else "DISCONNECTED" if self.rec.client.connects else "connecting"
         errors = f" | {st['write_errors']} write errors" if st["write_errors"] else ""
         return (
             f"{st['frames']:,} frames ({rate:,.0f}/s) | dropped {st['dropped']:,} | gaps {st['gaps']} | {state} | "

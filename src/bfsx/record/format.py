@@ -22,12 +22,13 @@ from typing import Any
 
 import orjson
 
+from bfsx.bitflyer.timestamps import JST as _JST
+
 FORMAT = "bfsx-recording"
 VERSION = 1
 SUFFIX = ".jsonl.zst"
 
-#: bitFlyer's day (and every bfsx log and chart) is Japan's: UTC+9, no daylight saving.
-JST = dt.timezone(dt.timedelta(hours=9), "JST")
+JST = _JST  # bitFlyer's day (and every bfsx log and chart) is Japan's: UTC+9, no daylight saving
 NS_PER_S = 1_000_000_000
 NS_PER_DAY = 86_400 * NS_PER_S
 _JST_OFFSET_NS = 9 * 3600 * NS_PER_S

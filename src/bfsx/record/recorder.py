@@ -2,8 +2,9 @@
 
 :class:`Recorder` owns the subscription (one :class:`~bfsx.bitflyer.realtime.RealtimeClient`:
 executions, board snapshots, board diffs and ticker of each product), the receive-time stamp of
-each frame (``clock_ns()``, wall clock in ns, read once per frame in the read loop), the line
-encoding, and the connection markers: a ``disconnect`` line when the socket closes (with its close
+each frame (``clock_ns()``, wall clock in ns, read once per frame in the read loop, made strictly
+increasing within the session so that merging the products' files by time restores the wire
+order), the line encoding, and the connection markers: a ``disconnect`` line when the socket closes (with its close
 code) and a ``gap`` line when data flows again (from the last frame before to the first frame or
 the resubscription after, whichever comes first). Markers go to every product's file: all share
 one socket. The realtime client does the reconnecting (jittered back-off, resubscription).
@@ -72,6 +73,7 @@ class Recorder:
         self.connected = False
         self.last_close_code: int | None = None
         self._last_frame_ns: int | None = None
+        self._last_t = 0  # every line's time: strictly increasing within the session
         self._gap: tuple[int, int | None] | None = None  # open gap: (from_ns, close code)
         for product in self.products:
             for prefix in CHANNEL_PREFIXES:
@@ -90,7 +92,7 @@ class Recorder:
     async def stop(self) -> None:
         """Close the connection, then write everything queued and close the files."""
         await self.client.close()
-        await self.store.aclose(self._clock())
+        await self.store.aclose(self._now())
 
     # ---- hot path --------------------------------------------------------------------------
 
@@ -102,9 +104,12 @@ class Recorder:
         counts = self.frames_by_product
 
         def on_message(message: Any) -> None:
-            t = clock()
             if self._gap is not None:
-                self._end_gap(t)
+                self._end_gap(self._now())
+            t = clock()
+            if t <= self._last_t:  # same nanosecond, or the wall clock stepped back
+                t = self._last_t + 1
+            self._last_t = t
             self._last_frame_ns = t
             self.frames += 1
             counts[product] += 1
@@ -114,13 +119,20 @@ class Recorder:
 
     # ---- connection markers ----------------------------------------------------------------
 
+    def _now(self) -> int:
+        t = self._clock()
+        if t <= self._last_t:
+            t = self._last_t + 1
+        self._last_t = t
+        return t
+
     def _mark(self, t_ns: int, kind: str, **fields: Any) -> None:
         line = fmt.marker_line(t_ns, kind, **fields)
         for product in self.products:
             self.store.put_marker(product, t_ns, line)
 
     def _on_disconnect(self, code: int | None) -> None:
-        t = self._clock()
+        t = self._now()
         self.connected = False
         self.disconnects += 1
         self.last_close_code = code
@@ -131,7 +143,7 @@ class Recorder:
     def _on_connect(self, reconnected: bool) -> None:
         self.connected = True
         if self._gap is not None:
-            self._end_gap(self._clock())
+            self._end_gap(self._now())
 
     def _end_gap(self, t_ns: int) -> None:
         gap = self._gap

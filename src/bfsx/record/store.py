@@ -205,7 +205,7 @@ class Store:
 
     Counters (read from the loop): ``queued`` (lines accepted), ``dropped`` (frames refused),
     ``drop_markers``, ``written`` (lines the sink took), ``write_errors``, ``queue_bytes`` and
-    ``max_queue_bytes`` (high-water mark).
+    ``max_queue_bytes_seen`` (high-water mark).
     """
 
     def __init__(
@@ -215,8 +215,10 @@ class Store:
         max_queue_bytes: int = DEFAULT_QUEUE_BYTES,
         max_queue_lines: int = DEFAULT_QUEUE_LINES,
         flush_s: float = DEFAULT_FLUSH_S,
+        close_timeout_s: float = 60.0,
     ) -> None:
         self.sink = sink
+        self.close_timeout_s = close_timeout_s
         self.max_queue_bytes = max_queue_bytes
         self.max_queue_lines = max_queue_lines
         self.flush_s = flush_s
@@ -301,7 +303,9 @@ class Store:
 
     async def aclose(self, t_ns: int | None = None) -> None:
         """Queue the outstanding drop markers, let the thread write everything and close the
-        files (``close`` markers at ``t_ns``), and wait for it off the loop."""
+        files (``close`` markers at ``t_ns``), and wait for it off the loop — at most
+        ``close_timeout_s``: a disk that hangs must not hang the exit (what is still queued is lost,
+        and said so in the log)."""
         if self._closed:
             return
         self._closed = True
@@ -312,7 +316,10 @@ class Store:
         self._wake.set()
         thread = self._thread
         if thread is not None:
-            await asyncio.to_thread(thread.join)
+            await asyncio.to_thread(thread.join, self.close_timeout_s)
+            if thread.is_alive():
+                log.error("recording writer still busy after %.0fs: %d queued lines lost", self.close_timeout_s,
+                          len(self._q))
             self._thread = None
         else:  # never started: write synchronously (tests, or a stop before start)
             self._drain()
