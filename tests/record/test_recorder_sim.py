@@ -46,6 +46,7 @@ async def test_records_the_public_channels_in_order_and_the_executions_match_the
     assert len(got) == rec.frames_by_product[FX] and not gaps(recs) and not drops(recs)
     times = [f.recv_ns for f in got]
     assert times == sorted(set(times))  # strictly increasing
+    assert recs[0].recv_ns < times[0]  # the file opened at the start, not at the first frame
     # ... across products too: merging the files by time restores the order of the one socket
     other = [f.recv_ns for f in frames(records(tmp_path / "rec" / BTC))]
     assert other and len(other) == rec.frames_by_product[BTC] and not set(other) & set(times)

@@ -85,7 +85,10 @@ class Recorder:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the writer thread and the connection (returns at once)."""
+        """Open the files, start the writer thread and the connection (returns at once)."""
+        t = self._now()
+        for product in self.products:
+            self.store.touch(product, t)
         self.store.start()
         await self.client.start()
 

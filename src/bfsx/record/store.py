@@ -47,7 +47,8 @@ class Sink(Protocol):
     """What the writer thread writes to (tests wrap :class:`DayFiles` to make it slow)."""
 
     def write(self, product: str, t_ns: int, line: bytes) -> None:
-        """Append one line (newline included) to the product's file of the JST day of ``t_ns``."""
+        """Append one line (newline included) to the product's file of the JST day of ``t_ns``,
+        opening (or rotating to) that file first; an empty ``line`` only does the opening."""
 
     def flush(self) -> None:
         """Make everything written so far decodable from the files (a complete compressed block)."""
@@ -104,7 +105,8 @@ class DayFiles:
         f = self._open.get(product)
         if f is None or t_ns >= f.end_ns:
             f = self._rotate(product, t_ns, f)
-        self._append(f, line)
+        if line:  # an empty line only opens the file (Store.touch)
+            self._append(f, line)
 
     def flush(self) -> None:
         for f in self._open.values():
@@ -273,6 +275,11 @@ class Store:
         self._push(product, t_ns, line)
         return True
 
+    def touch(self, product: str, t_ns: int) -> None:
+        """Have the product's file opened now (its ``open`` line at ``t_ns``), not at its first line:
+        the ``open`` line then says when the session started, even for a quiet market."""
+        self._push(product, t_ns, b"")
+
     def put_marker(self, product: str, t_ns: int, line: bytes) -> None:
         """Queue one marker line; markers go past the bound (there are few, and they must be there)."""
         if self._pending_drops:
@@ -357,7 +364,8 @@ class Store:
             except Exception:
                 self._failed()
             else:
-                self.written += 1
+                if line:
+                    self.written += 1
             self._out_bytes += len(line)
         self._paths = self.sink.paths()
 
