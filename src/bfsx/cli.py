@@ -33,11 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no live market line")
 
     r = sub.add_parser("record", help="record the public feed: bfsx record [TRADE_YAML] [--products P ...] [--out DIR]")
-    r.add_argument("config", nargs="?", default=None,
+    r.add_argument("config", nargs="?", default=None, metavar="TRADE_YAML",
                    help="run config: its ws_endpoint and product (default ./trade.yaml if present, else bitFlyer)")
     r.add_argument("--products", nargs="+", default=None, metavar="P",
                    help="product codes (default: the trade.yaml product, else FX_BTC_JPY)")
-    r.add_argument("--out", default="recordings", help="folder for the recordings (default ./recordings)")
+    r.add_argument("--out", default="recordings", metavar="DIR", help="folder for the recordings (default ./recordings)")
     r.add_argument("--ws-endpoint", default=None, metavar="URL", help="realtime URL (overrides trade.yaml)")
     r.add_argument("--retention-days", type=int, default=30, metavar="N", help="days of files kept (0 = all)")
     r.add_argument("--status-seconds", type=float, default=10.0, metavar="S", help="seconds between status lines")
