@@ -1,15 +1,18 @@
-"""``bfsx record`` as a command: a real process against a real simulator process stops on SIGTERM
-with exit 0 and a readable, closed file; a mistake in the arguments is one line and exit 2."""
+"""``bfsx record`` as a command: a real process against a real simulator process survives the
+maintenance's 1012 close (a gap in the file, recording after it) and stops on SIGTERM with exit 0
+and a readable, closed file; a mistake in the arguments is one line and exit 2."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pytest
 
@@ -21,10 +24,22 @@ if TYPE_CHECKING:
     from conftest import SimProcess  # the sim_process fixture of tests/conftest.py
 
 BTC = "BTC_JPY"
-STATUS = re.compile(r"^([\d,]+) frames \(([\d,]+)/s\) \| dropped (\d+) \| gaps (\d+) \| connected \| ")
+STATUS = re.compile(r"^([\d,]+) frames \(([\d,]+)/s\) \| dropped (\d+) \| gaps (\d+) \| (\w+) \| ")
 
 
-def test_a_recording_process_stops_on_sigterm_with_exit_0_and_a_readable_file(
+def _status_until(stdout: IO[str], done: Callable[[int, int, str], bool]) -> tuple[int, str]:
+    """Read status lines (one every 0.3 s) until ``done(frames, gaps, state)``; return that line's
+    frame count and the line."""
+    for line in stdout:
+        m = STATUS.match(line)
+        assert m is not None, line
+        n = int(m.group(1).replace(",", ""))
+        if done(n, int(m.group(4)), m.group(5)):
+            return n, line
+    raise AssertionError("bfsx record ended before the expected status line")
+
+
+def test_a_recording_process_survives_maintenance_and_stops_on_sigterm_with_a_readable_file(
     sim_process: SimProcess, tmp_path: Path
 ) -> None:
     (tmp_path / "trade.yaml").write_text(f"product: {BTC}\nws_endpoint: {sim_process.ws_url}\n")
@@ -40,12 +55,13 @@ def test_a_recording_process_stops_on_sigterm_with_exit_0_and_a_readable_file(
     try:
         first = proc.stdout.readline()
         assert first.startswith(f"recording {BTC} from {sim_process.ws_url} (trade.yaml) into rec"), first
-        for line in proc.stdout:  # a status line every 0.3 s: wait for one with frames in it
-            m = STATUS.match(line)
-            assert m is not None, line
-            if int(m.group(1).replace(",", "")) >= 30:
-                assert f"{BTC}/" in line and ".jsonl.zst" in line
-                break
+        _, line = _status_until(proc.stdout, lambda n, g, state: n >= 30)
+        assert f"{BTC}/" in line and ".jsonl.zst" in line
+        asyncio.run(sim_process.set_faults(maintenance=True))  # closes the socket with 1012
+        _status_until(proc.stdout, lambda n, g, state: g == 1 and state == "connected")
+        asyncio.run(sim_process.set_faults(maintenance=False))
+        before, _ = _status_until(proc.stdout, lambda n, g, state: True)
+        _status_until(proc.stdout, lambda n, g, state: n >= before + 30)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, "".join(err)
         rest = proc.stdout.read()
@@ -54,14 +70,18 @@ def test_a_recording_process_stops_on_sigterm_with_exit_0_and_a_readable_file(
             proc.kill()
             proc.wait()
         drain.join(5)
-    assert "stopped:" in rest and "Traceback" not in "".join(err)
+    assert "stopped:" in rest and "1 gaps" in rest and "Traceback" not in "".join(err)
 
     recs = records(tmp_path / "rec" / BTC)
     assert marks(recs, "open")[0] is recs[0] and marks(recs, "close")[0] is recs[-1]
     assert recs[0].data["source"] == sim_process.ws_url  # type: ignore[union-attr]
-    assert marks(recs, "close")[0].data["reason"] == "stop" and not gaps(recs)
+    assert marks(recs, "close")[0].data["reason"] == "stop"
+    (gap,) = gaps(recs)
+    assert gap.code == 1012 and gap.reason == "maintenance"
+    later = frames(recs[recs.index(gap):], channels.EXECUTIONS)
+    assert later and all(f.recv_ns > gap.to_ns for f in later)
     got = frames(recs)
-    assert len(got) >= 30 and {f.channel for f in got} >= {channels.board(BTC), channels.executions(BTC)}
+    assert len(got) >= 60 and {f.channel for f in got} >= {channels.board(BTC), channels.executions(BTC)}
 
 
 @pytest.mark.parametrize(("args", "expect"), [
