@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -66,9 +67,9 @@ def _source(trade_yaml: str | None) -> tuple[str, str, float, str]:
     return cfg.ws_endpoint, cfg.product, cfg.ws_silence_timeout, path
 
 
-def _check(name: str, value: float, low: float, *, strict: bool = True) -> None:
-    if value != value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
-        raise UserError(f"{name} must be a number {'>' if strict else '>='} {low:g}, got {value:g}")
+def _positive(name: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{name} must be a number > 0, got {value:g}")
 
 
 def _prepare_out(out: str) -> Path:
@@ -175,9 +176,9 @@ def run_record(
     codes = resolve_products(products, default_product)
     if retention_days < 0:
         raise UserError(f"--retention-days must be 0 (keep everything) or more, got {retention_days}")
-    _check("--status-seconds", status_s, 0.0)
-    _check("--flush-seconds", flush_s, 0.0)
-    _check("--queue-mb", queue_mb, 0.0)
+    _positive("--status-seconds", status_s)
+    _positive("--flush-seconds", flush_s)
+    _positive("--queue-mb", queue_mb)
     folder = _prepare_out(out)
     sink = DayFiles(
         folder,

@@ -157,10 +157,14 @@ class DayFiles:
         folder = self.out_dir / product
         folder.mkdir(parents=True, exist_ok=True)
         part = 0
-        while (folder / fmt.file_name(day, part)).exists():
-            part += 1
-        path = folder / fmt.file_name(day, part)
-        fh = path.open("xb")  # exclusive: never append to (or clobber) another session's file
+        while True:
+            path = folder / fmt.file_name(day, part)
+            try:
+                fh = path.open("xb")  # exclusive: never append to (or clobber) another session's file
+            except FileExistsError:
+                part += 1
+            else:
+                break
         f = _OpenFile(path, day, fmt.day_bounds_ns(day)[1], fh, self._compressor(), bytearray())
         self._open[product] = f
         self.files_opened += 1
