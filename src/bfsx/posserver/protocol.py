@@ -31,6 +31,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from bfsx.bitflyer.budget import BudgetSnapshot
+from bfsx.bitflyer.products import PRODUCTS
 
 MAGIC: Final = b"BX"
 VERSION: Final = 1
@@ -46,6 +47,13 @@ DEFAULT_MAX_AGE: Final = 30.0
 MAX_ID_LEN: Final = 64
 MAX_MARKET_LEN: Final = 32
 SERVER_ID: Final = "pos-server"
+#: A position or base larger than this many minimum order sizes of its product is refused
+#: (1e6 BTC, 1e8 XRP, 1e7 ETH): no bitFlyer account holds that much, so such a number is a bug
+#: or an attack, and a Decimal this large would overflow the drift check's 8-decimal arithmetic.
+MAX_LOTS: Final = 10**9
+#: A profit (JPY, or the quote currency) at or beyond this is refused: far beyond any real account.
+MAX_PROFIT: Final = 1e15
+MAX_PID: Final = 2**32
 
 Reason = Literal["malformed", "bad_signature", "bad_version", "oversized", "replay", "stale"]
 REASONS: Final[tuple[Reason, ...]] = ("malformed", "bad_signature", "bad_version", "oversized", "replay", "stale")
@@ -64,10 +72,26 @@ class MsgType(IntEnum):
 class ProtocolError(Exception):
     """A message that must be ignored; ``reason`` is one of :data:`REASONS` (the server counts them)."""
 
-    def __init__(self, reason: Reason, detail: str = "") -> None:
+    def __init__(self, reason: Reason, detail: str = "", sender: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason: Reason = reason
         self.detail = detail
+        #: The id a correctly signed body claims (None when unknown or unsigned): the server logs
+        #: a bad message once per sender, not once per datagram.
+        self.sender = sender
+
+
+def max_position(market: str) -> float:
+    """The largest absolute position or base accepted for ``market`` (:data:`MAX_LOTS` minimum sizes)."""
+    spec = PRODUCTS.get(market)
+    if spec is None:
+        raise KeyError(market)
+    return float(spec.min_size) * MAX_LOTS
+
+
+def is_known_market(market: str) -> bool:
+    """An exact product code (``FX_BTC_JPY``; not ``fx_btc_jpy``, not ``"FX_BTC_JPY "``)."""
+    return market in PRODUCTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +117,9 @@ class Report:
     pid: int
     budget: BudgetSnapshot | None = None
     header: Header | None = field(default=None, compare=False)
+    #: The sender's last report of this run (it is stopping): a newer boot with the same id may
+    #: take over at once instead of waiting for this one to go silent.
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +178,14 @@ def _num(x: float) -> float:
 
 def _body(msg: Message) -> tuple[MsgType, dict[str, Any]]:
     if isinstance(msg, Report):
-        return MsgType.REPORT, {
+        body: dict[str, Any] = {
             "id": msg.bot, "market": msg.market, "pos": _num(msg.position), "base": _num(msg.base_position),
             "profit": _num(msg.profit), "realized": _num(msg.realized), "pid": int(msg.pid),
             "budget": msg.budget.to_dict() if msg.budget is not None else None,
         }
+        if msg.final:  # only when set: every other report keeps the original version 1 body
+            body["final"] = True
+        return MsgType.REPORT, body
     if isinstance(msg, BudgetQuery):
         return MsgType.BUDGET_QUERY, {"id": msg.bot, "market": msg.market}
     if isinstance(msg, BudgetReply):
@@ -220,11 +250,33 @@ def _float(body: Mapping[str, Any], key: str) -> float:
     return float(v)
 
 
-def _int(body: Mapping[str, Any], key: str) -> int:
+def _bounded(body: Mapping[str, Any], key: str, bound: float) -> float:
+    """A finite number strictly within ±``bound``."""
+    v = _float(body, key)
+    if not abs(v) < bound:
+        raise ProtocolError("malformed", f"{key} {v!r} out of bounds (|x| < {bound:g})")
+    return v
+
+
+def _int(body: Mapping[str, Any], key: str, bound: int | None = None) -> int:
     v = body.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (bound is not None and v >= bound):
         raise ProtocolError("malformed", f"bad {key}")
     return v
+
+
+def _market(body: Mapping[str, Any], key: str, *, empty: bool = False) -> str:
+    """An exact known product code: a near miss (case, spaces) would become a second market
+    compared against the same real position, so it is refused, never normalized."""
+    v = _str(body, key, MAX_MARKET_LEN, empty=empty)
+    if v and not is_known_market(v):
+        raise ProtocolError("malformed", f"unknown market {v!r}")
+    return v
+
+
+def _claimed_id(body: Mapping[str, Any]) -> str | None:
+    v = body.get("id")
+    return v if isinstance(v, str) and 0 < len(v) <= MAX_ID_LEN and v.isprintable() else None
 
 
 def _budget(v: Any) -> BudgetSnapshot | None:
@@ -241,14 +293,19 @@ def _budget(v: Any) -> BudgetSnapshot | None:
 def _message(h: Header, body: dict[str, Any]) -> Message:
     t = h.type
     if t == MsgType.REPORT:
+        market = _market(body, "market")
+        bound = max_position(market)
+        final = body.get("final", False)
+        if not isinstance(final, bool):
+            raise ProtocolError("malformed", "bad final")
         return Report(
-            bot=_str(body, "id", MAX_ID_LEN), market=_str(body, "market", MAX_MARKET_LEN),
-            position=_float(body, "pos"), base_position=_float(body, "base"), profit=_float(body, "profit"),
-            realized=_float(body, "realized"), pid=_int(body, "pid"), budget=_budget(body.get("budget")), header=h,
+            bot=_str(body, "id", MAX_ID_LEN), market=market,
+            position=_bounded(body, "pos", bound), base_position=_bounded(body, "base", bound),
+            profit=_bounded(body, "profit", MAX_PROFIT), realized=_bounded(body, "realized", MAX_PROFIT),
+            pid=_int(body, "pid", MAX_PID), budget=_budget(body.get("budget")), header=h, final=final,
         )
     if t == MsgType.BUDGET_QUERY:
-        return BudgetQuery(bot=_str(body, "id", MAX_ID_LEN), market=_str(body, "market", MAX_MARKET_LEN, empty=True),
-                           header=h)
+        return BudgetQuery(bot=_str(body, "id", MAX_ID_LEN), market=_market(body, "market", empty=True), header=h)
     if t == MsgType.BUDGET_REPLY:
         advice = body.get("advice")
         if advice not in ("trade", "slow", "pause"):
@@ -304,7 +361,11 @@ def decode(
     if not isinstance(body, dict):
         raise ProtocolError("malformed", "body is not an object")
     header = Header(kind, boot, seq, time_us / 1_000_000)
-    msg = _message(header, body)
+    try:
+        msg = _message(header, body)
+    except ProtocolError as e:
+        e.sender = _claimed_id(body)  # signed: the id is the sender's own claim, fit to key a log on
+        raise
     t = time.time() if now is None else now
     if abs(t - header.time) > max_age:
         raise ProtocolError("stale", f"time off by {t - header.time:.1f} s")
@@ -335,12 +396,21 @@ class ReplayGuard:
     fewer than ``max_senders`` distinct senders report within the freshness window).
     """
 
-    def __init__(self, max_senders: int = 10_000) -> None:
+    def __init__(self, max_senders: int = 10_000, *, not_before: float = 0.0) -> None:
+        """``not_before``: refuse every message sent before this unix time (the receiver's start)."""
         self.max_senders = max_senders
+        # Whole microseconds, as on the wire: a message sent right after the start is never "before" it.
+        self.not_before = math.floor(not_before * 1_000_000) / 1_000_000
         self._seen: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
 
     def check(self, sender: str, h: Header) -> None:
         """Raise ``ProtocolError("replay")`` for an old message, else record it as the newest."""
+        # A fresh receiver remembers no sender, so a captured message still inside the freshness
+        # window would pass once. Refusing what was sent before the receiver started closes that
+        # hole completely, where persisting the newest (boot, seq) would leave open whatever came
+        # after the last write; a live sender's next heartbeat carries a later time anyway.
+        if h.time < self.not_before:
+            raise ProtocolError("replay", f"{sender} sent before this receiver started")
         last = self._seen.get(sender)
         if last is not None:
             boot, seq, t = last
