@@ -143,7 +143,7 @@ async def _run(bots: int, per_bot: int, seconds: float, per_bot_rate: float, bur
             results["inproc_us_per_report"] = cpu / n * 1e6
             results["datagram_bytes"] = float(len(data[0]))
             server.guard = p.ReplayGuard()  # the sender processes use fresh boot ids anyway
-            server.registry.bots.clear()
+            server.registry.clear()
 
             # (b) ingest over real UDP from another process, in bursts.
             loop = asyncio.get_running_loop()
@@ -169,7 +169,9 @@ async def _run(bots: int, per_bot: int, seconds: float, per_bot_rate: float, bur
                            lost_pct=100.0 * (sent - applied) / max(sent, 1), bots=float(len(server.registry.bots)))
             q = ctx.Queue()
 
-            # (c) latency at a steady rate.
+            # (c) latency at a steady rate. New sender processes reuse the bot ids with new boots: forget
+            # the previous ones, or the server would refuse the newcomers as second live senders.
+            server.registry.clear()
             rate = bots * per_bot_rate
             per = max(1, int(seconds * per_bot_rate))
             probe.measure = True

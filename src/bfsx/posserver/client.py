@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -195,6 +196,8 @@ class PosServerClient:
         if self._transport is not None:
             return
         self._closing = False
+        if self._latest is not None and self._latest.final:
+            self._latest = dataclasses.replace(self._latest, final=False)  # running again
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         # "localhost" may resolve to ::1 first while the server listens on 127.0.0.1 only; a lost
@@ -218,6 +221,9 @@ class PosServerClient:
                 t.cancel()
             _, pending = await asyncio.wait(tasks, timeout=1.0)
             tasks = list(pending)
+        if self._latest is not None:
+            # The run's last report: the server lets a restarted boot with this id take over at once.
+            self._latest = dataclasses.replace(self._latest, final=True)
         self._send()
         await self._conn.close()
         if self._transport is not None:

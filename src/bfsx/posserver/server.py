@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,7 +47,7 @@ from bfsx.config import (
 from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
 from bfsx.posserver.history import History
-from bfsx.posserver.registry import BotState, Registry, dec
+from bfsx.posserver.registry import ZERO, BotState, Registry, dec
 from bfsx.reporting.samples import BotSample, MarketSample
 
 log = logging.getLogger("bfsx.posserver")
@@ -74,6 +74,21 @@ IGNORED_KEYS = frozenset({
 })
 STOP_HEALTH = health_rank("NO ORDER")
 PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price is for charts only)
+#: Off loopback the secret is all that stands between the network and the account's orders.
+MIN_REMOTE_SECRET_LEN = 16
+#: Connections from one peer address that have sent no valid query for ``PENDING_GRACE_S``. A real
+#: client sends its query right after connecting, so beyond this the address hoards slots: its oldest
+#: silent ones are closed when any connection arrives (refusing the newcomer instead would let the
+#: hoarder keep every slot it holds). Connections that sent a valid (signed) query are not limited
+#: per address: every bot on one host shares it. When all ``max_connections`` are taken, the oldest
+#: silent connection of any address makes room.
+MAX_PENDING_PER_PEER = 8
+#: A connection this young may still be about to speak (a burst of bots starting together).
+PENDING_GRACE_S = 1.0
+#: A new connection must deliver its first frame within this many seconds.
+FIRST_FRAME_TIMEOUT_S = 5.0
+#: Distinct senders whose bad packets / refusals are each logged once; beyond, once a minute per reason.
+MAX_LOGGED_SENDERS = 1024
 
 
 @dataclass(slots=True)
@@ -142,10 +157,16 @@ class PosServer:
         if bind is None:
             bind = (config.pos_server_bind or DEFAULT_HOST, DEFAULT_PORT)
         self.host, self.port = bind
-        self._secret = config.pos_server_secret_value().encode()
-        if not self._secret and not is_loopback(self.host):
+        secret = config.pos_server_secret_value()
+        self._secret = secret.encode()
+        if not is_loopback(self.host):
             where = self.config_path or "trade.yaml"
-            raise ConfigError(f"{where}: refusing to bind {self.host} (not loopback) without 'pos_server_secret'")
+            if not secret:
+                raise ConfigError(f"{where}: refusing to bind {self.host} (not loopback) without 'pos_server_secret'")
+            if len(secret.strip()) < MIN_REMOTE_SECRET_LEN:
+                raise ConfigError(
+                    f"{where}: refusing to bind {self.host} (not loopback) with a 'pos_server_secret' of "
+                    f"{len(secret.strip())} non-blank characters: at least {MIN_REMOTE_SECRET_LEN} are required")
         self.own_budget = ApiBudget()
         self.rest = rest if rest is not None else RestClient(
             config.endpoint, config.api_key() or None, config.api_secret() or None, budget=self.own_budget)
@@ -166,11 +187,17 @@ class PosServer:
         self.history = History(self.state_dir / "history.db", horizon=config.pos_server_graph_period * 3600)
         self.bad: Counter[str] = Counter({r: 0 for r in p.REASONS})
         self.counters: Counter[str] = Counter(
-            {"reports": 0, "corrections": 0, "correction_errors": 0, "evictions": 0, "queries": 0, "full": 0})
+            {"reports": 0, "corrections": 0, "correction_errors": 0, "evictions": 0, "queries": 0, "full": 0,
+             "duplicates": 0, "market_cap": 0, "check_errors": 0, "retired": 0, "corrections_refused": 0,
+             "connections_closed": 0})
         self.results: dict[str, CheckResult] = {}
         self._drift: dict[str, DriftCheck] = {}
         self._saved_bases: dict[str, Decimal] = {}
         self._bad_logged: dict[str, float] = {}
+        self._logged_once: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._failing: dict[str, str] = {}  # market → the error its check last failed with (logged once)
+        #: Connections that have not yet sent a valid query, oldest first: peer address, since (monotonic).
+        self._pending: OrderedDict[asyncio.StreamWriter, tuple[str, float, asyncio.Task[Any]]] = OrderedDict()
         self._prices: dict[str, tuple[float, float | None]] = {}
         self.on_report: Callable[[p.Report, str], None] | None = None  # benches / tools: after each apply
 
@@ -204,6 +231,22 @@ class PosServer:
             return self._grace_override
         return 2 * self.config.pos_server_report_interval + 1.0
 
+    @property
+    def orphan_grace(self) -> float:
+        """How long a market without bots is still checked (and corrected) before it retires: time
+        for an evicted bot's position to be judged ``consecutive`` times, twice over."""
+        c = self.config
+        return max(c.pos_server_evict_after,
+                   2 * c.pos_server_consecutive * c.pos_server_check_interval + self.quiet_seconds)
+
+    def order_cap(self) -> Decimal | None:
+        """``adjust_max_size`` as the largest correcting order, or None when it is not a finite
+        positive size (a config built in code bypasses the model's checks): then nothing is sent."""
+        cap = dec(self.config.adjust_max_size) if isinstance(self.config.adjust_max_size, int | float) else None
+        if cap is None or not cap.is_finite() or cap <= 0:
+            return None
+        return cap
+
     def _drift_for(self, market: str) -> DriftCheck:
         d = self._drift.get(market)
         if d is None:
@@ -211,7 +254,7 @@ class PosServer:
             d = DriftCheck(
                 min_size=spec.min_size if spec is not None else Decimal("0.001"),
                 consecutive=self.config.pos_server_consecutive,
-                max_order=dec(self.config.adjust_max_size),
+                max_order=self.order_cap() or ZERO,  # 0: a drift is judged, never sized into an order
             )
             self._drift[market] = d
         return d
@@ -220,6 +263,9 @@ class PosServer:
     async def start(self) -> None:
         """Open the history, bind UDP and TCP (same port), start the check loop and the watcher."""
         self.started_at, self._started_m = time.time(), time.monotonic()
+        # A captured message still within the freshness window would pass a guard that remembers
+        # nothing: refuse everything sent before this start (see ReplayGuard.check).
+        self.guard = p.ReplayGuard(not_before=self.started_at)
         await self.history.open()
         await self._restore()
         await self._bind()
@@ -241,6 +287,12 @@ class PosServer:
                  self.config.pos_server_check_interval, self.config.pos_server_consecutive,
                  self.config.pos_server_evict_after)
         self._warn_if_judging_fast()
+        self._warn_if_no_cap()
+
+    def _warn_if_no_cap(self) -> None:
+        if self.order_cap() is None:
+            log.error("adjust_max_size %r is not a finite positive size: no correcting order is ever sent",
+                      self.config.adjust_max_size)
 
     def _warn_if_judging_fast(self) -> None:
         window = self.config.pos_server_check_interval * self.config.pos_server_consecutive
@@ -352,18 +404,54 @@ class PosServer:
             self._bad(e, addr)
             return
         where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        applied = self.registry.apply(msg, where)
+        applied = self.registry.apply(msg, where, silent_after=self.config.pos_server_evict_after)
+        if applied == "refused":  # a report built in code with what the decoder refuses off the wire
+            self._bad(p.ProtocolError("malformed", f"market {msg.market!r} or a number out of bounds", msg.bot), addr)
+            return
         self.counters["reports"] += 1
         self.reports_since_start += 1
         if applied == "full":
             self.counters["full"] += 1
             self._log_rate("full", "registry full (%d bots): report of %s ignored", self.registry.max_bots, msg.bot)
+        elif applied == "duplicate":
+            self.counters["duplicates"] += 1
+            boot = msg.header.boot
+            holder = self.registry.bots[msg.bot]
+            if self._first_time("duplicate", msg.bot, str(boot)):
+                log.error("bot id %s is already held by a live sender (boot %d, pid %d, %s): reports of a second "
+                          "sender (boot %d, pid %d, %s) are refused until the first is silent for %.3g s; give each "
+                          "bot its own bot_name. Judging of %s is held meanwhile", msg.bot, holder.boot, holder.pid,
+                          holder.addr, boot, msg.pid, where, self.config.pos_server_evict_after, msg.market)
+        elif applied == "market_cap":
+            self.counters["market_cap"] += 1
+            if self._first_time("market_cap", msg.bot):
+                log.warning("bot %s reports a %s market within %.3g s (%s): refused, at most %d markets per bot",
+                            msg.bot, "third" if self.registry.max_markets_per_bot == 2 else "further",
+                            self.config.pos_server_evict_after, msg.market, self.registry.max_markets_per_bot)
         if self.on_report is not None:
             self.on_report(msg, applied)
 
+    def _first_time(self, *key: str) -> bool:
+        """True the first time ``key`` is seen (bounded: past ``MAX_LOGGED_SENDERS`` keys, once a
+        minute per kind instead), so a repeating problem is one log line, not one per datagram."""
+        if key in self._logged_once:
+            return False
+        if len(self._logged_once) >= MAX_LOGGED_SENDERS:
+            now = time.monotonic()
+            if now - self._bad_logged.get(key[0], -BAD_LOG_EVERY) < BAD_LOG_EVERY:
+                return False
+            self._bad_logged[key[0]] = now
+            return True
+        self._logged_once[key] = None
+        return True
+
     def _bad(self, e: p.ProtocolError, addr: Any) -> None:
         self.bad[e.reason] += 1
-        self._log_rate(e.reason, "bad packet from %s: %s", addr, e)
+        # Keyed on the id a signed body claims, else on the peer's address (its port changes).
+        sender = f"id {e.sender}" if e.sender is not None else str(addr[0] if isinstance(addr, tuple) else addr)
+        if self._first_time("bad", e.reason, sender):
+            log.warning("bad packet from %s (%s): %s (further ones from this sender are counted, not logged)",
+                        addr, sender, e)
 
     def _log_rate(self, key: str, fmt: str, *args: Any) -> None:
         now = time.monotonic()
@@ -374,11 +462,15 @@ class PosServer:
     # ------------------------------------------------------------------ TCP queries
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        self._make_room()
         if len(self._conns) >= self.max_connections or task is None:
+            self.counters["connections_closed"] += 1
             writer.close()
             return
         self._conns.add(task)
-        peer = writer.get_extra_info("peername")
+        self._pending[writer] = (ip, time.monotonic(), task)
         try:
             await self._serve_connection(reader, writer, peer)
         except asyncio.CancelledError:
@@ -386,12 +478,42 @@ class PosServer:
             pass
         finally:
             self._conns.discard(task)
+            self._pending.pop(writer, None)
             writer.close()
 
+    def _make_room(self) -> None:
+        """Before a new connection: close what hoards slots (see ``MAX_PENDING_PER_PEER``)."""
+        now = time.monotonic()
+        silent: dict[str, list[asyncio.StreamWriter]] = {}
+        for w, (ip, since, _) in self._pending.items():
+            if now - since >= PENDING_GRACE_S:
+                silent.setdefault(ip, []).append(w)
+        for ws in silent.values():
+            for w in ws[:len(ws) - MAX_PENDING_PER_PEER]:  # oldest first
+                self._close_pending(w)
+        if len(self._conns) >= self.max_connections and self._pending:
+            self._close_pending(next(iter(self._pending)))
+
+    def _close_pending(self, writer: asyncio.StreamWriter) -> None:
+        entry = self._pending.pop(writer, None)
+        if entry is None:
+            return
+        ip, _, task = entry
+        self._conns.discard(task)  # its slot is free now: the handler ends on the next read
+        self.counters["connections_closed"] += 1
+        if self._first_time("tcp", "pending", ip):
+            log.warning("TCP: %s holds more connections that sent no query than allowed (%d per address, %d in "
+                        "all): the oldest are closed (further ones counted, not logged)",
+                        ip, MAX_PENDING_PER_PEER, self.max_connections)
+        writer.close()
+
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
+        verified = False
         while not self._stopping:
+            # Idle read timeout: short for the first frame (a client speaks at once), then tcp_timeout.
+            idle_s = self.tcp_timeout if verified else min(self.tcp_timeout, FIRST_FRAME_TIMEOUT_S)
             try:
-                async with asyncio.timeout(self.tcp_timeout):
+                async with asyncio.timeout(idle_s):
                     prefix = await reader.readexactly(p.FRAME_PREFIX.size)
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
@@ -408,6 +530,9 @@ class PosServer:
                 return  # a broken or hostile peer: drop the connection
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
+            if not verified:
+                verified = True
+                self._pending.pop(writer, None)
             self.counters["queries"] += 1
             reply: p.Message
             if isinstance(msg, p.BudgetQuery):
@@ -464,9 +589,15 @@ class PosServer:
             budget: dict[str, Any] | None = self.account_budget()[0].to_dict()
         except Exception:  # never let a status query fail on a budget corner case
             budget = None
+        duplicates = [
+            {"id": c.bot, "boot": c.boot, "market": c.market, "pid": c.pid, "addr": c.addr, "refused": c.refused,
+             "age": round(now_m - c.last_seen, 3)}
+            for c in self.registry.claimants.values()
+        ]
         return {
             "started": self.started_at, "uptime": round(time.time() - self.started_at, 3), "checks": self.checks,
             "bots": bots, "markets": markets, "counters": {**self.bad, **self.counters}, "budget": budget,
+            "duplicates": duplicates,
         }
 
     # ------------------------------------------------------------------ the check
@@ -479,20 +610,77 @@ class PosServer:
                 log.exception("position check failed")
 
     async def check_all(self) -> list[CheckResult]:
-        """One round: evict silent bots, check every market, record the samples."""
-        for b in self.registry.evict_silent(self.config.pos_server_evict_after):
-            self.counters["evictions"] += 1
-            log.warning("bot %s evicted after %.0f s of silence, holding %s on %s: its position now counts as drift",
-                        b.bot, self.config.pos_server_evict_after, b.position, b.market)
+        """One round: evict silent bots, check every market, retire the markets no bot reports,
+        record the samples. Each step and each market is isolated: one failing never stops the rest."""
+        try:
+            for b in self.registry.evict_silent(self.config.pos_server_evict_after):
+                self.counters["evictions"] += 1
+                log.warning("bot %s evicted after %.0f s of silence, holding %s on %s: its position now counts as "
+                            "drift", b.bot, self.config.pos_server_evict_after, b.position, b.market)
+        except Exception:
+            self._log_once_exception("eviction", "evicting silent bots failed")
         markets = list(self.registry.markets)
-        results = await asyncio.gather(*(self._check_market(m) for m in markets))
+        results = list(await asyncio.gather(*(self._check_market_isolated(m) for m in markets)))
         self.checks += 1
         for r in results:
             self.results[r.market] = r
-        await self._record(results)
+        try:
+            self._retire()
+        except Exception:
+            self._log_once_exception("retire", "retiring markets failed")
+        try:
+            await self._record(results)
+        except Exception:
+            self._log_once_exception("record", "recording the check failed")
         if self._console is not None:
-            self._console.on_check(results)
-        return list(results)
+            try:
+                self._console.on_check(results)
+            except Exception:
+                self._log_once_exception("console", "console lines failed")
+        return results
+
+    def _log_once_exception(self, key: str, what: str) -> None:
+        if self._first_time("step", key):
+            log.exception("%s (logged once; the other steps of the round go on)", what)
+
+    def _retire(self) -> None:
+        for ms in self.registry.retire_markets(self.config.pos_server_evict_after, self.orphan_grace):
+            m = ms.market
+            self.counters["retired"] += 1
+            self._drift.pop(m, None)
+            self.results.pop(m, None)
+            self._prices.pop(m, None)
+            self._failing.pop(m, None)
+            if ms.diff is not None and ms.in_sync_at is None:
+                log.warning("%s retired: no live bot reports it; the exchange still differs by %s from the base %s "
+                            "(not corrected any more)", m, ms.diff, ms.base)
+            else:
+                log.info("%s retired: no live bot reports it", m)
+
+    async def _check_market_isolated(self, market: str) -> CheckResult:
+        """:meth:`_check_market`, never raising: a failure is logged once per market and kind (and
+        once more when the market checks again), and the market shows it as its skip reason."""
+        try:
+            result = await self._check_market(market)
+        except Exception as e:
+            self.counters["check_errors"] += 1
+            kind = type(e).__name__
+            if self._failing.get(market) != kind:
+                self._failing[market] = kind
+                log.exception("%s: the check failed (logged once; the other markets go on)", market)
+            reason = f"check failed ({kind})"
+            try:
+                self.registry.record_check(market, health="UNKNOWN", board_state="UNKNOWN", price=None, exchange=None,
+                                           skip_reason=reason, started=time.monotonic(), in_sync=False)
+            except Exception:
+                pass  # what the market shows is secondary: the round goes on
+            ms = self.registry.markets.get(market)
+            base = ms.base if ms is not None else ZERO
+            total = self.registry.total(market)
+            return CheckResult(market, total, base, total + base, None, self.registry.profit(market), None, reason)
+        if self._failing.pop(market, None) is not None:
+            log.info("%s: the check works again", market)
+        return result
 
     async def _check_market(self, market: str) -> CheckResult:
         ms = self.registry.markets[market]
@@ -505,36 +693,40 @@ class PosServer:
         )
         reason = ""
         actual: Decimal | None = None
+        bound = Decimal(repr(p.max_position(market)))
         if isinstance(actual_r, BaseException):
             if not isinstance(actual_r, BitflyerError):
                 log.error("%s: getting the exchange position failed: %r", market, actual_r)
             reason = f"exchange position unknown ({type(actual_r).__name__})"
+        elif not isinstance(actual_r, Decimal) or not actual_r.is_finite() or abs(actual_r) >= bound:
+            reason = f"exchange position not a bounded number ({actual_r!r})"  # unknown, never acted on
         else:
             actual = actual_r
         running = False
         if isinstance(state_r, BaseException):
-            ms.health = ms.board_state = "UNKNOWN"
+            health = board = "UNKNOWN"
             reason = reason or f"board state unknown ({type(state_r).__name__})"
         else:
-            ms.health, ms.board_state = str(state_r.get("health", "")), str(state_r.get("state", ""))
-            running = ms.board_state == "RUNNING" and health_rank(ms.health) < STOP_HEALTH
+            health, board = str(state_r.get("health", "")), str(state_r.get("state", ""))
+            running = board == "RUNNING" and health_rank(health) < STOP_HEALTH
             if not running:
-                reason = reason or f"exchange {ms.health} / {ms.board_state}"
+                reason = reason or f"exchange {health} / {board}"
         price = ticker_r if isinstance(ticker_r, float) else None
-        ms.price = price
 
         warm = time.monotonic() - self._started_m >= self.startup_grace and self.reports_since_start > 0
         # Quiet before AND during the requests: a fill reported meanwhile may or may not be in them.
         quiet = ms.last_change == change_before and t0 - ms.last_change >= self.quiet_seconds
         expected = self.registry.expected(market)
         total = self.registry.total(market)
-        ms.exchange = actual
-        ms.diff = actual - expected if actual is not None else None
-        ms.last_check = time.time()
+        claimants = self.registry.claimants_on(market)
         correction = None
         if not warm:
             reason = reason or f"waiting {self.startup_grace:.3g} s after start for every bot to report"
             drift.observe(expected, None, quiet=False)  # no observation: a restart never judges
+        elif claimants:
+            # Two senders claim one bot id: which position is real is unknown, so nothing is judged.
+            reason = reason or f"bot id {claimants[0].bot} is claimed by two live senders"
+            drift.observe(expected, None, quiet=False)
         elif not running or actual is None:
             # Not trading (or unknown): no order; a closed market resets the streak.
             drift.observe(expected, actual if actual is not None and not running else None, quiet=False)
@@ -542,7 +734,9 @@ class PosServer:
             if not quiet:
                 reason = f"a bot's position changed within {self.quiet_seconds:.3g} s"
             correction = drift.observe(expected, actual, quiet=quiet)
-        ms.skip_reason = reason
+        in_sync = actual is not None and abs(actual - expected) < drift.min_size
+        self.registry.record_check(market, health=health, board_state=board, price=price, exchange=actual,
+                                   skip_reason=reason, started=t0, in_sync=in_sync)
         done = ""
         if correction is not None:
             done = await self._correct(market, correction.side, correction.size, expected, actual, total, ms.base)
@@ -563,7 +757,15 @@ class PosServer:
 
     async def _correct(self, market: str, side: str, size: Decimal, expected: Decimal, actual: Decimal | None,
                        total: Decimal, base: Decimal) -> str:
-        ms = self.registry.markets[market]
+        cap = self.order_cap()
+        # The last gate before real money: whatever the config or a report said, only a finite
+        # size within (0, cap] goes out.
+        if cap is None or not size.is_finite() or not 0 < size <= cap:
+            self.counters["corrections_refused"] += 1
+            if self._first_time("cap", market, str(cap)):
+                log.error("%s: correcting order %s %s NOT sent: adjust_max_size %r is not a finite positive size "
+                          "or the order exceeds it (logged once)", market, side, size, self.config.adjust_max_size)
+            return f"{side} {size} refused (adjust_max_size)"
         log.warning("%s: exchange %s ≠ expected %s (Σ bots %s + base %s) for %d checks → MARKET %s %s",
                     market, actual, expected, total, base, self.config.pos_server_consecutive, side, size)
         try:
@@ -573,28 +775,23 @@ class PosServer:
             log.error("%s: correcting order %s %s failed: %s", market, side, size, e)
             return f"{side} {size} failed"
         self.counters["corrections"] += 1
-        ms.corrections += 1
-        # The fill takes a moment to show in getpositions: hold judging as after any change.
-        ms.last_change = time.monotonic()
+        self.registry.correction_sent(market)
         log.info("%s: correcting order %s %s accepted (%s)", market, side, size, acc)
         return f"{side} {size}"
 
     # ------------------------------------------------------------------ history
     async def _restore(self) -> None:
-        """Markets that had bots shortly before a restart are checked again (with their last base):
-        if their last bot died while the server was down, its position is drift like an eviction.
-        Bots themselves are not restored: the live ones report within the startup grace."""
+        """The last saved base of every market (so an unchanged one is not saved again). Neither
+        markets nor bots are restored: a market is checked again once a live bot reports it (the
+        live ones do within the startup grace). Nobody vouches for a market no live bot reports, so
+        the server never trades on one from its history alone."""
         try:
             bases = await self.history.bases()
-            recent = await self.history.recent_markets(time.time() - self.config.pos_server_evict_after)
         except Exception as e:  # a broken history file must not stop the guard
             log.warning("history: cannot read it: %s", e)
             return
         for market, base in bases.items():
             self._saved_bases[market] = dec(base)
-            if market in recent:
-                self.registry.restore_market(market, dec(base))
-                log.info("%s: watched again after the restart (base_position %s)", market, base)
 
     async def _record(self, results: list[CheckResult] | tuple[CheckResult, ...]) -> None:
         ts = time.time()
@@ -718,9 +915,12 @@ class PosServer:
         if {"pos_server_consecutive", "pos_server_check_interval"} & set(live):
             self._warn_if_judging_fast()
         if {"pos_server_consecutive", "adjust_max_size"} & set(live):
+            cap = self.order_cap() or ZERO
+            if "adjust_max_size" in live:
+                self._warn_if_no_cap()
             for d in self._drift.values():
                 d.consecutive = new.pos_server_consecutive
-                d.max_order = dec(new.adjust_max_size)
+                d.max_order = cap
         if "log_level" in live:
             from bfsx.logs import set_level
 
