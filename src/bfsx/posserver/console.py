@@ -2,7 +2,11 @@
 
 Bots (market, position, profit, API budget, seconds since their last report) and markets (total
 position, exchange position, diff, consecutive count, total profit), plus the counters: bad
-packets by reason, reports, corrections, evictions.
+packets by reason, reports, corrections, evictions, and the bot ids claimed by two live senders.
+
+Every cell is a :class:`rich.text.Text`: ids, markets and reasons come from the network and are
+shown literally, never read as console markup (``evil[/b]`` would otherwise break the render).
+A render that fails anyway is logged once and never stops the server.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Console:
         self.refresh = refresh
         self._live: Live | None = None
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     def start(self) -> None:
         if not self.live:
@@ -59,8 +64,11 @@ class Console:
             self._task.cancel()
             self._task = None
         if self._live is not None:
-            self._live.update(self.render(), refresh=True)
-            self._live.stop()
+            self._update()
+            try:
+                self._live.stop()
+            except Exception:  # the server's shutdown (history, sockets) comes after this
+                log.exception("closing the live table failed")
             self._live = None
 
     def note(self, text: str) -> None:
@@ -70,9 +78,22 @@ class Console:
         else:
             print(text, flush=True)
 
+    def _update(self) -> None:
+        """Redraw the live table; a failure is logged once (until a redraw works again)."""
+        if self._live is None:
+            return
+        try:
+            self._live.update(self.render(), refresh=True)
+        except Exception:
+            if not self._failing:
+                self._failing = True
+                log.exception("the live table cannot be drawn (logged once; the server goes on)")
+        else:
+            self._failing = False
+
     async def _refresh(self) -> None:
         while self._live is not None:
-            self._live.update(self.render(), refresh=True)
+            self._update()
             await asyncio.sleep(self.refresh)
 
     def on_check(self, results: Sequence[CheckResult]) -> None:
@@ -102,8 +123,9 @@ class Console:
             age = now_m - b.last_seen
             style = "red" if age > evict / 2 else ("yellow" if age > 3 * s.config.pos_server_report_interval else "")
             bots.add_row(
-                b.bot, b.market, _size(b.position), Text(_jpy(b.profit), style="green" if b.profit >= 0 else "red"),
-                "-" if b.api_remaining is None else f"{b.api_remaining} ({b.budget.advice if b.budget else ''})",
+                Text(b.bot), Text(b.market), Text(_size(b.position)),
+                Text(_jpy(b.profit), style="green" if b.profit >= 0 else "red"),
+                Text("-" if b.api_remaining is None else f"{b.api_remaining} ({b.budget.advice if b.budget else ''})"),
                 Text(f"{age:.1f} s", style=style),
             )
         markets = Table(title="markets", expand=True, title_justify="left")
@@ -114,11 +136,11 @@ class Console:
             streak = d.streak if d is not None else 0
             diff = ms.diff
             markets.add_row(
-                m, _size(s.registry.total(m)), _size(ms.base), _size(ms.exchange),
+                Text(m), Text(_size(s.registry.total(m))), Text(_size(ms.base)), Text(_size(ms.exchange)),
                 Text(_size(diff), style="red" if diff else ""),
-                f"{streak}/{s.config.pos_server_consecutive}",
+                Text(f"{streak}/{s.config.pos_server_consecutive}"),
                 Text(_jpy(s.registry.profit(m)), style="green" if s.registry.profit(m) >= 0 else "red"),
-                ms.skip_reason or ("ok" if ms.last_check else "waiting for the first check"),
+                Text(ms.skip_reason or ("ok" if ms.last_check else "waiting for the first check")),
             )
         budget, n = s.account_budget()
         bad = ", ".join(f"{k} {v}" for k, v in s.bad.items() if v) or "none"
@@ -126,6 +148,13 @@ class Console:
         footer = Text(
             f"account API: {budget.private_remaining} private left, advice {budget.advice} ({n} bots) | "
             f"reports {c['reports']} | corrections {c['corrections']} | evictions {c['evictions']} | "
-            f"bad packets: {bad} | {s.host}:{s.port}"
+            f"duplicates refused {c['duplicates']} | bad packets: {bad} | {s.host}:{s.port}"
         )
-        return Group(bots, markets, footer)
+        parts: list[Table | Text] = [bots, markets, footer]
+        for cl in s.registry.claimants.values():
+            line = Text("DUPLICATE bot id ", style="bold red")
+            line.append(cl.bot)  # appended as plain text: never markup
+            line.append(f": a second live sender (boot {cl.boot}, pid {cl.pid}, {cl.addr}) is refused "
+                        f"({cl.refused} reports, last {now_m - cl.last_seen:.1f} s ago)")
+            parts.append(line)
+        return Group(*parts)
