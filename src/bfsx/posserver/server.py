@@ -725,7 +725,8 @@ class PosServer:
             drift.observe(expected, None, quiet=False)  # no observation: a restart never judges
         elif claimants:
             # Two senders claim one bot id: which position is real is unknown, so nothing is judged.
-            reason = reason or f"bot id {claimants[0].bot} is claimed by two live senders"
+            held = f"bot id {claimants[0].bot} is claimed by two live senders"
+            reason = f"{held}; {reason}" if reason else held
             drift.observe(expected, None, quiet=False)
         elif not running or actual is None:
             # Not trading (or unknown): no order; a closed market resets the streak.
