@@ -128,8 +128,7 @@ async def test_unbounded_numbers_are_refused_and_checks_go_on(
     good.report(0.0, 0.0, 0.0, 0.0)
     await wait_for(lambda: s.results.get(FX) is not None and s.results[FX].exchange is not None,
                    what="the good market checked against the simulator")
-    bound = p.max_position("BTC_JPY")
-    assert bound == 1e6  # 10^9 minimum sizes of 0.001 BTC
+    bound = 1e6  # p.max_position("BTC_JPY"): 10^9 minimum sizes of 0.001 BTC
     hostile = [  # one market each, so no two cancel out
         _body("huge", "BTC_JPY", pos=1e20), _body("huge-short", "XLM_JPY", pos=-1e20),
         _body("at-bound", "ETH_JPY", pos=bound * 10), _body("btc-bound", "BTC_EUR", pos=bound),
@@ -144,6 +143,7 @@ async def test_unbounded_numbers_are_refused_and_checks_go_on(
     await _checks(s, 5, wait_for)
     assert s.bad["malformed"] == n
     assert list(s.registry.markets) == [FX] and set(s.registry.bots) == {"good"}
+    assert p.max_position("BTC_JPY") == bound and p.max_position("XRP_JPY") == 1e8
     assert s.results[FX].exchange == Decimal(0) and s.counters["check_errors"] == 0
     assert (await s.history.counts())[0] >= rows_before + 5  # history goes on
     # A report built in code (no decoder) is held to the same bounds by the registry.
