@@ -449,9 +449,11 @@ async def test_a_captured_report_is_refused_by_a_restarted_server(tmp_path: Path
     try:
         captured = p.Sender(SECRET).encode(p.Report(bot="victim", market=FX, position=0.05, base_position=0.0,
                                                     profit=0.0, realized=0.0, pid=1))
-        _udp(port, captured)
 
         async def victim_seen() -> bool:
+            # Sent until seen: the TCP side may answer a moment before the UDP socket is bound
+            # (a copy after the first is a replay, counted and ignored).
+            _udp(port, captured)
             st = await _status(port)
             return bool(st and [b for b in st["bots"] if b["id"] == "victim"])
 
@@ -459,9 +461,9 @@ async def test_a_captured_report_is_refused_by_a_restarted_server(tmp_path: Path
         server.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(server.wait(), 30) == 0
         server = await start_server()
-        _udp(port, captured)  # the same bytes, a few seconds old: fresh enough for the 30 s window
 
         async def refused() -> dict[str, Any] | None:
+            _udp(port, captured)  # the same bytes, a few seconds old: fresh enough for the 30 s window
             st = await _status(port)
             return st if st and st["counters"]["replay"] >= 1 else None
 

@@ -151,6 +151,26 @@ def test_replay_guard_accepts_restart_after_clock_step_back() -> None:
     p.decode(older_boot.encode(_report(), now=1001.0), SECRET, now=1001.0, guard=guard)
 
 
+def test_replay_guard_keeps_two_runs_of_one_id_apart() -> None:
+    """Two live runs with one bot id (the registry refuses the second): neither run's messages
+    become replays because of the other's, even when the second's clock is ahead."""
+    guard = p.ReplayGuard()
+    first, second = p.Sender(SECRET, boot=1_000), p.Sender(SECRET, boot=2_000)
+    for k in range(3):
+        p.decode(second.encode(_report(), now=1005.0 + k), SECRET, now=1002.0 + k, guard=guard)
+        p.decode(first.encode(_report(), now=1000.0 + k), SECRET, now=1002.0 + k, guard=guard)
+    replayed = first.encode(_report(), now=1003.0)
+    p.decode(replayed, SECRET, now=1004.0, guard=guard)
+    assert _reason(replayed, guard=guard, now=1004.0) == "replay"
+
+
+def test_replay_guard_refuses_what_was_sent_before_it_started() -> None:
+    guard = p.ReplayGuard(not_before=1000.0)
+    s = p.Sender(SECRET)
+    assert _reason(s.encode(_report(), now=999.9), guard=guard, now=1001.0) == "replay"
+    p.decode(s.encode(_report(), now=1000.0), SECRET, now=1001.0, guard=guard)
+
+
 def test_replay_guard_is_bounded() -> None:
     guard = p.ReplayGuard(max_senders=5)
     for i in range(50):

@@ -7,8 +7,8 @@ Every message, UDP datagram or TCP frame alike, is::
 big-endian, the MAC over every byte before it, keyed with ``pos_server_secret`` (an empty secret is a
 valid empty key, so loopback setups take the same code path). ``boot`` identifies one run of the
 sender (its start time in microseconds, so a restarted process has a larger one) and ``seq`` counts
-that run's messages from 1: the receiver keeps the newest (boot, seq, time) per sender and refuses
-anything not newer (:class:`ReplayGuard`) — the sender persists nothing. Values are absolute
+that run's messages from 1: the receiver keeps the newest seq per sender and boot, and refuses
+anything not newer or sent before it started (:class:`ReplayGuard`) — the sender persists nothing. Values are absolute
 (a position, never a delta), so a lost datagram is healed by the next one.
 
 TCP frames carry the same bytes behind a u32 big-endian length.
@@ -387,13 +387,16 @@ def sender_of(msg: Message) -> str:
 
 
 class ReplayGuard:
-    """Remembers the newest (boot, seq, time) accepted from each sender; refuses anything older.
+    """Remembers the newest sequence number accepted from each run (sender id and boot) of each
+    sender; refuses anything not newer, and anything sent before the receiver started.
 
-    Same boot: the sequence must grow. Another boot: accepted when its boot id is larger (a restart)
-    or its time is later than the last accepted message's (a restart after a clock step back); a
-    replayed message of an older run fails both. Bounded: the least recently seen senders are
-    forgotten beyond ``max_senders`` (a forgotten sender's old messages are stale by then, as long as
-    fewer than ``max_senders`` distinct senders report within the freshness window).
+    Keyed per run, not per id: two runs with one id (a restart, or two live processes, which the
+    server's registry refuses) never make each other's messages look like replays, whatever their
+    clocks. A replayed message of a run the receiver saw is refused by that run's sequence; one of a
+    run it never saw was sent before the receiver started (refused), or belongs to a run the
+    registry no longer lets through. Bounded: the least recently seen runs are forgotten beyond
+    ``max_senders`` (a forgotten run's old messages are stale by then, as long as fewer than
+    ``max_senders`` runs report within the freshness window).
     """
 
     def __init__(self, max_senders: int = 10_000, *, not_before: float = 0.0) -> None:
@@ -401,7 +404,7 @@ class ReplayGuard:
         self.max_senders = max_senders
         # Whole microseconds, as on the wire: a message sent right after the start is never "before" it.
         self.not_before = math.floor(not_before * 1_000_000) / 1_000_000
-        self._seen: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int], int] = OrderedDict()
 
     def check(self, sender: str, h: Header) -> None:
         """Raise ``ProtocolError("replay")`` for an old message, else record it as the newest."""
@@ -411,14 +414,13 @@ class ReplayGuard:
         # after the last write; a live sender's next heartbeat carries a later time anyway.
         if h.time < self.not_before:
             raise ProtocolError("replay", f"{sender} sent before this receiver started")
-        last = self._seen.get(sender)
+        key = (sender, h.boot)
+        last = self._seen.get(key)
         if last is not None:
-            boot, seq, t = last
-            newer = seq < h.seq if h.boot == boot else (h.boot > boot or h.time > t)
-            if not newer:
+            if h.seq <= last:
                 raise ProtocolError("replay", f"{sender} boot {h.boot} seq {h.seq}")
-            self._seen.move_to_end(sender)
-        self._seen[sender] = (h.boot, h.seq, h.time)
+            self._seen.move_to_end(key)
+        self._seen[key] = h.seq
         if len(self._seen) > self.max_senders:
             self._seen.popitem(last=False)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -74,6 +75,9 @@ IGNORED_KEYS = frozenset({
 })
 STOP_HEALTH = health_rank("NO ORDER")
 PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price is for charts only)
+MIN_CHECK_INTERVAL_S = 0.1
+MAX_CHECK_INTERVAL_S = 3600.0
+DEFAULT_CHECK_INTERVAL_S = 30.0
 #: Off loopback the secret is all that stands between the network and the account's orders.
 MIN_REMOTE_SECRET_LEN = 16
 #: Connections from one peer address that have sent no valid query for ``PENDING_GRACE_S``. A real
@@ -601,9 +605,18 @@ class PosServer:
         }
 
     # ------------------------------------------------------------------ the check
+    def check_interval_s(self) -> float:
+        """``pos_server_check_interval``, held to [``MIN_CHECK_INTERVAL_S``, ``MAX_CHECK_INTERVAL_S``]
+        (the config model checks it; a config built in code does not): a tiny one would spend the
+        account's API budget on checks, a non-finite one would end the check loop."""
+        v = self.config.pos_server_check_interval
+        if not isinstance(v, int | float) or math.isnan(v):
+            return DEFAULT_CHECK_INTERVAL_S
+        return min(max(float(v), MIN_CHECK_INTERVAL_S), MAX_CHECK_INTERVAL_S)
+
     async def _check_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.pos_server_check_interval)
+            await asyncio.sleep(self.check_interval_s())
             try:
                 await self.check_all()
             except Exception:  # a bug in one round must not end the guard
