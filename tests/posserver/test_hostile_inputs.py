@@ -43,7 +43,7 @@ from bfsx.net import free_port
 from bfsx.posserver import protocol as p
 from bfsx.posserver.client import PosServerClient, PosServerUnavailable, query_status
 from bfsx.posserver.console import Console
-from bfsx.posserver.server import PosServer
+from bfsx.posserver.server import MAX_PENDING_PER_PEER, PosServer
 from bfsx.sim.config import SimConfig
 from bfsx.sim.server import SimServer
 
@@ -386,6 +386,13 @@ async def test_idle_connections_of_one_client_do_not_block_queries(server_factor
         for b in bots:  # and the bots' kept-alive connections still serve them
             assert isinstance(await b.query_budget(), p.BudgetReply)
         assert s.counters["connections_closed"] >= 1
+
+        async def held_to_the_limit() -> bool:
+            # Any new connection sweeps the silent ones older than the grace down to 8 per address.
+            await query_status("127.0.0.1", s.port, SECRET)
+            return s.silent_connections <= MAX_PENDING_PER_PEER
+
+        await wait_for(held_to_the_limit, what="the hoarder held to 8 silent connections")
     finally:
         if holder.stdin is not None:
             holder.stdin.close()

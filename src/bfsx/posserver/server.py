@@ -227,7 +227,7 @@ class PosServer:
     def quiet_seconds(self) -> float:
         if self._quiet_override is not None:
             return self._quiet_override
-        return min(self.config.pos_server_check_interval, MAX_QUIET_SECONDS)
+        return min(self.check_interval_s(), MAX_QUIET_SECONDS)
 
     @property
     def startup_grace(self) -> float:
@@ -241,7 +241,7 @@ class PosServer:
         for an evicted bot's position to be judged ``consecutive`` times, twice over."""
         c = self.config
         return max(c.pos_server_evict_after,
-                   2 * c.pos_server_consecutive * c.pos_server_check_interval + self.quiet_seconds)
+                   2 * c.pos_server_consecutive * self.check_interval_s() + self.quiet_seconds)
 
     def order_cap(self) -> Decimal | None:
         """``adjust_max_size`` as the largest correcting order, or None when it is not a finite
@@ -484,6 +484,11 @@ class PosServer:
             self._conns.discard(task)
             self._pending.pop(writer, None)
             writer.close()
+
+    @property
+    def silent_connections(self) -> int:
+        """TCP connections open that have not sent a valid query yet (tools, tests)."""
+        return len(self._pending)
 
     def _make_room(self) -> None:
         """Before a new connection: close what hoards slots (see ``MAX_PENDING_PER_PEER``)."""
@@ -761,7 +766,7 @@ class PosServer:
         count against the IP's limit, shared with the bots on this host)."""
         now = time.monotonic()
         cached = self._prices.get(market)
-        if cached is not None and now - cached[0] < max(PRICE_EVERY, self.config.pos_server_check_interval):
+        if cached is not None and now - cached[0] < max(PRICE_EVERY, self.check_interval_s()):
             return cached[1]
         ticker = await self.rest.get_ticker(market)
         ltp = ticker.get("ltp")
