@@ -509,12 +509,13 @@ async def _end(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> i
     return await asyncio.wait_for(proc.wait(), 30)
 
 
-async def test_a_second_live_sender_of_a_bot_id_is_refused(server_factory: Factory, wait_for: Any,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_second_live_sender_of_a_bot_id_is_refused(server_factory: Factory, fast_config: Any,
+                                                           wait_for: Any, caplog: pytest.LogCaptureFixture) -> None:
     from rich.console import Console as RichConsole
 
     caplog.set_level(logging.ERROR, logger="bfsx.posserver")
-    s = await server_factory(startup_grace=0.0)  # evicts after 2 s of silence
+    # Evicts after 4 s of silence: room for a loaded machine's scheduling before the first "goes silent".
+    s = await server_factory(fast_config(pos_server_evict_after=4.0), startup_grace=0.0)
     first = await _bot_process(s.port, "twin", "0.03")
     second: asyncio.subprocess.Process | None = None
     try:
