@@ -41,6 +41,7 @@ from bfsx.config import TradeConfig, load_trade_config
 from bfsx.errors import UserError
 from bfsx.logs import setup_logging
 from bfsx.net import free_port
+from bfsx.posserver.protocol import REASONS
 from bfsx.posserver.server import PosServer
 from bfsx.sim.hooks import SimHooks
 
@@ -347,7 +348,7 @@ class Demo:
                          f"{diff:>+10.5f} {m['corrections']:>6}  {'OK' if ok else 'FAIL'}")
         c = status["counters"]
         lines += ["", f"reports {c.get('reports', 0)}, corrections {c.get('corrections', 0)}, "
-                      f"bad packets {sum(v for k, v in c.items() if k not in ('reports', 'corrections', 'queries', 'evictions', 'correction_errors', 'full'))}",
+                      f"bad packets {sum(c.get(reason, 0) for reason in REASONS)}",
                   f"open orders left on the account: {len(acct.get('open_orders', []))}",
                   f"charts: {', '.join(str(p) for p in charts) or 'none'}",
                   f"logs: {self.out / 'logs'}, state: {self.out / 'state'}", "", "timeline:", *self.events, ""]
