@@ -8,7 +8,14 @@ market ``Σ bots + base_position`` with the exchange. A :class:`~bfsx.account.dr
 market decides when a difference is real; the server then sends a correcting MARKET order capped by
 ``adjust_max_size``. It never judges on data it does not have (API error, timeout), while the
 exchange is not trading (health STOP / NO ORDER, board not RUNNING), while a bot's position moved in
-the last seconds, or — right after its own start — before every live bot had a chance to report.
+the last seconds, while a bot id is claimed by two live senders, or — right after its own start —
+before every live bot had a chance to report.
+
+It acts only on valid input (invariant 10): the decoder and the registry refuse unknown or
+non-canonical markets, unbounded numbers, a second live sender per bot id and a third market per
+bot; a market no live bot reports retires; each market's check runs isolated (an error is logged
+once and never stops the other markets, the history or the console); and no order leaves unless
+its size is finite and within a finite ``adjust_max_size``.
 
 TCP serves the account-wide API budget (all bots' readings combined) and a status query.
 Everything mutable lives on the one event loop; SQLite, charts and InfluxDB run off it.
@@ -75,6 +82,7 @@ IGNORED_KEYS = frozenset({
 })
 STOP_HEALTH = health_rank("NO ORDER")
 PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price is for charts only)
+#: The check loop's pace whatever the config says (see ``PosServer.check_interval_s``).
 MIN_CHECK_INTERVAL_S = 0.1
 MAX_CHECK_INTERVAL_S = 3600.0
 DEFAULT_CHECK_INTERVAL_S = 30.0
@@ -198,7 +206,7 @@ class PosServer:
         self._drift: dict[str, DriftCheck] = {}
         self._saved_bases: dict[str, Decimal] = {}
         self._bad_logged: dict[str, float] = {}
-        self._logged_once: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._logged_once: set[tuple[str, ...]] = set()
         self._failing: dict[str, str] = {}  # market → the error its check last failed with (logged once)
         #: Connections that have not yet sent a valid query, oldest first: peer address, since (monotonic).
         self._pending: OrderedDict[asyncio.StreamWriter, tuple[str, float, asyncio.Task[Any]]] = OrderedDict()
@@ -429,9 +437,10 @@ class PosServer:
         elif applied == "market_cap":
             self.counters["market_cap"] += 1
             if self._first_time("market_cap", msg.bot):
-                log.warning("bot %s reports a %s market within %.3g s (%s): refused, at most %d markets per bot",
-                            msg.bot, "third" if self.registry.max_markets_per_bot == 2 else "further",
-                            self.config.pos_server_evict_after, msg.market, self.registry.max_markets_per_bot)
+                log.warning("bot %s reports %s beyond its %d markets of the last %.3g s: refused (at most %d "
+                            "markets per bot; further ones counted, not logged)", msg.bot, msg.market,
+                            self.registry.max_markets_per_bot, self.config.pos_server_evict_after,
+                            self.registry.max_markets_per_bot)
         if self.on_report is not None:
             self.on_report(msg, applied)
 
@@ -446,7 +455,7 @@ class PosServer:
                 return False
             self._bad_logged[key[0]] = now
             return True
-        self._logged_once[key] = None
+        self._logged_once.add(key)
         return True
 
     def _bad(self, e: p.ProtocolError, addr: Any) -> None:
