@@ -81,12 +81,14 @@ class ProtocolError(Exception):
         self.sender = sender
 
 
+#: Computed once: the decoder and the registry look a bound up on every report.
+_MAX_POSITION: Final[dict[str, float]] = {code: float(spec.min_size) * MAX_LOTS for code, spec in PRODUCTS.items()}
+
+
 def max_position(market: str) -> float:
-    """The largest absolute position or base accepted for ``market`` (:data:`MAX_LOTS` minimum sizes)."""
-    spec = PRODUCTS.get(market)
-    if spec is None:
-        raise KeyError(market)
-    return float(spec.min_size) * MAX_LOTS
+    """The largest absolute position or base accepted for ``market`` (:data:`MAX_LOTS` minimum
+    sizes); ``KeyError`` for an unknown market."""
+    return _MAX_POSITION[market]
 
 
 def is_known_market(market: str) -> bool:

@@ -115,8 +115,8 @@ def _valid(report: Report) -> bool:
     if not is_known_market(report.market):
         return False
     bound = max_position(report.market)
-    return (all(abs(x) < bound for x in (report.position, report.base_position))
-            and all(abs(x) < MAX_PROFIT for x in (report.profit, report.realized)))
+    return (abs(report.position) < bound and abs(report.base_position) < bound
+            and abs(report.profit) < MAX_PROFIT and abs(report.realized) < MAX_PROFIT)
 
 
 class Registry:
@@ -168,7 +168,8 @@ class Registry:
                 return "duplicate"
             log.info("bot %s restarted (pid %d → %d)", report.bot, bot.pid, report.pid)
             self._drop_claimant(report.bot, boot)
-        bot.markets = {m: seen for m, seen in bot.markets.items() if t - seen < silent_after}
+        if len(bot.markets) > 1 or report.market not in bot.markets:  # the usual report changes nothing here
+            bot.markets = {m: seen for m, seen in bot.markets.items() if t - seen < silent_after}
         if report.market not in bot.markets and len(bot.markets) >= self.max_markets_per_bot:
             return "market_cap"
         bot.markets[report.market] = t
