@@ -91,3 +91,33 @@ def test_float_noise_does_not_break_identical_diffs() -> None:
 def test_invalid_consecutive() -> None:
     with pytest.raises(ValueError, match="consecutive"):
         DriftCheck(min_size=D("0.001"), consecutive=0, max_order=D("0.1"))
+
+
+async def test_the_drift_loop_survives_a_failing_round_and_logs_it_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A round that raises neither ends the loop nor fills the log: one traceback per new error,
+    one line when it works again, and the loop stops when told."""
+    import asyncio
+    import logging
+
+    from bfsx.account.drift import run_drift_loop
+
+    outcomes = [ValueError, ValueError, ValueError, None, KeyError, None, None]
+    rounds = 0
+
+    async def one_round() -> None:
+        nonlocal rounds
+        rounds += 1
+        err = outcomes[rounds - 1]
+        if err is not None:
+            raise err("boom")
+
+    log = logging.getLogger("test.drift")
+    with caplog.at_level(logging.INFO, logger="test.drift"):
+        await asyncio.wait_for(
+            run_drift_loop(lambda: 0.0, one_round, log=log, what="drift check", running=lambda: rounds < len(outcomes)),
+            5,
+        )
+    assert rounds == len(outcomes)
+    failed = [r for r in caplog.records if r.getMessage() == "drift check failed"]
+    assert [r.exc_info[0] for r in failed if r.exc_info] == [ValueError, KeyError]  # not three ValueErrors
+    assert [r.getMessage() for r in caplog.records].count("drift check works again") == 2

@@ -21,6 +21,9 @@ Rules (invariants 3 and 8, docs/ARCHITECTURE.md#invariants):
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Literal
@@ -93,3 +96,34 @@ class DriftCheck:
         if size < self.min_size or size <= 0:
             return None  # max_order below the exchange minimum: nothing sendable
         return Correction("SELL" if diff > 0 else "BUY", size, diff)
+
+
+async def run_drift_loop(
+    interval_s: Callable[[], float],
+    one_round: Callable[[], Awaitable[object]],
+    *,
+    log: logging.Logger,
+    what: str = "position check",
+    running: Callable[[], bool] = lambda: True,
+) -> None:
+    """The loop both drift checks run, the single bot's and the position server's: wait one
+    interval (read anew every round, so a live reload applies at once), then run one round.
+
+    A round that raises is logged with its traceback once, and again only when the error changes
+    or after a round that worked: a bug must neither end the guard nor fill the log every round.
+    """
+    failing: type[BaseException] | None = None
+    while running():
+        await asyncio.sleep(interval_s())
+        if not running():
+            return
+        try:
+            await one_round()
+        except Exception as e:
+            if type(e) is not failing:
+                log.exception("%s failed", what)
+            failing = type(e)
+        else:
+            if failing is not None:
+                log.info("%s works again", what)
+            failing = None

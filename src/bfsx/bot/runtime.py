@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bfsx import aio
-from bfsx.account.drift import DriftCheck
+from bfsx.account.drift import DriftCheck, run_drift_loop
 from bfsx.account.journal import Journal
 from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
 from bfsx.account.position import Position
@@ -281,33 +281,32 @@ class BotRuntime:
             if not self._stopping:
                 listener()
 
-    async def _drift_loop(self) -> None:
-        """Single-bot drift correction (adjust_position_with_api, only without a position server)."""
-        while not self._stopping:
-            await asyncio.sleep(self.trade.adjust_position_interval)
-            if not self.trade.adjust_position_with_api or self._stopping:
-                continue
-            quiet = self.tracker.in_flight == 0 and time.monotonic() - self.reconciler.last_activity > QUIET_SECONDS
-            actual: Decimal | None
-            try:
-                actual = await self.rest.net_position(self.product) - Decimal(str(self.trade.base_position))
-            except BitflyerError as e:
-                self.log.warning("drift check: exchange position unknown (%s); no action", e)
-                actual = None
-            expected = self.position.exact_size
-            corr = self.drift.observe(expected, actual, quiet=quiet)
-            if corr is None:
-                continue
-            if not can_order(self.health.health, self.health.state, self.trade.trade_health):
-                self.log.warning("drift %s but health %s: no correction", corr, self.health.health)
-                continue
-            self.log.warning("position drift: exchange %s vs self %s -> correcting %s %s", actual, expected, corr.side, corr.size)
-            try:
-                await self.desk.send_correction(corr.side, float(corr.size))
-            except BitflyerError as e:
-                self.log.error("correcting order failed: %s", e)
-            else:
-                self.drift.sent()
+    async def _drift_round(self) -> None:
+        """One round of single-bot drift correction (adjust_position_with_api, only without a
+        position server); :func:`~bfsx.account.drift.run_drift_loop` runs it every interval."""
+        if not self.trade.adjust_position_with_api or self._stopping:
+            return
+        quiet = self.tracker.in_flight == 0 and time.monotonic() - self.reconciler.last_activity > QUIET_SECONDS
+        actual: Decimal | None
+        try:
+            actual = await self.rest.net_position(self.product) - Decimal(str(self.trade.base_position))
+        except BitflyerError as e:
+            self.log.warning("drift check: exchange position unknown (%s); no action", e)
+            actual = None
+        expected = self.position.exact_size
+        corr = self.drift.observe(expected, actual, quiet=quiet)
+        if corr is None:
+            return
+        if not can_order(self.health.health, self.health.state, self.trade.trade_health):
+            self.log.warning("drift %s but health %s: no correction", corr, self.health.health)
+            return
+        self.log.warning("position drift: exchange %s vs self %s -> correcting %s %s", actual, expected, corr.side, corr.size)
+        try:
+            await self.desk.send_correction(corr.side, float(corr.size))
+        except BitflyerError as e:
+            self.log.error("correcting order failed: %s", e)
+        else:
+            self.drift.sent()
 
     async def _status_loop(self) -> None:
         """The status line every ``status_interval`` seconds (0 = off; applies live)."""
@@ -401,7 +400,10 @@ class BotRuntime:
             self.charts.start()
             self._spawn(self._chart_sample_loop(self.charts), "chart-samples")
         if self.posclient is None:
-            self._spawn(self._drift_loop(), "drift")
+            self._spawn(run_drift_loop(
+                lambda: self.trade.adjust_position_interval, self._drift_round, log=self.log,
+                what="drift check", running=lambda: not self._stopping,
+            ), "drift")
         if self._strategy_yaml_path:
             self._watchers.append(
                 ConfigWatcher(

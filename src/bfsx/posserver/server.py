@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bfsx import aio
-from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck
+from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck, run_drift_loop
 from bfsx.bitflyer.budget import ApiBudget, BudgetSnapshot
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.products import get_product
@@ -623,12 +623,8 @@ class PosServer:
         return min(max(float(v), MIN_CHECK_INTERVAL_S), MAX_CHECK_INTERVAL_S)
 
     async def _check_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.check_interval_s())
-            try:
-                await self.check_all()
-            except Exception:  # a bug in one round must not end the guard
-                log.exception("position check failed")
+        # The same loop as a single bot's drift check: a bug in one round must not end the guard.
+        await run_drift_loop(self.check_interval_s, self.check_all, log=log, what="position check")
 
     async def check_all(self) -> list[CheckResult]:
         """One round: evict silent bots, check every market, retire the markets no bot reports,
