@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("matplotlib", "PIL", "influxdb")
 
@@ -80,7 +82,12 @@ def run(runs: int, src: Path | None) -> dict[str, float]:
                     f"console_output: false\nbot_name: start{n}\n"
                 )
                 probe = folder / "probe"
-                args = [str(trade), str(REPO / "strategies" / "mm_spread.py"), str(REPO / "strategies" / "mm_spread.yaml")]
+                # Only the sample's parameters: a checkout from before a strategy-yaml key existed
+                # (a --src comparison) must read the same file.
+                sample = yaml.safe_load((REPO / "strategies" / "mm_spread.yaml").read_text())
+                strategy_yaml = folder / "mm_spread.yaml"
+                strategy_yaml.write_text(yaml.safe_dump({"parameters": sample["parameters"]}))
+                args = [str(trade), str(REPO / "strategies" / "mm_spread.py"), str(strategy_yaml)]
                 started = time.monotonic()
                 bot = subprocess.Popen(
                     [sys.executable, "-c", _PROBE.format(opt=OPTIONAL), *args, str(probe)],
