@@ -22,6 +22,7 @@ keeps every terminal order whose fills are not proven complete in :attr:`unsettl
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -418,8 +419,8 @@ class OrderTracker:
         """Apply one ``child_order_events`` element. Returns ``(fill, changed)``: the new fill if
         this is an execution not counted before, and the order if it changed (to journal).
         Events for ids not registered yet are parked and return ``(None, None)``."""
-        if ev.get("product_code", self.product) != self.product:
-            return None, None
+        if not _well_formed(ev) or ev.get("product_code", self.product) != self.product:
+            return None, None  # a malformed event changes nothing (it is not even parked)
         acc = ev.get("child_order_acceptance_id")
         if not acc:
             return None, None
@@ -632,4 +633,38 @@ class OrderTracker:
             del self._parked[acc]
             self._parked_events -= len(first.events)
             self.foreign_dropped += len(first.events)
+
+
+_MAX_EXEC_ID = 2**63 - 1  # the journal's SQLite INTEGER
+
+
+def _finite(v: object, *, positive: bool = False) -> bool:
+    """A JSON number (not a bool), finite; > 0 with ``positive``."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    return (0 < v < math.inf) if positive else (-math.inf < v < math.inf)
+
+
+def _well_formed(ev: object) -> bool:
+    """True when a ``child_order_events`` element has the types :meth:`OrderTracker.apply_event`
+    relies on: a string acceptance id, and for an EXECUTION an integer exec id, a positive finite
+    price and size, BUY / SELL, finite commission / sfd / outstanding size. Anything else is
+    dropped before it can touch an order, a fill or the parked events."""
+    if type(ev) is not dict:
+        return False
+    if type(ev.get("child_order_acceptance_id", "")) is not str:
+        return False
+    if ev.get("child_order_id") is not None and type(ev["child_order_id"]) is not str:
+        return False
+    if "child_order_type" in ev and type(ev["child_order_type"]) is not str:
+        return False
+    if ev.get("event_type") != "EXECUTION":
+        return True
+    exec_id = ev.get("exec_id")
+    return (
+        type(exec_id) is int and 0 <= exec_id <= _MAX_EXEC_ID
+        and _finite(ev.get("price"), positive=True) and _finite(ev.get("size"), positive=True)
+        and ev.get("side", "BUY") in ("BUY", "SELL")
+        and all(ev.get(k) is None or _finite(ev[k]) for k in ("commission", "sfd", "outstanding_size"))
+    )
 

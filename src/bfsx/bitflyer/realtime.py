@@ -161,6 +161,9 @@ class RealtimeClient:
                 except (KeyError, TypeError):
                     log.warning("realtime: malformed channelMessage")
                     return
+                if type(channel) is not str:  # a list or dict would raise in the lookups below
+                    log.warning("realtime: malformed channelMessage")
+                    return
                 self.frames += 1
                 if channel in self._watch:
                     self._heard.add(channel)  # cheaper than a clock read per frame

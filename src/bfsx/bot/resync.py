@@ -80,8 +80,8 @@ class Reconciler:
         changed: dict[int, Order] = {}
         fills: list[Fill] = []
         for ev in events:
-            if ev.get("product_code") != self.product:
-                continue
+            if type(ev) is not dict or ev.get("product_code") != self.product:
+                continue  # not raising here: the fills of this frame's earlier events are counted below
             fill, order = self.tracker.apply_event(ev)  # type: ignore[arg-type]
             if order is not None:
                 changed[id(order)] = order
