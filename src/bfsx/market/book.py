@@ -19,6 +19,7 @@ ever copied out of them.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from operator import itemgetter, neg
@@ -26,6 +27,7 @@ from typing import Literal
 
 from bfsx.bitflyer.messages import Board, PriceLevel
 
+_INF = math.inf
 _PRICE = itemgetter("price")
 _SIZE = itemgetter("size")
 
@@ -42,16 +44,34 @@ def _load(levels: Sequence[PriceLevel], negate: bool) -> tuple[list[float], list
     an unsorted side is sorted (and de-duplicated). An Itayose price-0 level sorts to the far end
     of bids and to the touch of asks, where one check finds it. Empty levels are not scanned for
     (bitFlyer never sends them; that scan would cost as much as the load): a zero-size touch is
-    dropped by the prune.
+    dropped by the prune. Prices and sizes must be finite numbers >= 0 (two C-level passes, no
+    Python code per level): else ValueError / TypeError, and the caller keeps its book.
     """
     rows = list(reversed(levels))
-    keys = list(map(neg, map(_PRICE, rows))) if negate else list(map(_PRICE, rows))
+    prices = list(map(_PRICE, rows))
+    if prices and not _numbers_ok(prices, list(map(_SIZE, rows))):
+        raise ValueError("a board level with a price or size that is not a finite number >= 0")
+    keys = list(map(neg, prices)) if negate else prices
     if keys != sorted(keys) or (keys and not keys[-1 if negate else 0]):
         merged = {lv["price"]: lv for lv in rows if lv["price"] and lv["size"]}
         prices = sorted(merged, reverse=negate)
         keys = [-p for p in prices] if negate else prices
         rows = [merged[p] for p in prices]
     return keys, rows
+
+
+def _numbers_ok(prices: list[float], sizes: list[float]) -> bool:
+    """Finite numbers >= 0, checked in C-level passes: ``sum`` is NaN or infinite when an element
+    is, and raises TypeError on one that is not a number."""
+    return -_INF < sum(prices) < _INF and min(prices) >= 0 and -_INF < sum(sizes) < _INF and min(sizes) >= 0
+
+
+def _levels_ok(levels: Sequence[PriceLevel]) -> bool:
+    """Every diff level has a finite price >= 0 (0 is ignored) and a finite size >= 0 (0 deletes)."""
+    for level in levels:  # noqa: SIM110 - a plain loop: all() over a generator costs more per diff
+        if not (0 <= level["price"] < _INF and 0 <= level["size"] < _INF):
+            return False
+    return True
 
 
 class OrderBook:
@@ -62,7 +82,7 @@ class OrderBook:
     """
 
     __slots__ = ("_ask_keys", "_ask_rows", "_bid_keys", "_bid_rows", "_view_cache", "best_ask",
-                 "best_bid", "diffs", "ready", "snapshots", "wire_mid")
+                 "best_bid", "diffs", "ready", "rejected", "snapshots", "wire_mid")
 
     def __init__(self) -> None:
         self._bid_keys: list[float] = []  # prices ascending: best bid last
@@ -80,24 +100,49 @@ class OrderBook:
         self.ready = False
         self.snapshots = 0
         self.diffs = 0
+        #: Malformed snapshots and diffs dropped whole (see :meth:`apply_snapshot`).
+        self.rejected = 0
 
     # ------------------------------------------------------------------ updates
-    def apply_snapshot(self, msg: Board) -> None:
-        """Reset the book to a full snapshot (``lightning_board_snapshot_`` or REST getboard)."""
-        self._bid_keys, self._bid_rows = _load(msg["bids"], False)
-        self._ask_keys, self._ask_rows = _load(msg["asks"], True)
-        self.wire_mid = msg["mid_price"]
+    def apply_snapshot(self, msg: Board) -> bool:
+        """Reset the book to a full snapshot (``lightning_board_snapshot_`` or REST getboard).
+
+        A malformed snapshot (not the getboard shape; a price, size or mid that is not a finite
+        number, a negative price or size) changes nothing and returns False (counted in
+        :attr:`rejected`)."""
+        try:
+            mid = msg["mid_price"]
+            bids = _load(msg["bids"], False)
+            asks = _load(msg["asks"], True)
+            ok = 0 <= mid < _INF
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            self.rejected += 1
+            return False
+        self._bid_keys, self._bid_rows = bids
+        self._ask_keys, self._ask_rows = asks
+        self.wire_mid = mid
         self.ready = True
         self.snapshots += 1
         self._prune(self.wire_mid)
+        return True
 
-    def apply_diff(self, msg: Board) -> None:
+    def apply_diff(self, msg: Board) -> bool:
         """Apply a ``lightning_board_`` diff: size is the new total, 0 deletes, price 0 is ignored.
 
-        Ignored while not :attr:`ready` (diffs start before the first snapshot).
+        Ignored while not :attr:`ready` (diffs start before the first snapshot). A malformed diff
+        (as for :meth:`apply_snapshot`) changes nothing and returns False (counted in :attr:`rejected`).
         """
         if not self.ready:
-            return
+            return False
+        try:
+            ok = 0 <= msg["mid_price"] < _INF and _levels_ok(msg["bids"]) and _levels_ok(msg["asks"])
+        except (TypeError, KeyError):
+            ok = False
+        if not ok:
+            self.rejected += 1
+            return False
         keys = self._bid_keys
         rows = self._bid_rows
         for level in msg["bids"]:
@@ -141,6 +186,7 @@ class OrderBook:
             keys.pop()
             rows.pop()
         self.best_bid = keys[-1] if keys else 0.0
+        return True
 
     def _prune(self, mid: float) -> None:
         """Drop levels on the wrong side of the exchange's mid price, then cache the touch.

@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 
 from bfsx.bitflyer.messages import Execution
+from bfsx.market.candles import epoch_second
+
+_INF = math.inf
+_SIDES = ("BUY", "SELL", "")
+_last_stamp = ""  # the last exec_date found valid: the prints of one taker order share it
+
+
+def _stamp_ok(stamp: object) -> bool:
+    """A real date in the wire shape (the candles parse it): ``YYYY-MM-DDTHH:MM:SS[.digits][Z]``."""
+    global _last_stamp
+    if stamp == _last_stamp:
+        return True
+    if type(stamp) is not str:
+        return False
+    try:
+        epoch_second(stamp)  # cached per minute
+    except (ValueError, IndexError):
+        return False
+    tail = stamp[19:]
+    if tail not in ("", "Z") and not (tail[0] == "." and tail[1:].rstrip("Z").isdecimal()):
+        return False  # a fraction the candles would misread (".1e9" is 10^8 seconds)
+    _last_stamp = stamp
+    return True
+
+
+def _print_ok(e: Execution) -> bool:
+    try:
+        return (0 < e["price"] < _INF and 0 < e["size"] < _INF and e["side"] in _SIDES
+                and type(e["id"]) is int and _stamp_ok(e["exec_date"]))
+    except (TypeError, KeyError):
+        return False
+
+
+def valid_prints(batch: object) -> list[Execution]:
+    """The prints of a ``lightning_executions_`` message that have a finite price and size > 0, a
+    side of BUY / SELL / "" (Itayose), an integer id and a real ``exec_date``: the message itself
+    when all do (no copy), a filtered list otherwise, [] for a message that is not a list."""
+    if type(batch) is not list:
+        return []
+    for e in batch:
+        if not _print_ok(e):
+            return [e for e in batch if _print_ok(e)]
+    return batch
 
 
 class Executions:

@@ -17,7 +17,7 @@ from bfsx.bitflyer import channels
 from bfsx.bitflyer.messages import Board, Execution, Ticker
 from bfsx.market.book import OrderBook
 from bfsx.market.candles import CandleBuilder, CandleCallback
-from bfsx.market.executions import Executions
+from bfsx.market.executions import Executions, valid_prints
 from bfsx.market.ticker import TickerState
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class MarketFeed:
         self._candle_clock = candle_clock
         self._clock: asyncio.TimerHandle | None = None
         self.reconnects = 0
+        #: Malformed prints dropped (see :func:`bfsx.market.executions.valid_prints`).
+        self.prints_dropped = 0
         self.subscribed: list[str] = []
         connected = getattr(realtime, "connected", None)
         self._is_live: Callable[[], bool] = connected.is_set if isinstance(connected, asyncio.Event) else _always
@@ -108,9 +110,9 @@ class MarketFeed:
         def on_snapshot(msg: Board) -> None:
             if not is_live():
                 self._new_connection()
-            book.apply_snapshot(msg)
-            for cb in listeners:
-                cb(book)
+            if book.apply_snapshot(msg):  # a malformed one changes nothing (book.rejected)
+                for cb in listeners:
+                    cb(book)
 
         return on_snapshot
 
@@ -124,8 +126,7 @@ class MarketFeed:
         def on_diff(msg: Board) -> None:
             if not is_live():  # a frame of a connection still in its handshake
                 self._new_connection()
-            apply(msg)
-            if listeners and book.ready:
+            if apply(msg) and listeners:
                 for cb in listeners:
                     cb(book)
 
@@ -137,7 +138,13 @@ class MarketFeed:
         builders = self.candle_builders
         listeners = self.on_executions
 
-        def on_executions(batch: list[Execution]) -> None:
+        def on_executions(msg: list[Execution]) -> None:
+            batch = valid_prints(msg)  # malformed prints are dropped: they reach neither totals nor candles
+            if not batch:
+                self.prints_dropped += len(msg) if type(msg) is list else 1
+                return
+            if batch is not msg:
+                self.prints_dropped += len(msg) - len(batch)
             apply(batch)
             if builders:  # the batch's volumes are summed once, for every builder
                 buy, sell, volume = executions.batch_buy_volume, executions.batch_sell_volume, executions.batch_volume

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from bfsx.bitflyer.messages import Ticker
+
+_INF = math.inf
 
 
 class TickerState:
@@ -20,14 +23,18 @@ class TickerState:
         self.count = 0
 
     def apply(self, msg: Ticker) -> None:
-        """Replace the ticker with a newer one."""
+        """Replace the ticker with a newer one (a message that is not an object is ignored)."""
+        if type(msg) is not dict:
+            return
         self.ticker = msg
         self.received_at = time.monotonic()
         self.count += 1
 
     def _get(self, key: str) -> float:
-        t = self.ticker
-        return float(t[key]) if t is not None and t.get(key) is not None else 0.0  # type: ignore[literal-required]
+        v = self.ticker.get(key) if self.ticker is not None else None
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return 0.0  # absent, or not a number on the wire
+        return float(v) if -_INF < v < _INF else 0.0
 
     @property
     def ltp(self) -> float:
@@ -48,11 +55,13 @@ class TickerState:
     @property
     def state(self) -> str:
         """Board state on the ticker ("RUNNING", "PREOPEN"...); "" before the first ticker."""
-        return self.ticker["state"] if self.ticker is not None else ""
+        v = self.ticker.get("state") if self.ticker is not None else None
+        return v if type(v) is str else ""
 
     @property
     def timestamp(self) -> str:
-        return self.ticker["timestamp"] if self.ticker is not None else ""
+        v = self.ticker.get("timestamp") if self.ticker is not None else None
+        return v if type(v) is str else ""
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the last ticker (infinity before the first)."""
