@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeGuard, TypeVar, cast
 from urllib.parse import urlencode
 
 import aiohttp
@@ -80,6 +81,73 @@ class LostOrderLookup:
 
     candidates: list[str]
     complete: bool
+
+
+# ---- reply rows: the fields the callers read, checked once here (a malformed reply is "no usable reply")
+
+_INF = float("inf")
+_SANE_ID = re.compile(r"[\x21-\x7e]{1,64}")  # an acceptance / order id: printable ASCII, no spaces
+
+
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and -_INF < v < _INF
+
+
+def _size(v: Any) -> bool:
+    return _number(v) and v >= 0
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _an_id(v: Any) -> TypeGuard[str]:
+    return isinstance(v, str) and _SANE_ID.fullmatch(v) is not None
+
+
+def _int_id(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**63
+
+
+def _side(v: Any) -> bool:
+    return v in ("BUY", "SELL")
+
+
+def _optional_number(v: Any) -> bool:
+    return v is None or _number(v)
+
+
+_CHILD_ORDER_ROW: dict[str, Callable[[Any], bool]] = {
+    "id": _int_id, "child_order_acceptance_id": _an_id, "child_order_state": _text, "side": _side,
+    "child_order_type": _text, "size": _size, "price": _size, "executed_size": _size, "child_order_date": _text,
+}
+_PRIVATE_EXECUTION_ROW: dict[str, Callable[[Any], bool]] = {
+    "id": _int_id, "child_order_acceptance_id": _an_id, "side": _side, "price": _positive, "size": _positive,
+    "exec_date": _text,
+}
+_POSITION_ROW: dict[str, Callable[[Any], bool]] = {"side": _side, "size": _size}
+_BALANCE_ROW: dict[str, Callable[[Any], bool]] = {"currency_code": _text, "amount": _number}
+_COLLATERAL: dict[str, Callable[[Any], bool]] = {
+    "collateral": _number, "open_position_pnl": _number, "require_collateral": _number, "keep_rate": _number,
+}
+_OPTIONAL: dict[str, Callable[[Any], bool]] = {"commission": _optional_number, "child_order_id": lambda v: v is None
+                                               or isinstance(v, str)}
+
+
+def _checked(row: Any, path: str, fields: Mapping[str, Callable[[Any], bool]]) -> None:
+    """Raise :class:`TransportError` unless ``row`` is an object whose ``fields`` pass their checks."""
+    if not isinstance(row, dict):
+        raise TransportError(f"{path}: a row is {type(row).__name__}, not an object")
+    for key, ok in fields.items():
+        if key not in row or not ok(row[key]):
+            raise TransportError(f"{path}: a row has a missing or malformed {key!r}")
+    for key, ok in _OPTIONAL.items():
+        if key in row and not ok(row[key]):
+            raise TransportError(f"{path}: a row has a malformed {key!r}")
 
 
 def _placed_before(row: Mapping[str, Any], since: float) -> bool:
@@ -312,6 +380,15 @@ class RestClient:
             raise TransportError(f"{path}: expected a list, got {type(data).__name__}")
         return data
 
+    @classmethod
+    def _rows(cls, data: Any, path: str, fields: Mapping[str, Callable[[Any], bool]]) -> list[Any]:
+        """A list reply whose every row has ``fields`` (else :class:`TransportError`: the callers
+        index these rows, and a reply they cannot read is no reply)."""
+        rows = cls._list(data, path)
+        for row in rows:
+            _checked(row, path, fields)
+        return rows
+
     @staticmethod
     def _dict(data: Any, path: str) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -357,11 +434,13 @@ class RestClient:
 
     async def get_balance(self) -> list[Balance]:
         """Spot balances per currency."""
-        return cast(list[Balance], self._list(await self._get(endpoints.GET_BALANCE), "getbalance"))
+        return cast(list[Balance], self._rows(await self._get(endpoints.GET_BALANCE), "getbalance", _BALANCE_ROW))
 
     async def get_collateral(self) -> Collateral:
         """FX / CFD collateral and margin figures."""
-        return cast(Collateral, self._dict(await self._get(endpoints.GET_COLLATERAL), "getcollateral"))
+        data = self._dict(await self._get(endpoints.GET_COLLATERAL), "getcollateral")
+        _checked(data, "getcollateral", _COLLATERAL)
+        return cast(Collateral, data)
 
     async def get_collateral_history(
         self, *, count: int = 100, before: int | None = None, after: int | None = None
@@ -375,7 +454,7 @@ class RestClient:
     async def get_positions(self, product: str = "FX_BTC_JPY") -> list[PositionRow]:
         """Open FX lots, one row per lot (not netted; see :meth:`net_position`)."""
         data = await self._get(endpoints.GET_POSITIONS, {"product_code": product})
-        return cast(list[PositionRow], self._list(data, "getpositions"))
+        return cast(list[PositionRow], self._rows(data, "getpositions", _POSITION_ROW))
 
     async def send_child_order(
         self,
@@ -423,7 +502,7 @@ class RestClient:
         try:
             data = await self.request("POST", endpoints.SEND_CHILD_ORDER, body=order, order_size=size)
             reply_id = data.get("child_order_acceptance_id") if isinstance(data, dict) else None
-            if not isinstance(reply_id, str):
+            if not _an_id(reply_id):  # "" or a 10 kB text is no acceptance id
                 raise TransportError("sendchildorder: reply without child_order_acceptance_id")
             acceptance_id = reply_id
         except TransportError as e:
@@ -583,7 +662,7 @@ class RestClient:
             "child_order_id": order_id,
         }
         data = await self._get(endpoints.GET_CHILD_ORDERS, params, timeout=timeout)
-        return cast(list[ChildOrder], self._list(data, "getchildorders"))
+        return cast(list[ChildOrder], self._rows(data, "getchildorders", _CHILD_ORDER_ROW))
 
     async def get_my_executions(
         self,
@@ -605,7 +684,7 @@ class RestClient:
             "child_order_id": order_id,
         }
         data = await self._get(endpoints.GET_MY_EXECUTIONS, params)
-        return cast(list[PrivateExecution], self._list(data, "getexecutions"))
+        return cast(list[PrivateExecution], self._rows(data, "getexecutions", _PRIVATE_EXECUTION_ROW))
 
     async def get_trading_commission(self, product: str) -> dict[str, Any]:
         """``{"commission_rate": ...}``."""
