@@ -93,10 +93,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
         if "\\t" in problem or "\t" in problem:
             problem = "tab character (indent with spaces)"
         if problem.startswith("duplicate key"):
-            raise ConfigError(f"{path}: {problem}{where}") from None
+            raise ConfigError(_one_line(f"{path}: {problem}{where}")) from None
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML error: {' '.join(str(e).split())}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -213,7 +215,15 @@ def one_line_error(path: Path | str, model: type[BaseModel], e: ValidationError)
     # A misspelled key usually also shows up as a "missing" one: report the root cause first.
     errors = sorted(e.errors(include_url=False), key=lambda err: err.get("type") != "extra_forbidden")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return ConfigError(f"{path}: {_one_error(model, errors[0])}{more}")
+    return ConfigError(_one_line(f"{path}: {_one_error(model, errors[0])}{more}"))
+
+
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}  # what str.splitlines splits on
+
+
+def _one_line(text: str) -> str:
+    """Line breaks in a key or value the user wrote, shown escaped: the error stays one line."""
+    return text.translate(_LINE_BREAKS)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -31,8 +31,11 @@ def _resolve_near(value: Any, base: Path) -> Any:
     """A relative path that does not exist from the current directory, tried next to the config file."""
     if isinstance(value, str) and value.strip():
         p = Path(value.strip())
-        if not p.is_absolute() and not p.exists() and (base / p).exists():
-            return str(base / p)
+        try:
+            if not p.is_absolute() and not p.exists() and (base / p).exists():
+                return str(base / p)
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte: validation says
+            pass
     return value
 
 
