@@ -25,7 +25,7 @@ def main() -> None:
     env = {**os.environ, "BFSX_FUZZ": "deep"}
     if args.examples:
         env["BFSX_FUZZ_EXAMPLES"] = str(args.examples)
-    cmd = [sys.executable, "-m", "pytest", "tests/fuzz", "-q", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", "tests/fuzz", "-q", "-p", "no:cacheprovider", "--timeout=0"]
     if args.k:
         cmd += ["-k", args.k]
     started = time.monotonic()

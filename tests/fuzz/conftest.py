@@ -15,7 +15,7 @@ Profiles, picked by the environment variable ``BFSX_FUZZ``:
 * ``deep``: random seeds and many more examples (3,000 per test, or ``BFSX_FUZZ_EXAMPLES``), for a
   longer hunt; ``make bench`` runs it (``bench/fuzz_deep.py``), or by hand::
 
-      BFSX_FUZZ=deep .venv/bin/pytest tests/fuzz -q -p no:cacheprovider
+      BFSX_FUZZ=deep .venv/bin/pytest tests/fuzz -q -p no:cacheprovider --timeout=0
 
   A failure prints the minimal example and a ``@reproduce_failure`` line; add the input as an
   ``@example`` of the property it broke, so CI keeps trying it.

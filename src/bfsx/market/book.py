@@ -49,21 +49,20 @@ def _load(levels: Sequence[PriceLevel], negate: bool) -> tuple[list[float], list
     """
     rows = list(reversed(levels))
     prices = list(map(_PRICE, rows))
-    if prices and not _numbers_ok(prices, list(map(_SIZE, rows))):
-        raise ValueError("a board level with a price or size that is not a finite number >= 0")
+    if prices:
+        # C-level passes: a sum is NaN or infinite when an element is, and raises on a non-number.
+        sizes = list(map(_SIZE, rows))
+        if not (-_INF < sum(prices) < _INF and -_INF < sum(sizes) < _INF and min(sizes) >= 0):
+            raise ValueError("a board level whose price or size is not a finite number, or a negative size")
     keys = list(map(neg, prices)) if negate else prices
     if keys != sorted(keys) or (keys and not keys[-1 if negate else 0]):
         merged = {lv["price"]: lv for lv in rows if lv["price"] and lv["size"]}
         prices = sorted(merged, reverse=negate)
         keys = [-p for p in prices] if negate else prices
         rows = [merged[p] for p in prices]
+    if keys and not (keys[-1] < 0 if negate else keys[0] > 0):  # the lowest price, now sorted
+        raise ValueError("a board level with a negative price")
     return keys, rows
-
-
-def _numbers_ok(prices: list[float], sizes: list[float]) -> bool:
-    """Finite numbers >= 0, checked in C-level passes: ``sum`` is NaN or infinite when an element
-    is, and raises TypeError on one that is not a number."""
-    return -_INF < sum(prices) < _INF and min(prices) >= 0 and -_INF < sum(sizes) < _INF and min(sizes) >= 0
 
 
 def _levels_ok(levels: Sequence[PriceLevel]) -> bool:

@@ -10,26 +10,26 @@ from bfsx.bitflyer.messages import Execution
 from bfsx.market.candles import epoch_second
 
 _INF = math.inf
-_SIDES = ("BUY", "SELL", "")
-_last_stamp = ""  # the last exec_date found valid: the prints of one taker order share it
+_SIDES = frozenset(("BUY", "SELL", ""))  # an unhashable side raises TypeError: caught
+_last_minute = ""  # the minute of the last exec_date found valid, parsed once
 
 
 def _stamp_ok(stamp: object) -> bool:
     """A real date in the wire shape (the candles parse it): ``YYYY-MM-DDTHH:MM:SS[.digits][Z]``."""
-    global _last_stamp
-    if stamp == _last_stamp:
-        return True
+    global _last_minute
     if type(stamp) is not str:
         return False
-    try:
-        epoch_second(stamp)  # cached per minute
-    except (ValueError, IndexError):
+    if stamp[:16] != _last_minute:
+        try:
+            epoch_second(stamp)  # the date and time exist
+        except (ValueError, IndexError):
+            return False
+        _last_minute = stamp[:16]
+    if stamp[16:17] != ":" or not stamp[17:19].isdecimal():
         return False
     tail = stamp[19:]
-    if tail not in ("", "Z") and not (tail[0] == "." and tail[1:].rstrip("Z").isdecimal()):
-        return False  # a fraction the candles would misread (".1e9" is 10^8 seconds)
-    _last_stamp = stamp
-    return True
+    # a fraction the candles would misread (".1e9" is 10^8 seconds) is no fraction
+    return not tail or tail == "Z" or (tail[0] == "." and tail[1:].rstrip("Z").isdecimal())
 
 
 def _print_ok(e: Execution) -> bool:
@@ -38,18 +38,6 @@ def _print_ok(e: Execution) -> bool:
                 and type(e["id"]) is int and _stamp_ok(e["exec_date"]))
     except (TypeError, KeyError):
         return False
-
-
-def valid_prints(batch: object) -> list[Execution]:
-    """The prints of a ``lightning_executions_`` message that have a finite price and size > 0, a
-    side of BUY / SELL / "" (Itayose), an integer id and a real ``exec_date``: the message itself
-    when all do (no copy), a filtered list otherwise, [] for a message that is not a list."""
-    if type(batch) is not list:
-        return []
-    for e in batch:
-        if not _print_ok(e):
-            return [e for e in batch if _print_ok(e)]
-    return batch
 
 
 class Executions:
@@ -81,20 +69,51 @@ class Executions:
         self.batch_sell_volume = 0.0
         self.batch_volume = 0.0
 
-    def apply(self, batch: Sequence[Execution]) -> None:
-        """Add one ``lightning_executions_`` message (a list of prints, ids increasing)."""
-        if not batch:
-            return
-        self.prints.extend(batch)
+    def apply(self, batch: Sequence[Execution]) -> Sequence[Execution]:
+        """Add one ``lightning_executions_`` message (a list of prints, ids increasing) and return
+        the prints taken: the message itself, or without its malformed prints (a price or size that
+        is not a finite number > 0, a side other than BUY / SELL / "", an id that is not an integer,
+        an ``exec_date`` that is not a real date in the wire shape), which change nothing."""
+        if not isinstance(batch, list):
+            return []
         buy = sell = volume = 0.0
-        for e in batch:
-            size = e["size"]
-            volume += size
-            side = e["side"]
-            if side == "BUY":
-                buy += size
-            elif side == "SELL":
-                sell += size
+        last_stamp = None
+        good = False
+        try:
+            for e in batch:  # the totals' own loop checks each print: one pass on the hot path
+                size = e["size"]
+                if not (0 < size < _INF and 0 < e["price"] < _INF and type(e["id"]) is int):
+                    break
+                stamp = e["exec_date"]
+                if stamp != last_stamp:
+                    if not _stamp_ok(stamp):
+                        break
+                    last_stamp = stamp
+                volume += size
+                side = e["side"]
+                if side == "BUY":
+                    buy += size
+                elif side == "SELL":
+                    sell += size
+                elif side != "":
+                    break
+            else:
+                good = True
+        except (TypeError, KeyError):
+            pass
+        if not good:
+            batch = [e for e in batch if _print_ok(e)]
+            buy = sell = volume = 0.0
+            for e in batch:
+                size = e["size"]
+                volume += size
+                if e["side"] == "BUY":
+                    buy += size
+                elif e["side"] == "SELL":
+                    sell += size
+        if not batch:
+            return batch
+        self.prints.extend(batch)
         last = batch[-1]
         self.ltp = last["price"]
         self.last_id = last["id"]
@@ -105,6 +124,7 @@ class Executions:
         self.sell_volume += sell
         self.volume += volume
         self.count += len(batch)
+        return batch
 
     def recent(self, n: int) -> list[Execution]:
         """The newest ``n`` prints, oldest first."""

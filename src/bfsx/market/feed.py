@@ -17,7 +17,7 @@ from bfsx.bitflyer import channels
 from bfsx.bitflyer.messages import Board, Execution, Ticker
 from bfsx.market.book import OrderBook
 from bfsx.market.candles import CandleBuilder, CandleCallback
-from bfsx.market.executions import Executions, valid_prints
+from bfsx.market.executions import Executions
 from bfsx.market.ticker import TickerState
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class MarketFeed:
         self._candle_clock = candle_clock
         self._clock: asyncio.TimerHandle | None = None
         self.reconnects = 0
-        #: Malformed prints dropped (see :func:`bfsx.market.executions.valid_prints`).
+        #: Malformed prints dropped (see :meth:`bfsx.market.executions.Executions.apply`).
         self.prints_dropped = 0
         self.subscribed: list[str] = []
         connected = getattr(realtime, "connected", None)
@@ -139,13 +139,11 @@ class MarketFeed:
         listeners = self.on_executions
 
         def on_executions(msg: list[Execution]) -> None:
-            batch = valid_prints(msg)  # malformed prints are dropped: they reach neither totals nor candles
-            if not batch:
-                self.prints_dropped += len(msg) if type(msg) is list else 1
-                return
+            batch = apply(msg)  # without the malformed prints: they reach neither totals nor candles
             if batch is not msg:
-                self.prints_dropped += len(msg) - len(batch)
-            apply(batch)
+                self.prints_dropped += len(msg) - len(batch) if type(msg) is list else 1
+                if not batch:
+                    return
             if builders:  # the batch's volumes are summed once, for every builder
                 buy, sell, volume = executions.batch_buy_volume, executions.batch_sell_volume, executions.batch_volume
                 for builder in builders:
