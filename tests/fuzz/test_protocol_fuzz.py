@@ -21,6 +21,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from bfsx.bitflyer.budget import ApiBudget
+from bfsx.bitflyer.products import PRODUCTS
 from bfsx.posserver import protocol as p
 
 SECRET = b"fuzz-secret"
@@ -32,8 +33,10 @@ SNAP = ApiBudget().snapshot(now=NOW)
 _chars = st.characters(exclude_categories=("Cs",))  # orjson cannot encode lone surrogates
 _printable = st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"), include_characters=" ")
 ids = st.text(_printable, min_size=1, max_size=p.MAX_ID_LEN).filter(str.isprintable)
-markets = st.text(_printable, min_size=1, max_size=p.MAX_MARKET_LEN).filter(str.isprintable)
+markets = st.sampled_from(sorted(PRODUCTS))  # only exact product codes are accepted
 finite = st.floats(allow_nan=False, allow_infinity=False)
+positions = st.floats(-1e6, 1e6, allow_nan=False, exclude_min=True, exclude_max=True)  # within every max_position
+profits = st.floats(-1e15, 1e15, allow_nan=False, exclude_min=True, exclude_max=True)
 u64 = st.integers(0, 2**64 - 1)
 json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | finite | st.text(_chars, max_size=20)
 json_values = st.recursive(
@@ -44,8 +47,8 @@ json_values = st.recursive(
 json_objects = st.dictionaries(st.text(_chars, max_size=10), json_values, max_size=6)
 
 reports = st.builds(
-    p.Report, bot=ids, market=markets, position=finite, base_position=finite, profit=finite, realized=finite,
-    pid=st.integers(0, 2**63 - 1), budget=st.none() | st.just(SNAP),
+    p.Report, bot=ids, market=markets, position=positions, base_position=positions, profit=profits, realized=profits,
+    pid=st.integers(0, p.MAX_PID - 1), budget=st.none() | st.just(SNAP), final=st.booleans(),
 )
 messages: st.SearchStrategy[p.Message] = st.one_of(
     reports,
@@ -153,14 +156,14 @@ def test_signed_headers_with_any_body_raise_only_protocol_errors(
 
 # Bodies of each message type with every field drawn from JSON values (right type or not).
 _FIELDS = {
-    p.MsgType.REPORT: ("id", "market", "pos", "base", "profit", "realized", "pid", "budget"),
+    p.MsgType.REPORT: ("id", "market", "pos", "base", "profit", "realized", "pid", "budget", "final"),
     p.MsgType.BUDGET_QUERY: ("id", "market"),
     p.MsgType.BUDGET_REPLY: ("id", "re", "remaining", "advice", "bots", "budget"),
     p.MsgType.STATUS_QUERY: ("id",),
     p.MsgType.STATUS_REPLY: ("id", "re", "status"),
 }
 _good = {"id": "bot", "market": "FX_BTC_JPY", "pos": 0.5, "base": 0.0, "profit": 1.0, "realized": 2.0, "pid": 1,
-         "budget": SNAP.to_dict(), "re": 3, "remaining": 400, "advice": "trade", "bots": 2, "status": {}}
+         "budget": SNAP.to_dict(), "final": False, "re": 3, "remaining": 400, "advice": "trade", "bots": 2, "status": {}}
 _weird = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | finite | st.text(_chars, max_size=80)
           | st.sampled_from(["nan", "inf", "-inf", "1e999", "", "\n", "trade"]) | json_values)
 
@@ -223,13 +226,14 @@ def test_freshness_is_judged_on_the_signed_time(msg: p.Message, skew: float) -> 
 
 @given(msg=reports, garbage=st.lists(st.binary(max_size=200), max_size=5), bit=st.integers(0, 2**31))
 def test_refused_input_leaves_the_replay_guard_as_it_was(msg: p.Report, garbage: list[bytes], bit: int) -> None:
-    guard = p.ReplayGuard()
+    guard = p.ReplayGuard(not_before=NOW - 10)
     first = _enc(msg, boot=5, seq=10)
     _dec(first, guard=guard)
     before = dict(guard._seen)
     flipped = bytearray(_enc(msg, boot=5, seq=11))
     flipped[(bit // 8) % len(flipped)] ^= 1 << (bit % 8)
-    for data in [*garbage, bytes(flipped), first, _enc(msg, boot=5, seq=9), _enc(msg, boot=4, seq=99, now=NOW - 1)]:
+    early = _enc(msg, boot=6, seq=1, now=NOW - 20)  # fresh, but sent before the receiver started
+    for data in [*garbage, bytes(flipped), first, _enc(msg, boot=5, seq=9), early]:
         _refused(data, guard=guard)
         assert dict(guard._seen) == before
     assert _dec(_enc(msg, boot=5, seq=11), guard=guard) == msg  # and the next real one still passes
