@@ -17,6 +17,7 @@ position server combines the bots' :class:`BudgetSnapshot` readings into an acco
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -86,6 +87,14 @@ class _Bucket:
         return max(0, self.base - len(self.pending))
 
 
+def _finite(value: Any) -> float:
+    """A time from a peer's message: ``float("nan")`` / ``"inf"`` parse, but no budget can rest on them."""
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"not a finite number: {value!r}")
+    return x
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetSnapshot:
     """The budget readings at one moment: what a bot reports to the position server, and what the
@@ -116,19 +125,19 @@ class BudgetSnapshot:
         if advice not in ("trade", "slow", "pause"):
             raise ValueError(f"bad advice {advice!r}")
         return cls(
-            at=float(d["at"]),
+            at=_finite(d["at"]),
             private_remaining=int(d["private_remaining"]),
             private_since=int(d["private_since"]),
-            private_reset=float(d["private_reset"]),
+            private_reset=_finite(d["private_reset"]),
             private_measured=bool(d["private_measured"]),
             order_remaining=int(d["order_remaining"]),
             order_since=int(d["order_since"]),
-            order_reset=float(d["order_reset"]),
+            order_reset=_finite(d["order_reset"]),
             order_measured=bool(d["order_measured"]),
             small_orders_last_minute=int(d["small_orders_last_minute"]),
             small_order_limit=int(d["small_order_limit"]),
-            penalty_until=float(d["penalty_until"]),
-            paused_until=float(d["paused_until"]),
+            penalty_until=_finite(d["penalty_until"]),
+            paused_until=_finite(d["paused_until"]),
             advice=advice,  # type: ignore[arg-type]
         )
 
