@@ -46,8 +46,8 @@ FX = "FX_BTC_JPY"
 KEY, KEY_SECRET = "demo-key-1", "demo-secret-1"
 SECRET = "netns-test-secret-8c1f0b7e2a9d4c6f"  # >= 16 characters: required off loopback
 EVICT_AFTER = 3.0
-CHECK_INTERVAL = 0.5
-CONSECUTIVE = 4
+CHECK_INTERVAL = 1.0
+CONSECUTIVE = 3
 HAND_SIZE = Decimal("0.02")
 BAD_SECONDS = 20.0
 
