@@ -298,10 +298,14 @@ class Net:
         words = out.split()
         return int(words[words.index("packets") + 1]) if "packets" in words else 0
 
-    def rate(self, role: str, rate: str) -> None:
-        """A ``tbf`` rate limit on the router's veth towards ``role``."""
-        _run("ip", "netns", "exec", self.ns["router"], "tc", "qdisc", "replace", "dev", LEAVES[role].dev,
-             "root", "tbf", "rate", rate, "burst", "64kb", "latency", "200ms")
+    def rate(self, role: str, rate: str | None) -> None:
+        """A ``tbf`` rate limit on the router's veth towards ``role`` (None: removed)."""
+        tc = ["ip", "netns", "exec", self.ns["router"], "tc", "qdisc"]
+        if rate is None:
+            _run(*tc, "del", "dev", LEAVES[role].dev, "root", check=False)
+        else:
+            _run(*tc, "replace", "dev", LEAVES[role].dev, "root", "tbf", "rate", rate, "burst", "64kb",
+                 "latency", "200ms")
 
     def cut(self, role: str) -> None:
         """Cut ``role``'s host off from everything: the router drops what goes to it and refuses what

@@ -154,6 +154,13 @@ class Relay:
                 self.counters[name + "_bytes"] += len(data)
 
         sender = asyncio.ensure_future(send())
+        me = asyncio.current_task()
+
+        def sender_done(t: asyncio.Task[None]) -> None:
+            if me is not None and not t.cancelled() and t.exception() is not None:
+                me.cancel()  # the far side failed: stop reading, or a full queue would block forever
+
+        sender.add_done_callback(sender_done)
         last_due = 0.0
         try:
             while True:
@@ -166,6 +173,10 @@ class Relay:
             return True
         except (OSError, asyncio.IncompleteReadError):
             return False
+        except asyncio.CancelledError:
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                return False
+            raise
         finally:
             sender.cancel()
 

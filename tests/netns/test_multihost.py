@@ -32,6 +32,7 @@ the issue "the position server as the account's authority" are for that.)
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from decimal import Decimal
@@ -189,6 +190,7 @@ def test_bots_on_other_hosts_survive_a_bad_link_and_a_cut_longer_than_eviction(n
     cut_to = time.time()
     net.loss(0)
     net.impair()
+    net.rate("bot2", None)
 
     # 4. settle: both bots back, the hand trade corrected, the server agreeing with the exchange
     def settled() -> dict[str, Any] | None:
@@ -223,31 +225,32 @@ def test_bots_on_other_hosts_survive_a_bad_link_and_a_cut_longer_than_eviction(n
         "cut_s": round(cut_to - cut_from, 1), "corrections": corrections, "counters": final_status["counters"],
         "limits_refused": state["limits_refused"], "nft_dropped": dropped, "relay": relay_bad,
     }
-    print(f"\nnetns summary: {summary}")
+    print(f"\nnetns summary: {json.dumps(summary)}")
+    detail = json.dumps(summary, indent=1)
 
-    assert codes == {"bot1": 0, "bot2": 0}, summary
+    assert codes == {"bot1": 0, "bot2": 0}, detail
     assert not acct["open_orders"], f"orders left on the account: {acct['open_orders']}"
     # invariant 1: exchange = Σ bots + base_position (0 on FX)
-    assert exchange == sum(positions.values()), summary
+    assert exchange == sum(positions.values()), detail
     # one drift (the hand trade), one correction: never twice, never the other way
-    assert final_status["counters"]["corrections"] == 1 == len(corrections), summary
+    assert final_status["counters"]["corrections"] == 1 == len(corrections), detail
     fix_side = "SELL" if hand_side == "BUY" else "BUY"
     words = corrections[0].split("correcting order ", 1)[1].split()
-    assert (words[0], Decimal(words[1])) == (fix_side, HAND_SIZE), summary
+    assert (words[0], Decimal(words[1])) == (fix_side, HAND_SIZE), detail
     # A correcting order may be refused as a self trade (-159) while the bots quote the other side
     # on the same account (the streak starts over and it is sent again); never over a limit.
     failed = [line for line in log_text.splitlines() if "correcting order" in line and "failed" in line]
     assert all("-159" in line for line in failed), failed
     # no over-limit answer, on any key or address
-    assert all(v == 0 for row in state["limits_refused"].values() for v in row.values()), summary
+    assert all(v == 0 for row in state["limits_refused"].values() for v in row.values()), detail
     assert "Over API limit" not in "".join(net.output(r) + (net.folder / r / "logs" / f"{r}.log").read_text()
                                            for r in bots), "a bot was answered over the limit"
     # the bots kept trading while the link was bad, and while the server was unreachable
     for role, (fills, _) in journals.items():
-        assert summary["orders_while_bad"][role] > 0 and summary["orders_while_cut"][role] > 0, summary
-        assert _between([t for _, _, t in fills], bad_from, cut_to) > 0, summary
+        assert summary["orders_while_bad"][role] > 0 and summary["orders_while_cut"][role] > 0, detail
+        assert _between([t for _, _, t in fills], bad_from, cut_to) > 0, detail
     # the impairments really happened, and the server took the duplicates as replays
-    assert dropped > 0 and relay_bad.get("udp_up_duplicated", 0) > 0 and relay_bad.get("udp_up_reordered", 0) > 0
-    assert final_status["counters"]["replay"] > 0 and final_status["counters"]["bad_signature"] == 0, summary
-    assert final_status["counters"]["evictions"] >= 2, summary
+    assert dropped > 0 and relay_bad.get("udp_up_duplicated", 0) > 0 and relay_bad.get("udp_up_reordered", 0) > 0, detail
+    assert final_status["counters"]["replay"] > 0 and final_status["counters"]["bad_signature"] == 0, detail
+    assert final_status["counters"]["evictions"] >= 2, detail
     assert summary["cut_s"] > EVICT_AFTER
