@@ -239,7 +239,8 @@ class Net:
     # ------------------------------------------------------------------ the relay
     def start_relay(self) -> None:
         """Listeners on the router's addresses: each bot → sim and pos server, the server → sim."""
-        tcp, udp = [], []
+        tcp: list[dict[str, Any]] = []
+        udp: list[dict[str, Any]] = []
         for role in ("bot1", "bot2", "pos"):
             leaf = LEAVES[role]
             tcp.append({"listen": [leaf.gw, SIM_PORT], "target": [LEAVES["sim"].addr, SIM_PORT],
