@@ -108,10 +108,14 @@ def _configs(net: Any) -> dict[str, Path]:
 
 
 def _journal(folder: Path) -> tuple[list[tuple[str, float, float]], list[float]]:
-    """(fills as (side, size, time), order creation times) of one bot's journal."""
-    with contextlib.closing(sqlite3.connect(folder / "journal.db")) as db:
-        fills = [(str(s), float(z), float(t)) for s, z, t in db.execute("SELECT side, size, time FROM fills")]
-        orders = [float(c) for (c,) in db.execute("SELECT created FROM orders")]
+    """(fills as (side, size, time), order creation times) of one bot's journal; read only (never
+    creates the file), empty before the bot made it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{folder / 'journal.db'}?mode=ro", uri=True)) as db:
+            fills = [(str(s), float(z), float(t)) for s, z, t in db.execute("SELECT side, size, time FROM fills")]
+            orders = [float(c) for (c,) in db.execute("SELECT created FROM orders")]
+    except sqlite3.OperationalError:  # not there yet
+        return [], []
     return fills, orders
 
 
@@ -127,7 +131,7 @@ def _hand_trade(sim: Any, sim_url: str) -> str:
     """A market order on the bots' account that no bot knows. The bots quote on the same account,
     so it may be refused as a self trade (-159), as on bitFlyer: then the other side, or again."""
     last = ""
-    for attempt in range(40):
+    for attempt in range(75):
         side = "BUY" if attempt % 2 == 0 else "SELL"
         try:
             sim.ask(f"trade {sim_url} {FX} {side} {HAND_SIZE}")
