@@ -24,10 +24,12 @@ overtaken reports as replays without a single bad signature.
 
 The bots run the sample ``strategies/mm_spread.py`` with its sample parameters (quotes kept 10 s
 instead of 5), on a simulator whose spread (400 JPY) lets it quote: together 55 to 75 small orders
-a minute, under the account's 100 / min even without the server's account-wide view. (A first
-version at three times that rate, whose server cut lasted 25 s, was answered over the limit once
-the bots fell back to their own budgets, each unaware of the other's orders: the budget leases of
-the issue "the position server as the account's authority" are for that.)
+a minute, under the account's 100 / min even without the server's account-wide view. At three
+times that rate the bots run the bucket down to its last two orders, and in trial runs two things
+each pushed it over: the hand trade (an order no budget sees) and the cut (each bot falling back
+to its own budget, unaware of the other's orders). Over-limit answers, the penalty, and the
+server's correction refused until the window rolled: the budget leases of the issue "the position
+server as the account's authority" are for that.
 """
 
 from __future__ import annotations
