@@ -23,7 +23,8 @@ The bad link, in layers:
 - delay, jitter, duplication, reordering: the relay (``Net.impair``, applied live by SIGHUP);
 - rate: a ``tbf`` qdisc on the router's veth towards bot2 (a slow line for one host);
 - cut: ``Net.cut(leaf)`` partitions a host: the router drops every packet to it and answers every
-  packet from it with a TCP reset or ICMP unreachable; ``heal`` removes those rules. (Pulling the
+  packet from it with a TCP reset or ICMP unreachable; ``heal`` removes those rules. Only a request
+  already waiting for its answer when the cut begins waits for its timeout (10 s). (Pulling the
   cable instead, ``ip link set down``, works too, but then the host's requests hang until their
   timeouts: the position server's check round waits up to 3 × 10 s on the exchange, and evicts
   only after it — too slow for this test.)
