@@ -9,7 +9,7 @@ Timeline (wall time, every wait bounded; about 40 s in all on 2 cores):
    duplicated and 10 % held back 250 ms (relay), bot2's line limited to 4 Mbit/s (tbf); 2 s in,
    a 0.02 BTC market order nobody's bot placed (the position server must correct it once);
 3. the position server's host cut off from everything (``Net.cut``: the router drops what goes to
-   it and refuses what comes from it) until it has evicted both bots, then twice ``evict_after`` more —
+   it and refuses what comes from it) until it has evicted both bots, then three times ``evict_after`` more —
    longer than the eviction time — then healed, the link clean again. The bots keep trading on
    their own budget meanwhile; the server, blind to the exchange, must not correct anything;
 4. the server settles; then it stops, the bots stop (each cancels its orders), and we compare.
@@ -22,7 +22,7 @@ was bad and while the server was unreachable and got fills in that time, the rel
 duplicated / reordered and nftables really dropped, and the server refused the duplicates and the
 overtaken reports as replays without a single bad signature.
 
-The bots run the sample ``strategies/mm_spread.py`` with its sample parameters (quotes kept 10 s
+The bots run the sample ``strategies/mm_spread.py`` with its sample parameters (quotes kept 8 s
 instead of 5), on a simulator whose spread (400 JPY) lets it quote: together 55 to 75 small orders
 a minute, under the account's 100 / min even without the server's account-wide view. At three
 times that rate the bots run the bucket down to its last two orders, and in trial runs two things
@@ -84,7 +84,7 @@ def _configs(net: Any) -> dict[str, Path]:
         "snapshot_interval": 1.0, "ticker_interval": 0.5}})
     strategy = _yaml(folder / "mm.yaml", {
         "parameters": {"interval": 1.0, "lot": 0.01, "max_position": 0.05, "min_spread": 300, "skew": 200,
-                       "tolerance": 500, "stale_after": 10.0, "api_floor": 100},
+                       "tolerance": 500, "stale_after": 8.0, "api_floor": 100},
         "close_position": False, "no_trade": [], "subscribe": {"executions": True, "board": True, "ticker": False},
         "minute_to_expire": 10, "log_level": "INFO",
         "max_order_size": 0.05, "max_position": 0.2, "price_band": 0.05, "max_orders_per_second": 10,
@@ -193,7 +193,7 @@ def test_bots_on_other_hosts_survive_a_bad_link_and_a_cut_longer_than_eviction(n
     server_log = net.folder / "pos" / "logs" / "pos_server" / "pos_server.log"
     wait(lambda: server_log.read_text().count("evicted after") >= 2 + evictions_before, 20,
          "both bots evicted while the server is cut off", every=0.2)
-    time.sleep(2 * EVICT_AFTER)
+    time.sleep(3 * EVICT_AFTER)  # > stale_after: every bot requotes at least once while cut off
     net.heal("pos")
     cut_to = time.time()
     net.loss(0)
