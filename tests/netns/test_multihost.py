@@ -179,8 +179,9 @@ def test_bots_on_other_hosts_survive_a_bad_link_and_a_cut_longer_than_eviction(n
     time.sleep(2)
     hand_side = _hand_trade(sim, sim_url)
     deadline = time.monotonic() + BAD_SECONDS - 2
+    while_bad = []
     while time.monotonic() < deadline:
-        status()  # every process still up
+        while_bad.append(status())  # every process still up
         time.sleep(1)
     bad_to = time.time()
     dropped = net.dropped()
@@ -269,3 +270,8 @@ def test_bots_on_other_hosts_survive_a_bad_link_and_a_cut_longer_than_eviction(n
     # failed exchange requests of the cut are unknown data, not failed checks
     assert final_status["counters"]["duplicates"] == 0 and final_status["counters"]["check_errors"] == 0, detail
     assert summary["cut_s"] > EVICT_AFTER
+    # Budget leases (issue "the position server as the account's authority"), once the server has
+    # them: granted to both bots all along the bad link, so the orders above came from leases.
+    if "leases" in final_status:
+        grants = [st["leases"]["grants"] for st in while_bad]
+        assert grants[-1] > grants[0] and min(st["leases"]["live"] for st in while_bad) == 2, detail
