@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install run test lint bench influxdb clean
+.PHONY: install run test lint bench influxdb netns clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -20,6 +20,14 @@ influxdb:
 	      || echo "warning: could not install influxdb"; \
 	  else echo "warning: influxd missing and cannot apt-get install it"; fi; }
 
+# ip (iproute2) and nft (nftables) for the multi-host test (tests/netns: network namespaces, root only).
+netns:
+	@{ command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables) >/dev/null \
+	      || echo "warning: could not install iproute2 / nftables"; \
+	  else echo "warning: ip / nft missing and cannot apt-get install them"; fi; }
+
 install: $(STAMP)
 
 run: $(STAMP)
@@ -29,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench strategies trade.py pos_server.py
 	$(BIN)/mypy
 
-test: $(STAMP) influxdb lint
+test: $(STAMP) influxdb netns lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
