@@ -54,6 +54,8 @@ from bfsx.logs import setup_logging
 from bfsx.market.candles import CandleBuilder
 from bfsx.market.feed import MarketFeed
 from bfsx.market.health import HealthPoller
+from bfsx.posserver.lease_budget import LeasedBudget
+from bfsx.posserver.lease_client import FedHealth, LeaseClient, runtime_settler
 
 if TYPE_CHECKING:  # imported lazily below: a bot without a server or charts does not load them
     from bfsx.posserver.client import PosServerClient
@@ -90,7 +92,8 @@ class BotRuntime:
         self._strategy_yaml_path = strategy_yaml_path
 
         key, secret = trade.api_key(), trade.api_secret()
-        self.budget = ApiBudget(reserve=trade.api_reserve, pause_seconds=trade.over_limit_pause)
+        budget_cls = LeasedBudget if trade.pos_server else ApiBudget  # leases: the server sizes what we may send
+        self.budget = budget_cls(reserve=trade.api_reserve, pause_seconds=trade.over_limit_pause)
         self.rest = RestClient(trade.endpoint, key, secret, budget=self.budget)
         silence = trade.ws_silence_timeout
         self.realtime = RealtimeClient(
@@ -99,7 +102,8 @@ class BotRuntime:
         )
         sub = strategy_config.subscribe
         self.feed = MarketFeed(self.product, self.realtime, board=sub.board, executions=sub.executions, ticker=sub.ticker)
-        self.health = HealthPoller(self.rest, self.product, interval=trade.health_interval)
+        health_cls = FedHealth if trade.pos_server else HealthPoller  # leases: the server's health feed
+        self.health = health_cls(self.rest, self.product, interval=trade.health_interval)
         self.tracker = OrderTracker(self.product)
         self.position = Position()
         folder = Path(trade.log_folder)
@@ -112,13 +116,13 @@ class BotRuntime:
         )
         self.posclient: PosServerClient | None = None
         if trade.pos_server:
-            from bfsx.posserver.client import PosServerClient
-
             host, port = trade.pos_server
-            self.posclient = PosServerClient(
+            assert isinstance(self.budget, LeasedBudget)
+            self.posclient = LeaseClient(
                 host, int(port), trade.pos_server_secret_value(), self.bot_name, self.product,
                 report_interval=trade.pos_server_report_interval, query_interval=trade.pos_server_query_interval,
                 on_budget=self._on_account_budget,
+                budget=self.budget, health=self.health, settle=runtime_settler(self),  # leases
             )
 
         self.charts: BotChartReporter | None = None  # when the strategy yaml names a discord_webhook

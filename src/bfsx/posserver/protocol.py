@@ -67,6 +67,8 @@ class MsgType(IntEnum):
     BUDGET_REPLY = 3
     STATUS_QUERY = 4
     STATUS_REPLY = 5
+    LEASE_QUERY = 6
+    LEASE_GRANT = 7
 
 
 class ProtocolError(Exception):
@@ -162,7 +164,49 @@ class StatusReply:
     header: Header | None = field(default=None, compare=False)
 
 
-Message = Report | BudgetQuery | BudgetReply | StatusQuery | StatusReply
+@dataclass(frozen=True, slots=True)
+class LeaseQuery:
+    """A bot asks for its API lease (TCP); also carries its readings and its settle echo.
+
+    ``v``: the lease body version (:data:`bfsx.posserver.lease.LEASE_VERSION`). ``want``: calls per
+    kind it expects to need in the next lease term. ``used``: calls it made under its previous
+    lease. ``sent``: per-kind counters since the bot's start (monotonic; the server dates small
+    orders from them). ``settled``: the newest settle epoch it has completed (0: none).
+    """
+
+    bot: str
+    market: str
+    v: int
+    want: dict[str, int]
+    used: dict[str, int]
+    sent: dict[str, int]
+    budget: BudgetSnapshot | None
+    ip: dict[str, Any] | None
+    settled: int = 0
+    header: Header | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """The server's answer: ``calls`` per kind until ``until`` (server unix seconds).
+
+    ``free``: the pool no lease holds, per kind (a bot's fallback share is cut from it). ``bots``:
+    live bots sharing the pools. ``health``: the server's reading of the bot's market (or None).
+    ``settle``: the settle epoch the bot must reach (settle, then echo it in ``settled``).
+    """
+
+    re: int
+    v: int
+    until: float
+    calls: dict[str, int]
+    free: dict[str, int]
+    bots: int
+    health: dict[str, Any] | None = None
+    settle: int = 0
+    header: Header | None = field(default=None, compare=False)
+
+
+Message = Report | BudgetQuery | BudgetReply | StatusQuery | StatusReply | LeaseQuery | LeaseGrant
 
 
 # ---------------------------------------------------------------------------------------- encoding
@@ -179,6 +223,8 @@ def _num(x: float) -> float:
 
 
 def _body(msg: Message) -> tuple[MsgType, dict[str, Any]]:
+    if isinstance(msg, LeaseQuery | LeaseGrant):
+        return _lease_body(msg)
     if isinstance(msg, Report):
         body: dict[str, Any] = {
             "id": msg.bot, "market": msg.market, "pos": _num(msg.position), "base": _num(msg.base_position),
@@ -198,6 +244,24 @@ def _body(msg: Message) -> tuple[MsgType, dict[str, Any]]:
     if isinstance(msg, StatusQuery):
         return MsgType.STATUS_QUERY, {"id": msg.client}
     return MsgType.STATUS_REPLY, {"id": SERVER_ID, "re": msg.re, "status": msg.status}
+
+
+def _counts(d: Mapping[str, int]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in d.items()}
+
+
+def _lease_body(msg: LeaseQuery | LeaseGrant) -> tuple[MsgType, dict[str, Any]]:
+    if isinstance(msg, LeaseQuery):
+        return MsgType.LEASE_QUERY, {
+            "id": msg.bot, "market": msg.market, "v": int(msg.v), "want": _counts(msg.want),
+            "used": _counts(msg.used), "sent": _counts(msg.sent),
+            "budget": msg.budget.to_dict() if msg.budget is not None else None, "ip": msg.ip,
+            "settled": int(msg.settled),
+        }
+    return MsgType.LEASE_GRANT, {
+        "id": SERVER_ID, "re": msg.re, "v": int(msg.v), "until": _num(msg.until), "calls": _counts(msg.calls),
+        "free": _counts(msg.free), "bots": int(msg.bots), "health": msg.health, "settle": int(msg.settle),
+    }
 
 
 def encode(msg: Message, secret: str | bytes, *, boot: int, seq: int, now: float | None = None) -> bytes:
@@ -294,6 +358,8 @@ def _budget(v: Any) -> BudgetSnapshot | None:
 
 def _message(h: Header, body: dict[str, Any]) -> Message:
     t = h.type
+    if t in (MsgType.LEASE_QUERY, MsgType.LEASE_GRANT):
+        return _lease_message(h, body)
     if t == MsgType.REPORT:
         market = _market(body, "market")
         bound = max_position(market)
@@ -320,6 +386,59 @@ def _message(h: Header, body: dict[str, Any]) -> Message:
     if not isinstance(status, dict):
         raise ProtocolError("malformed", "bad status")
     return StatusReply(re=_int(body, "re"), status=status, header=h)
+
+
+#: Kinds a lease body may name (unknown ones are ignored, so a later sender may add kinds).
+LEASE_KINDS: Final = ("private", "orders", "small_orders", "ip")
+_MAX_COUNT: Final = 1 << 40
+
+
+def _count_map(body: Mapping[str, Any], key: str) -> dict[str, int]:
+    v = body.get(key)
+    if not isinstance(v, dict):
+        raise ProtocolError("malformed", f"bad {key}")
+    out: dict[str, int] = {}
+    for k in LEASE_KINDS:
+        n = v.get(k, 0)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < _MAX_COUNT:
+            raise ProtocolError("malformed", f"bad {key}.{k}")
+        out[k] = n
+    return out
+
+
+def _ip_reading(v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ProtocolError("malformed", "bad ip")
+    return {"remaining": _int(v, "remaining"), "since": _int(v, "since"), "reset": _float(v, "reset"),
+            "measured": v.get("measured") is True}
+
+
+def _health(v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ProtocolError("malformed", "bad health")
+    age = _float(v, "age")
+    if age < 0:
+        raise ProtocolError("malformed", "bad health.age")
+    return {"health": _str(v, "health", 32), "state": _str(v, "state", 32), "age": age}
+
+
+def _lease_message(h: Header, body: dict[str, Any]) -> LeaseQuery | LeaseGrant:
+    if h.type == MsgType.LEASE_QUERY:
+        return LeaseQuery(
+            bot=_str(body, "id", MAX_ID_LEN), market=_str(body, "market", MAX_MARKET_LEN), v=_int(body, "v"),
+            want=_count_map(body, "want"), used=_count_map(body, "used"), sent=_count_map(body, "sent"),
+            budget=_budget(body.get("budget")), ip=_ip_reading(body.get("ip")), settled=_int(body, "settled"),
+            header=h,
+        )
+    return LeaseGrant(
+        re=_int(body, "re"), v=_int(body, "v"), until=_float(body, "until"), calls=_count_map(body, "calls"),
+        free=_count_map(body, "free"), bots=_int(body, "bots"), health=_health(body.get("health")),
+        settle=_int(body, "settle"), header=h,
+    )
 
 
 def decode(
@@ -381,7 +500,7 @@ def sender_of(msg: Message) -> str:
     reports and TCP queries (one counter, two channels that may reorder) are checked apart."""
     if isinstance(msg, Report):
         return f"r:{msg.bot}"
-    if isinstance(msg, BudgetQuery):
+    if isinstance(msg, BudgetQuery | LeaseQuery):
         return f"q:{msg.bot}"
     if isinstance(msg, StatusQuery):
         return f"q:{msg.client}"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bfsx import aio
-from bfsx.account.drift import SELF_HEAL_SECONDS, DriftCheck, run_drift_loop
+from bfsx.account.drift import DriftCheck, run_drift_loop
 from bfsx.bitflyer.budget import ApiBudget, BudgetSnapshot
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.products import get_product
@@ -55,6 +55,8 @@ from bfsx.config import (
 from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
 from bfsx.posserver.history import History
+from bfsx.posserver.lease_budget import HostBudget
+from bfsx.posserver.lease_desk import HEALTH_FEED_INTERVAL_S, LeaseDesk, host_of
 from bfsx.posserver.registry import ZERO, BotState, Registry, dec
 from bfsx.reporting.samples import BotSample, MarketSample
 
@@ -158,10 +160,9 @@ class PosServer:
         ``pos_server_discord_interval`` minutes) and at stop. ``quiet_seconds``:
         no judging this long after a position change (default ``min(check_interval, 5)``).
         ``startup_grace``: no judging this long after start (default ``2 × report_interval + 1``).
-        ``warn_fast_judging``: warn when check_interval × consecutive is under ``SELF_HEAL_SECONDS``
-        (the demo judges fast on purpose and says so itself)."""
+        ``warn_fast_judging``: ignored (kept for callers): the server no longer races a bot's own
+        settle, since it asks every bot to settle before correcting (settle rounds, lease_desk.py)."""
         self.config = config
-        self._warn_fast_judging = warn_fast_judging
         self.config_path = Path(config_path) if config_path is not None else config.source
         bind = config.pos_server_bind_address()
         if bind is None:
@@ -173,7 +174,7 @@ class PosServer:
         if not self._secret and not is_loopback(self.host):
             where = self.config_path or "trade.yaml"
             raise ConfigError(f"{where}: refusing to bind {self.host} (not loopback) without 'pos_server_secret'")
-        self.own_budget = ApiBudget()
+        self.own_budget: ApiBudget = HostBudget()  # HostBudget: the server's per-IP usage counts in the leases
         self.rest = rest if rest is not None else RestClient(
             config.endpoint, config.api_key() or None, config.api_secret() or None, budget=self.own_budget)
         if rest is not None:
@@ -188,6 +189,7 @@ class PosServer:
         self.max_connections = max_connections
 
         self.registry = Registry(max_bots=max_bots)
+        self.leases = LeaseDesk()  # budget leases, health feed, settle rounds (lease_desk.py)
         self.guard = p.ReplayGuard()
         self.sender = p.Sender(self._secret)
         self.history = History(self.state_dir / "history.db", horizon=config.pos_server_graph_period * 3600)
@@ -276,6 +278,7 @@ class PosServer:
         await self._restore()
         await self._bind()
         self._spawn(self._check_loop(), "check")
+        self._spawn(self._health_feed_loop(), "health-feed")
         if self.config_path is not None and self.config_path.exists():
             self._watcher = ConfigWatcher(self.config_path, load_trade_config, self._config_changed,
                                           current=self.config, logger=log)
@@ -292,7 +295,6 @@ class PosServer:
                  "%d identical diffs, evict after %.3g s", self.host, self.port,
                  self.config.pos_server_check_interval, self.config.pos_server_consecutive,
                  self.config.pos_server_evict_after)
-        self._warn_if_judging_fast()
         self._warn_if_no_cap()
 
     def _warn_if_no_cap(self) -> None:
@@ -300,12 +302,6 @@ class PosServer:
             log.error("adjust_max_size %r is not a finite positive size: no correcting order is ever sent",
                       self.config.adjust_max_size)
 
-    def _warn_if_judging_fast(self) -> None:
-        window = self.config.pos_server_check_interval * self.config.pos_server_consecutive
-        if self._warn_fast_judging and window < SELF_HEAL_SECONDS:
-            log.warning("pos_server_check_interval × pos_server_consecutive = %.3g s is under the %.0f s in which "
-                        "a bot heals a lost fill itself: the server may correct it first, then correct back",
-                        window, SELF_HEAL_SECONDS)
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -534,7 +530,7 @@ class PosServer:
                 async with asyncio.timeout(self.tcp_timeout):
                     data = await reader.readexactly(n)
                 msg = p.decode(data, self._secret, max_age=self.max_age)
-                if not isinstance(msg, p.BudgetQuery | p.StatusQuery) or msg.header is None:
+                if not isinstance(msg, p.BudgetQuery | p.StatusQuery | p.LeaseQuery) or msg.header is None:
                     raise p.ProtocolError("malformed", "not a query on the TCP port")
                 self.guard.check(p.sender_of(msg), msg.header)
             except p.ProtocolError as e:
@@ -547,7 +543,9 @@ class PosServer:
                 self._pending.pop(writer, None)
             self.counters["queries"] += 1
             reply: p.Message
-            if isinstance(msg, p.BudgetQuery):
+            if isinstance(msg, p.LeaseQuery):
+                reply = self.lease_grant(msg, peer)
+            elif isinstance(msg, p.BudgetQuery):
                 reply = self.budget_reply(msg.header.seq)
             else:
                 reply = p.StatusReply(re=msg.header.seq, status=self.status())
@@ -729,6 +727,8 @@ class PosServer:
             if not running:
                 reason = reason or f"exchange {health} / {board}"
         price = ticker_r if isinstance(ticker_r, float) else None
+        if not isinstance(state_r, BaseException):
+            self.leases.set_health(market, health, board)  # the bots' feed gets it too
 
         warm = time.monotonic() - self._started_m >= self.startup_grace and self.reports_since_start > 0
         # Quiet before AND during the requests: a fill reported meanwhile may or may not be in them.
@@ -752,6 +752,9 @@ class PosServer:
             if not quiet:
                 reason = f"a bot's position changed within {self.quiet_seconds:.3g} s"
             correction = drift.observe(expected, actual, quiet=quiet)
+            hold = self._settle_gate(market, actual - expected, drift, t0) if quiet else ""
+            if hold:
+                reason, correction = hold, None
         in_sync = actual is not None and abs(actual - expected) < drift.min_size
         self.registry.record_check(market, health=health, board_state=board, price=price, exchange=actual,
                                    skip_reason=reason, started=t0, in_sync=in_sync)
@@ -759,6 +762,43 @@ class PosServer:
         if correction is not None:
             done = await self._correct(market, correction.side, correction.size, expected, actual, total, ms.base)
         return CheckResult(market, total, ms.base, expected, actual, self.registry.profit(market), price, reason, done)
+
+    # ------------------------------------------------------------------ leases (lease_desk.py)
+    def lease_grant(self, q: p.LeaseQuery, peer: Any) -> p.LeaseGrant:
+        """A bot's new API lease, sized from every bot's readings and the server's own usage."""
+        desk = self.leases
+        desk.check_interval_s = self.config.pos_server_check_interval
+        desk.checked_markets = len(self.registry.markets)
+        desk.has_credentials = self.config.has_credentials
+        budgets = {b.bot: b.budget for b in self.registry.bots.values() if b.budget is not None}
+        return desk.grant(q, host_of(peer), budgets, self.own_budget)
+
+    def _settle_gate(self, market: str, diff: Decimal | None, drift: DriftCheck, check_started_m: float) -> str:
+        """Settle before correct: "" when a correction may go out, else why not (the streak then
+        starts over, so only checks after every bot settled count toward a correction)."""
+        hold = self.leases.gate(market, diff, drift.min_size, check_started_m)
+        if hold:
+            drift.reset()
+        return hold
+
+    async def _health_feed_loop(self) -> None:
+        """One health reading per leased market, handed to every bot with its lease (so bots do
+        not each poll it). A market the check read recently is not polled again."""
+        while True:
+            await asyncio.sleep(HEALTH_FEED_INTERVAL_S / 2)
+            now_m = time.monotonic()
+            for market in self.leases.markets(now_m):
+                last = self.leases.health.get(market)
+                if last is not None and now_m - last[2] < HEALTH_FEED_INTERVAL_S:
+                    continue
+                try:
+                    st = await self.rest.get_board_state(market)
+                    self.leases.set_health(market, str(st.get("health", "")), str(st.get("state", "")))
+                except BitflyerError as e:
+                    self.leases.set_health(market, "UNKNOWN", "UNKNOWN")
+                    log.debug("health feed: board state of %s unknown: %s", market, e)
+                except Exception:  # never let the feed die: bots would fall back to polling
+                    log.exception("health feed of %s failed", market)
 
     async def _ticker(self, market: str) -> float | None:
         """The last price, for the charts: asked at most every ``PRICE_EVERY`` s (public requests
@@ -930,8 +970,6 @@ class PosServer:
         live = [k for k in keys if k in LIVE_KEYS]
         restart = [k for k in keys if k not in LIVE_KEYS and k not in IGNORED_KEYS]
         self.config = new
-        if {"pos_server_consecutive", "pos_server_check_interval"} & set(live):
-            self._warn_if_judging_fast()
         if {"pos_server_consecutive", "adjust_max_size"} & set(live):
             cap = self.order_cap() or ZERO
             if "adjust_max_size" in live:
