@@ -122,7 +122,7 @@ class BotRuntime:
                 host, int(port), trade.pos_server_secret_value(), self.bot_name, self.product,
                 report_interval=trade.pos_server_report_interval, query_interval=trade.pos_server_query_interval,
                 on_budget=self._on_account_budget,
-                budget=self.budget, health=self.health, settle=runtime_settler(self),  # leases
+                budget=self.budget, health=self.health, settle=runtime_settler(lambda: self.reconciler),  # leases
             )
 
         self.charts: BotChartReporter | None = None  # when the strategy yaml names a discord_webhook

@@ -83,21 +83,23 @@ class FedHealth(HealthPoller):
 
 
 class Settler(Protocol):
-    """What :func:`runtime_settler` needs of a bot runtime: its resync and when it last succeeded."""
+    """What :func:`runtime_settler` needs of a bot's reconciler: its resync and when a resync last
+    succeeded (``_last_settled``, monotonic; stamped only after one that read the exchange)."""
 
     _last_settled: float
 
     async def resync(self) -> None: ...
 
 
-def runtime_settler(rt: Settler) -> Callable[[], Awaitable[bool]]:
-    """A settle callback for :class:`LeaseClient`: the runtime's resync, True when it succeeded
-    (the runtime stamps ``_last_settled`` only after a resync that read the exchange)."""
+def runtime_settler(reconciler: Callable[[], Settler]) -> Callable[[], Awaitable[bool]]:
+    """A settle callback for :class:`LeaseClient`: the bot's resync, True when it succeeded.
+    ``reconciler`` returns the bot's reconciler when called (it may be built after the client)."""
 
     async def settle() -> bool:
-        before = rt._last_settled
-        await rt.resync()
-        return rt._last_settled != before
+        rec = reconciler()
+        before = rec._last_settled
+        await rec.resync()
+        return rec._last_settled != before
 
     return settle
 
