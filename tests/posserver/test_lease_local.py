@@ -1,0 +1,253 @@
+"""Leases end to end in one process: a PosServer, LeaseClients with LeasedBudgets and REST clients on
+the in-process simulator; the wire format of LEASE_QUERY / LEASE_GRANT."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from bfsx.bitflyer.rest import RestClient
+from bfsx.net import free_port
+from bfsx.posserver import protocol as p
+from bfsx.posserver.lease import UNKNOWN_BOTS, LeasePool
+from bfsx.posserver.lease_budget import LeasedBudget
+from bfsx.posserver.lease_client import FedHealth, LeaseClient
+from bfsx.posserver.lease_desk import LeaseDesk, host_of
+from bfsx.sim.server import SimServer
+
+from .conftest import SECRET
+
+FX = "FX_BTC_JPY"
+
+
+# ------------------------------------------------------------------------------ wire
+
+
+def test_lease_messages_round_trip() -> None:
+    q = p.LeaseQuery(bot="a", market=FX, v=1, want={"private": 5, "orders": 2, "small_orders": 2, "ip": 1},
+                     used={"private": 1}, sent={"private": 9, "small_orders": 3}, budget=None,
+                     ip={"remaining": 400, "since": 2, "reset": 1.7e9, "measured": True}, settled=3)
+    data = p.encode(q, SECRET, boot=7, seq=4, now=1_700_000_000.0)
+    assert data[3] == p.MsgType.LEASE_QUERY == 6
+    back = p.decode(data, SECRET, now=1_700_000_000.0)
+    assert isinstance(back, p.LeaseQuery)
+    assert back.want == q.want and back.settled == 3 and back.ip == q.ip
+    assert back.used == {"private": 1, "orders": 0, "small_orders": 0, "ip": 0}  # absent kinds are 0
+    g = p.LeaseGrant(re=4, v=1, until=1_700_000_005.0, calls={"private": 3, "orders": 1, "small_orders": 1, "ip": 0},
+                     free={"private": 10, "orders": 0, "small_orders": 2, "ip": 0}, bots=2,
+                     health={"health": "NORMAL", "state": "RUNNING", "age": 0.5}, settle=2)
+    back_g = p.decode(p.encode(g, SECRET, boot=1, seq=1, now=1_700_000_000.0), SECRET, now=1_700_000_000.0,
+                      max_size=p.MAX_REPLY)
+    assert isinstance(back_g, p.LeaseGrant)
+    assert back_g.calls == g.calls and back_g.health == g.health and back_g.settle == 2
+    assert p.sender_of(back) == "q:a"  # one replay channel with the bot's budget queries (both TCP)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("want", {"private": -1}), ("want", {"private": True}), ("want", []), ("used", {"orders": 1.5}),
+    ("settled", -1), ("v", "1"), ("ip", {"remaining": 1}),
+])
+def test_bad_lease_query_is_malformed(field: str, value: Any) -> None:
+    body = {"id": "a", "market": FX, "v": 1, "want": {}, "used": {}, "sent": {}, "budget": None, "ip": None,
+            "settled": 0, field: value}
+    import hmac
+
+    import orjson
+    head = p.HEADER.pack(p.MAGIC, p.VERSION, p.MsgType.LEASE_QUERY, 1, 1, 1_700_000_000 * 1_000_000)
+    payload = head + orjson.dumps(body)
+    data = payload + hmac.digest(SECRET.encode(), payload, "sha256")
+    with pytest.raises(p.ProtocolError) as e:
+        p.decode(data, SECRET, now=1_700_000_000.0)
+    assert e.value.reason == "malformed"
+
+
+def test_host_of() -> None:
+    assert host_of(("127.0.0.1", 5)) == host_of(("::1", 5, 0, 0)) == "local"
+    assert host_of(("10.0.0.7", 5)) == "10.0.0.7"
+
+
+# ------------------------------------------------------------------------------ settle rounds (pure)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _query(bot: str, settled: int = 0, seq: int = 1) -> p.LeaseQuery:
+    q = p.LeaseQuery(bot=bot, market=FX, v=1, want={}, used={}, sent={}, budget=None, ip=None, settled=settled)
+    h = p.Header(p.MsgType.LEASE_QUERY, 1, seq, 0.0)
+    return p.LeaseQuery(**{**{f: getattr(q, f) for f in q.__dataclass_fields__}, "header": h})
+
+
+def test_settle_round_holds_a_correction_until_every_bot_settled() -> None:
+    clock = Clock()
+    desk = LeaseDesk(clock=clock)
+    from bfsx.posserver.lease_budget import HostBudget
+
+    own = HostBudget()
+    for b in ("a", "b"):
+        assert desk.grant(_query(b), "local", {}, own).settle == 0
+    step = Decimal("0.001")
+    assert desk.gate(FX, Decimal(0), step, clock()) == ""
+    assert desk.gate(FX, Decimal("0.03"), step, clock()).startswith("asked 2")
+    assert desk.grant(_query("a", seq=2), "local", {}, own).settle == 1  # the request travels with the lease
+    clock.t += 1
+    assert desk.gate(FX, Decimal("0.03"), step, clock()).startswith("waiting for 2")
+    desk.grant(_query("a", settled=1, seq=3), "local", {}, own)
+    assert desk.gate(FX, Decimal("0.03"), step, clock()).startswith("waiting for 1")
+    clock.t += 1
+    desk.grant(_query("b", settled=1, seq=2), "local", {}, own)
+    settled_at = clock()
+    # A check that started before the last settle does not count; one after it does.
+    assert desk.gate(FX, Decimal("0.03"), step, settled_at - 0.5) != ""
+    clock.t += 1
+    assert desk.gate(FX, Decimal("0.03"), step, settled_at + 0.1) == ""
+    # Healed (diff 0): the round closes; a new drift asks again with a newer epoch.
+    assert desk.gate(FX, Decimal(0), step, clock()) == ""
+    assert desk.gate(FX, Decimal("-0.01"), step, clock()).startswith("asked 2")
+    assert desk.epochs[FX] == 2
+
+
+def test_settle_round_ends_for_a_bot_that_left_and_times_out() -> None:
+    clock = Clock()
+    desk = LeaseDesk(clock=clock)
+    from bfsx.posserver.lease_budget import HostBudget
+
+    own = HostBudget()
+    desk.grant(_query("a"), "local", {}, own)
+    desk.grant(_query("b"), "local", {}, own)
+    step = Decimal("0.001")
+    assert desk.gate(FX, Decimal("0.05"), step, clock()).startswith("asked")
+    desk.grant(_query("a", settled=1, seq=2), "local", {}, own)
+    clock.t += 16  # b went quiet (no lease query for 3 terms): it no longer holds the round
+    desk.grant(_query("a", settled=1, seq=3), "local", {}, own)
+    assert desk.gate(FX, Decimal("0.05"), step, clock() - 1) != ""
+    assert desk.gate(FX, Decimal("0.05"), step, clock() + 1) == ""
+    # No leased bot at all on the market: nothing to wait for.
+    assert LeaseDesk(clock=clock).gate(FX, Decimal("0.05"), step, clock()) == ""
+
+
+def test_leases_of_all_bots_fit_the_small_order_pool() -> None:
+    clock = Clock()
+    desk = LeaseDesk(clock=clock)
+    from bfsx.posserver.lease_budget import HostBudget
+
+    own = HostBudget()
+    seq = 1
+    for rnd in range(20):
+        for b in ("a", "b", "c", "d", "e", "f"):
+            seq += 1
+            q = p.LeaseQuery(bot=b, market=FX, v=1, want={"small_orders": 50}, used={}, sent={"small_orders": rnd},
+                             budget=None, ip=None, header=p.Header(p.MsgType.LEASE_QUERY, 1, seq, 0.0))
+            desk.grant(q, "local", {}, own)
+            clock.t += 0.1
+            v = desk.views("local", {}, own)["small_orders"]
+            pool: LeasePool = desk.pools["small_orders"]
+            assert pool.outstanding(clock()) <= v.pool + 0  # never more than the pool (reserve kept)
+
+
+# ------------------------------------------------------------------------------ with a server and the simulator
+
+
+async def _client(sim: SimServer, port: int, name: str, **kw: Any) -> tuple[LeaseClient, LeasedBudget, RestClient]:
+    budget = LeasedBudget()
+    rest = RestClient(sim.url, "demo-key-1", "demo-secret-1", budget=budget)
+    health = FedHealth(rest, FX)
+    client = LeaseClient("127.0.0.1", port, SECRET, name, FX, budget=budget, health=health,
+                         report_interval=0.2, query_interval=0.2, **kw)
+    await health.start()
+    await client.start()
+    client.report(0.0, 0.0, 0.0, 0.0, budget.snapshot())
+    return client, budget, rest
+
+
+async def test_two_bots_share_the_pools_and_get_the_health_feed(sim: SimServer, server_factory: Any,
+                                                                 fast_config: Any, wait_for: Any) -> None:
+    server = await server_factory(fast_config(endpoint=sim.url, pos_server_check_interval=2))
+    clients = [await _client(sim, server.port, n) for n in ("a", "b")]
+    try:
+        await wait_for(lambda: all(c.grants >= 3 for c, _, _ in clients), what="grants")
+        for _, budget, _ in clients:
+            assert budget.lease_live()
+            assert budget.bots == 2
+        small = server.leases.pools["small_orders"]
+        assert small.outstanding(time.monotonic()) <= 100 - 3
+        # The health comes from the server (its check polls the board state): the bots' own
+        # poller asked once at start and not since.
+        await wait_for(lambda: all(isinstance(c.health, FedHealth) and c.health.feeds > 0 for c, _, _ in clients),
+                       what="fed health")
+        polls = [c.health.polls for c, _, _ in clients if c.health is not None]
+        await wait_for(lambda: all(c.grants >= 5 for c, _, _ in clients), what="more grants")
+        assert [c.health.polls for c, _, _ in clients if c.health is not None] == polls == [1, 1]
+        assert all(c.health is not None and c.health.health == "NORMAL" for c, _, _ in clients)
+        # A small order under the lease goes out and counts.
+        _, budget, rest = clients[0]
+        assert budget.can_order(0.01)
+        await rest.send_child_order(FX, "BUY", 0.01, 1_000_000.0)
+        assert budget.counter("small_orders") == 1
+    finally:
+        for c, _, rest in clients:
+            await c.stop()
+            if c.health is not None:
+                await c.health.stop()
+            await rest.close()
+
+
+async def test_unreachable_server_gives_a_fallback_share(sim: SimServer, server_factory: Any, fast_config: Any,
+                                                         wait_for: Any) -> None:
+    # Never reached: a share of the bot's own view for UNKNOWN_BOTS others.
+    dead, budget, rest = await _client(sim, free_port(), "lonely")
+    try:
+        assert budget.in_fallback()
+        assert budget.allowance("small_orders") == 100 // (UNKNOWN_BOTS + 1)
+    finally:
+        await dead.stop()
+        await rest.close()
+    # Granted, then the server goes: after the lease ends, free / (bots + 1) of the last grant.
+    server = await server_factory(fast_config(endpoint=sim.url, pos_server_check_interval=2))
+    c, budget, rest = await _client(sim, server.port, "x")
+    try:
+        await wait_for(lambda: c.grants >= 2, what="a grant")
+        await server.stop()
+        free = dict(budget.free)
+        await wait_for(lambda: budget.in_fallback(), timeout=15, what="the lease to end")
+        assert budget.allowance("small_orders") <= free["small_orders"] // 2
+        assert budget.allowance("small_orders") < 100
+    finally:
+        await c.stop()
+        if c.health is not None:
+            await c.health.stop()
+        await rest.close()
+
+
+async def test_settle_request_runs_the_bots_settle_and_is_echoed(sim: SimServer, server_factory: Any,
+                                                                fast_config: Any, wait_for: Any) -> None:
+    server = await server_factory(fast_config(endpoint=sim.url, pos_server_check_interval=2))
+    calls: list[str] = []
+
+    def settler(name: str) -> Any:
+        async def settle() -> bool:
+            calls.append(name)
+            return True
+        return settle
+
+    clients = [await _client(sim, server.port, n, settle=settler(n)) for n in ("a", "b")]
+    try:
+        await wait_for(lambda: all(c.grants >= 2 for c, _, _ in clients), what="grants")
+        assert server.leases.gate(FX, Decimal("0.02"), Decimal("0.01"), 0.0).startswith("asked 2")
+        await wait_for(lambda: sorted(calls) == ["a", "b"] and all(c.settled == 1 for c, _, _ in clients),
+                       what="both settled")
+        await wait_for(lambda: server.leases.rounds[FX].settled_m is not None, what="round complete")
+    finally:
+        for c, _, rest in clients:
+            await c.stop()
+            if c.health is not None:
+                await c.health.stop()
+            await rest.close()
