@@ -1,8 +1,9 @@
 """Lease test strategy: tries ``rate`` small orders a second (default 4) for ``seconds`` seconds.
 
 ``mode: rest`` (default): LIMIT BUY/SELL 0.01 far from the touch (never filled), keeping at most
-``keep`` open, the oldest cancelled; ``mode: market``: MARKET 0.01 alternately BUY and SELL (every
-order fills). Logs ``spam ready`` once trading and ``spam done: tried N accepted M refused R
+``keep`` open, the oldest cancelled; ``mode: maker``: the same at the touch (the market's takers
+fill them, later); ``mode: market``: MARKET 0.01 alternately BUY and SELL (every order fills).
+When the time is up, every open order is cancelled. Logs ``spam ready`` once trading and ``spam done: tried N accepted M refused R
 failed F`` when the time is up (refused = by the bot itself, e.g. its lease; failed = the
 exchange said no).
 """
@@ -37,6 +38,7 @@ class MyStrategy(bfsx.Strategy):
             self.log.info("spam ready")
         if now - self.started >= self.seconds:
             self.done = True
+            await self.cancel_all()
             self.log.info("spam done: tried %d accepted %d refused %d failed %d",
                           self.tried, self.accepted, self.refused, self.failed)
             return
@@ -44,6 +46,9 @@ class MyStrategy(bfsx.Strategy):
         side_buy, self.buy_next = self.buy_next, not self.buy_next
         if self.mode == "market":
             order = await (self.buy(0.01) if side_buy else self.sell(0.01))
+        elif self.mode == "maker":
+            price = self.best_bid if side_buy else self.best_ask
+            order = await (self.buy(0.01, price) if side_buy else self.sell(0.01, price))
         else:
             price = round(self.best_bid * 0.9) if side_buy else round(self.best_ask * 1.1)
             order = await (self.buy(0.01, price) if side_buy else self.sell(0.01, price))
