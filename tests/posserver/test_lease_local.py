@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +252,22 @@ async def test_settle_request_runs_the_bots_settle_and_is_echoed(sim: SimServer,
             if c.health is not None:
                 await c.health.stop()
             await rest.close()
+
+
+def test_documented_lease_example() -> None:
+    """The LEASE_QUERY example of docs/protocol.md, byte for byte."""
+    q = p.LeaseQuery(bot="a", market="FX_BTC_JPY", v=1, want={"private": 6, "orders": 2, "small_orders": 2, "ip": 1},
+                     used={"private": 1, "orders": 0, "small_orders": 0, "ip": 0},
+                     sent={"private": 9, "orders": 3, "small_orders": 3, "ip": 1}, budget=None, ip=None, settled=0)
+    data = p.encode(q, "s3cret", boot=0x0006000000000001, seq=5, now=1_700_000_000.5)
+    assert data[:28].hex(" ") == ("42 58 01 06 00 06 00 00 00 00 00 01 00 00 00 00 00 00 00 05 "
+                                  "00 06 0a 24 18 25 e1 20")
+    body = data[28:-32].decode()
+    assert len(body) == 242
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert body in doc
+    assert data[-32:].hex() == "78a9e41c7221653d8f13a27eff1249b3176a737945aa83ea57582ddbdc2c4640"
+    g = p.LeaseGrant(re=5, v=1, until=1700000005.5, calls={"private": 6, "orders": 2, "small_orders": 2, "ip": 1},
+                     free={"private": 120, "orders": 80, "small_orders": 4, "ip": 200}, bots=2,
+                     health={"health": "NORMAL", "state": "RUNNING", "age": 0.8}, settle=0)
+    assert p.encode(g, "s3cret", boot=2, seq=9, now=1_700_000_000.5)[28:-32].decode() in doc
