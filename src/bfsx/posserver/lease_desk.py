@@ -110,6 +110,7 @@ class LeaseDesk:
         self.check_interval_s = 30.0
         self.checked_markets = 0
         self.has_credentials = True
+        self._warned_polls = False
 
     # ------------------------------------------------------------------ who shares
     def live(self, now_m: float | None = None) -> list[str]:
@@ -163,6 +164,12 @@ class LeaseDesk:
         h = horizon(combined.private_reset)
         polls = self._server_polls(h, self.check_interval_s) if self.has_credentials else 0
         views["private"] = PoolView(combined.private_remaining, h, CORRECTION_RESERVE["private"] + polls)
+        if polls * 2 >= lim.private and not self._warned_polls:
+            self._warned_polls = True
+            log.warning("the server's own checks (every %.3g s on %d market(s)) take %d of the %d private calls "
+                        "of a window: little or nothing is left to lease to the bots (raise "
+                        "pos_server_check_interval)", self.check_interval_s, self.checked_markets,
+                        self._server_polls(lim.window_s, self.check_interval_s), lim.private)
         views["orders"] = PoolView(combined.order_remaining, horizon(combined.order_reset),
                                    CORRECTION_RESERVE["orders"])
         # Small orders: no header tells them. Counted by the desk from the bots' counters (dated at
