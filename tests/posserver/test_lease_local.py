@@ -271,3 +271,26 @@ def test_documented_lease_example() -> None:
                      free={"private": 120, "orders": 80, "small_orders": 4, "ip": 200}, bots=2,
                      health={"health": "NORMAL", "state": "RUNNING", "age": 0.8}, settle=0)
     assert p.encode(g, "s3cret", boot=2, seq=9, now=1_700_000_000.5)[28:-32].decode() in doc
+
+
+async def test_a_server_without_leases_is_recognised(sim: SimServer, server_factory: Any, fast_config: Any,
+                                                     wait_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older server drops the connection on a LEASE_QUERY but answers the budget query: the bot
+    keeps to its fallback share, sized with the server's bot count."""
+    server = await server_factory(fast_config(endpoint=sim.url, pos_server_check_interval=2))
+
+    def old_server(q: Any, peer: Any) -> Any:
+        raise ConnectionResetError("unknown message type")  # what an older server's decoder amounts to
+
+    monkeypatch.setattr(server, "lease_grant", old_server)
+    c, budget, rest = await _client(sim, server.port, "old")
+    try:
+        await wait_for(lambda: c.legacy, timeout=20, what="the old server recognised")
+        assert budget.in_fallback() and budget.bots is not None and budget.bots >= 1
+        assert c.account_budget is not None  # the old advisory budget is asked instead
+        assert budget.allowance("small_orders") < 100
+    finally:
+        await c.stop()
+        if c.health is not None:
+            await c.health.stop()
+        await rest.close()

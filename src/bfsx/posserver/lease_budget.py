@@ -187,7 +187,7 @@ class LeasedBudget(HostBudget):
     def _fallback_for(self, kind: Kind, now_m: float, now: float) -> _Allowance:
         a = self._fallback.get(kind)
         if a is None or now_m >= a.until_m:
-            if a is None and self.bots is not None:
+            if a is None and self.granted_at_m > 0:
                 base = self.free.get(kind, 0)  # what the server last knew nobody held
             else:
                 base = self._own_left(kind, now)  # never granted, or a new horizon: own readings

@@ -229,9 +229,10 @@ class LeaseClient(PosServerClient):
     async def _old_server(self) -> bool:
         """True when the server answers the old budget query but not the lease query."""
         try:
-            await self.query_budget()
+            reply = await self.query_budget()
         except PosServerUnavailable:
             return False
+        self.budget.bots = max(self.budget.bots or 1, reply.bots)  # sizes the fallback share
         return True
 
     async def stop(self) -> None:
