@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -293,11 +294,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rate", type=float, default=4.0, help="small orders a second each bot tries")
     ap.add_argument("--scaled", action="store_true", help="the simulator's limits scaled down (as the test)")
+    ap.add_argument("--check-interval", type=float, default=5.0,
+                    help="pos_server_check_interval (its getpositions polls share the private bucket)")
     ap.add_argument("--keep", help="keep the run's folders here")
     args = ap.parse_args()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bfsx-lease-"))
+    root.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, filename=root / "server.log")  # the in-process server's lines
+    print(f"check every {args.check_interval:g} s × 3; {args.rate:g} small orders/s tried per bot; "
+          f"limits {'scaled' if args.scaled else 'of bitFlyer'}; logs in {root}", flush=True)
     for n in (int(x) for x in args.bots.split(",")):
-        r = asyncio.run(run_fleet(n, args.seconds, root / f"fleet{n}", scaled=args.scaled, rate=args.rate))
+        r = asyncio.run(run_fleet(n, args.seconds, root / f"fleet{n}", scaled=args.scaled, rate=args.rate,
+                                  check_interval=args.check_interval))
         print(r.line(), flush=True)
         for name, (t, a, h, f) in sorted(r.per_bot.items()):
             print(f"    {name}: tried {t} sent {a} held {h} failed {f}", flush=True)

@@ -246,6 +246,8 @@ async def test_settle_request_runs_the_bots_settle_and_is_echoed(sim: SimServer,
         await wait_for(lambda: sorted(calls) == ["a", "b"] and all(c.settled == 1 for c, _, _ in clients),
                        what="both settled")
         await wait_for(lambda: server.leases.rounds[FX].settled_m is not None, what="round complete")
+        st = server.status()["leases"]
+        assert st["live"] == 2 and st["settle"][FX] == {"epoch": 1, "waiting": [], "settled": True}
     finally:
         for c, _, rest in clients:
             await c.stop()

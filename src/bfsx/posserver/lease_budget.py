@@ -34,6 +34,9 @@ from bfsx.posserver.lease import KINDS, MIN_WANT, UNKNOWN_BOTS, Kind, fallback_s
 ORDER_PRIVATE_CALLS = 2
 #: A kind's lease counts as running low (ask for more now) once this fraction of it is used.
 ASK_AT_FRACTION = 0.5
+#: A refused request asks for more at once only this long after the latest grant: a share does not
+#: grow within a term, so asking sooner would only load the server.
+REFUSED_REASK_S = 1.0
 
 
 class LeaseExhausted(ApiError):
@@ -237,6 +240,10 @@ class LeasedBudget(HostBudget):
         if self.on_low is not None:
             self.on_low()
 
+    def _tell_refused(self, now_m: float) -> None:
+        if now_m - self.granted_at_m >= REFUSED_REASK_S:
+            self._tell_low()
+
     # ------------------------------------------------------------------ feeding (RestClient)
     @staticmethod
     def kinds_of(path: str, order_size: float | None, small_order_size: float) -> tuple[Kind, ...]:
@@ -259,7 +266,7 @@ class LeasedBudget(HostBudget):
         for k in kinds:
             if self.allowance(k, tm, t) < 1:
                 self.refused[k] += 1
-                self._tell_low()
+                self._tell_refused(tm)
                 raise LeaseExhausted(k, path)
         seq = super().on_request(path, order_size=order_size, now=t)
         for k in kinds:
@@ -280,6 +287,6 @@ class LeasedBudget(HostBudget):
         if short:
             # A refusal is demand the lease did not cover: count it, and ask for more now.
             self._note(tuple(k for k, _ in need), tm)
-            self._tell_low()
+            self._tell_refused(tm)
             return False
         return True

@@ -261,6 +261,16 @@ class LeaseDesk:
         return p.LeaseGrant(re=q.header.seq, v=LEASE_VERSION, until=t + self.ttl_s, calls=calls, free=free,
                             bots=len(live), health=self.health_of(q.market, tm), settle=self.epochs.get(q.market, 0))
 
+    def status(self, now_m: float | None = None) -> dict[str, object]:
+        """Plain JSON values for STATUS_REPLY (``leases``): pools, live bots, settle rounds."""
+        tm = self.clock() if now_m is None else now_m
+        return {
+            "ttl": self.ttl_s, "grants": self.grants, "live": len(self.live(tm)),
+            "outstanding": {k: pool.outstanding(tm) for k, pool in sorted(self.pools.items())},
+            "settle": {m: {"epoch": r.epoch, "waiting": sorted(r.waiting), "settled": r.settled_m is not None}
+                       for m, r in sorted(self.rounds.items())},
+        }
+
     # ------------------------------------------------------------------ health feed
     def markets(self, now_m: float | None = None) -> list[str]:
         """Markets with a live leased bot: the ones whose health the server polls for them."""

@@ -608,6 +608,7 @@ class PosServer:
             "started": self.started_at, "uptime": round(time.time() - self.started_at, 3), "checks": self.checks,
             "bots": bots, "markets": markets, "counters": {**self.bad, **self.counters}, "budget": budget,
             "duplicates": duplicates,
+            "leases": self.leases.status(),
         }
 
     # ------------------------------------------------------------------ the check
