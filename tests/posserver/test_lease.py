@@ -262,3 +262,18 @@ def test_want_follows_demand() -> None:
     assert b.want("small_orders", 5.0) == base + 6
     clock.t += 6.0
     assert b.want("small_orders", 5.0) == base
+
+
+def test_too_many_bots_for_an_even_split_take_turns() -> None:
+    """A pace of 5 private calls for 6 bots would be 0-1 each: no bot could ever place an order
+    (it needs 2). Instead two bots per term get 2, in turn, so every bot trades within a few terms."""
+    bots = [f"b{i}" for i in range(6)]
+    v = view(15, horizon_s=5.0)  # pool 5
+    served: set[str] = set()
+    for term in range(6):
+        pool = LeasePool("private", ttl_s=5.0)  # fresh book: only the turn differs
+        t = term * 5.0
+        got = {b: pool.grant(b, None, 0, v, bots, t).calls for b in bots}
+        assert sum(got.values()) <= 5
+        served |= {b for b, n in got.items() if n >= 2}
+    assert served == set(bots)

@@ -16,6 +16,8 @@ Sizing rule, per grant to bot ``b`` (all integers, floors)::
     pool    = remaining - reserve                      # never the reserve: the server's own
     pace    = pool · min(1, burst · ttl / horizon)     # spread the pool over the time it lasts
     share_b = water-fill(pace, wants of the live bots)[b] - what b consumed in the last ttl
+              (when that is less than one useful quantum, e.g. an order and its cancel: a quantum,
+              to ⌊pace / quantum⌋ bots per term in turn)
     avail_b = pool - Σ_{i≠b} outstanding_i             # the safety bound
     calls_b = max(0, min(share_b, avail_b))
 
@@ -49,6 +51,8 @@ DEFAULT_BURST: Final = 3.0
 CORRECTION_RESERVE: Final[Mapping[Kind, int]] = {"private": 10, "orders": 4, "small_orders": 3, "ip": 10}
 #: A bot asks at least this much, so it can always cancel, settle and poll a little.
 MIN_WANT: Final[Mapping[Kind, int]] = {"private": 4, "orders": 1, "small_orders": 1, "ip": 1}
+#: The smallest grant that is of use: a new order needs itself and its cancel in the private lease.
+QUANTUM: Final[Mapping[Kind, int]] = {"private": 2, "orders": 1, "small_orders": 1, "ip": 1}
 #: A bot's fallback divides by this many other bots when it never heard the server's count.
 UNKNOWN_BOTS: Final = 9
 
@@ -167,7 +171,21 @@ class LeasePool:
         for name in set(live) | {bot}:
             b = self._bots.get(name)
             wants[name] = want if name == bot else (b.want if b is not None else None)
-        share = water_fill(self.pace(view), wants)[bot]
+        pace = self.pace(view)
+        split = water_fill(pace, wants)
+        share = split[bot]
+        quantum = QUANTUM[self.kind]
+        if share < quantum and (want is None or want >= quantum) and pace >= quantum:
+            # Too many bots for an even split to be of use (each would get less than one order's
+            # worth): whole quanta instead, to a few bots per term in turn, so none starves.
+            order = sorted(wants)
+            turn = int(now_s // self.ttl_s) % len(order)
+            rotated = order[turn:] + order[:turn]
+            n_chosen = pace // quantum
+            if bot in rotated[:n_chosen]:
+                share = quantum
+            else:  # what is left after the quanta: one call each to the next bots in turn
+                share = 1 if rotated.index(bot) - n_chosen < pace - n_chosen * quantum else 0
         own = self._bots.get(bot)
         if own is not None:
             share -= self._consumed(own, now_s)
