@@ -1,6 +1,6 @@
 """Lease test strategy: tries ``rate`` small orders a second (default 4) for ``seconds`` seconds.
 
-``mode: rest`` (default): LIMIT BUY/SELL 0.01 far from the touch (never filled), keeping at most
+``mode: rest`` (default): LIMIT BUY/SELL 0.01 3 % from the touch (never filled; inside the default price_band), keeping at most
 ``keep`` open, the oldest cancelled; ``mode: maker``: the same at the touch (the market's takers
 fill them, later); ``mode: market``: MARKET 0.01 alternately BUY and SELL (every order fills).
 When the time is up, every open order is cancelled. Logs ``spam ready`` once trading and ``spam done: tried N accepted M refused R
@@ -50,7 +50,7 @@ class MyStrategy(bfsx.Strategy):
             price = self.best_bid if side_buy else self.best_ask
             order = await (self.buy(0.01, price) if side_buy else self.sell(0.01, price))
         else:
-            price = round(self.best_bid * 0.9) if side_buy else round(self.best_ask * 1.1)
+            price = round(self.best_bid * 0.97) if side_buy else round(self.best_ask * 1.03)  # inside price_band
             order = await (self.buy(0.01, price) if side_buy else self.sell(0.01, price))
         if order.state == OrderState.REFUSED:
             self.refused += 1
