@@ -277,3 +277,14 @@ def test_too_many_bots_for_an_even_split_take_turns() -> None:
         assert sum(got.values()) <= 5
         served |= {b for b, n in got.items() if n >= 2}
     assert served == set(bots)
+
+
+def test_floor_comes_before_the_share_but_never_past_the_pool() -> None:
+    """A bot asked to settle gets the calls its resync needs ahead of the shares, within the pool."""
+    pool = LeasePool("private", ttl_s=5.0)
+    v = view(610, horizon_s=300.0)  # pace 30 for 30 bots: 1 each, less than the floor
+    bots = [f"b{i:02d}" for i in range(30)]
+    assert pool.grant("b00", 1, 0, v, bots, 0.0).calls == 1
+    assert pool.grant("b00", 1, 0, v, bots, 0.0, floor=4).calls == 4
+    tight = view(13, horizon_s=300.0)  # pool 3: the floor cannot exceed it
+    assert LeasePool("private").grant("b00", 1, 0, tight, bots, 0.0, floor=4).calls == 3

@@ -165,8 +165,10 @@ class LeasePool:
             return pool
         return math.floor(pool * min(1.0, self.burst * self.ttl_s / view.horizon_s))
 
-    def size(self, bot: str, want: int | None, view: PoolView, live: Iterable[str], now_s: float) -> int:
-        """How many calls ``bot`` would be granted now (nothing is recorded)."""
+    def size(self, bot: str, want: int | None, view: PoolView, live: Iterable[str], now_s: float,
+             floor: int = 0) -> int:
+        """How many calls ``bot`` would be granted now (nothing is recorded). ``floor``: at least
+        this many if the pool has them, whatever the share (the calls a settle request needs)."""
         wants: dict[str, int | None] = {}
         for name in set(live) | {bot}:
             b = self._bots.get(name)
@@ -190,17 +192,17 @@ class LeasePool:
         if own is not None:
             share -= self._consumed(own, now_s)
         avail = view.pool - self.outstanding(now_s, without=bot)
-        return max(0, min(share, avail))
+        return max(0, min(max(share, floor), avail))
 
     def grant(self, bot: str, want: int | None, used: int, view: PoolView, live: Iterable[str],
-              now_s: float) -> Lease:
+              now_s: float, floor: int = 0) -> Lease:
         """Record ``used`` (calls ``bot`` made under its previous lease) and grant its new lease,
         which replaces the previous one."""
         b = self._bots.setdefault(bot, _Bot())
         b.seen_s = now_s
         if used > 0:
             b.consumed.append((now_s, used))
-        calls = self.size(bot, want, view, live, now_s)
+        calls = self.size(bot, want, view, live, now_s, floor)
         b.want = want
         b.lease = Lease(calls, now_s + self.ttl_s)
         return b.lease

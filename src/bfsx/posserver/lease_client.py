@@ -36,6 +36,8 @@ MIN_QUERY_GAP_S = 0.2
 #: older server. It is asked for a lease again this often, in case it was upgraded.
 LEGACY_AFTER = 2
 LEGACY_REPROBE_S = 30.0
+#: A settle that failed (e.g. its resync found no lease) is tried again after this long.
+SETTLE_RETRY_S = 2.0
 #: Without the server's feed, a bot polls the board state itself this often (slowly).
 OWN_HEALTH_INTERVAL_S = 15.0
 #: A fed health reading older than this (its age at the server included) is no reading.
@@ -124,6 +126,8 @@ class LeaseClient(PosServerClient):
         self.last_grant: p.LeaseGrant | None = None
         self._wake = asyncio.Event()
         self._settling: asyncio.Task[None] | None = None
+        self._settle_failed = 0  # the epoch whose settle failed last (logged once)
+        self._settle_next = 0.0  # monotonic: no settle attempt before this
         budget.on_low = self._wake.set
 
     # ------------------------------------------------------------------ one query
@@ -154,24 +158,29 @@ class LeaseClient(PosServerClient):
                                     query_m=query_m, marks=marks, free=reply.free, bots=reply.bots)
         if reply.health is not None and self.health is not None and isinstance(self.health, FedHealth):
             self.health.feed(str(reply.health["health"]), str(reply.health["state"]), float(reply.health["age"]))
-        if reply.settle > self.settled and self._settling is None:
+        if reply.settle > self.settled and self._settling is None and time.monotonic() >= self._settle_next:
             self._settling = asyncio.get_running_loop().create_task(self._settle(reply.settle), name="lease-settle")
         return reply
 
     async def _settle(self, epoch: int) -> None:
         """Reconcile with the exchange for the server's settle round, then echo it at once."""
+        ok = False
         try:
             ok = await self.settle() if self.settle is not None else True
             if ok:
                 self.settled = max(self.settled, epoch)
                 self.settles += 1
                 log.info("settled for the position server (epoch %d)", epoch)
-            else:
-                log.warning("settle for the position server failed (epoch %d); trying again with the next lease",
-                            epoch)
+            elif self._settle_failed != epoch:
+                log.warning("settle for the position server failed (epoch %d); trying again in %.0f s",
+                            epoch, SETTLE_RETRY_S)
         except Exception:
-            log.exception("settle for the position server failed (epoch %d)", epoch)
+            if self._settle_failed != epoch:
+                log.exception("settle for the position server failed (epoch %d)", epoch)
         finally:
+            if not ok:
+                # Not at every grant: a resync refused for want of a lease would only be refused again.
+                self._settle_failed, self._settle_next = epoch, time.monotonic() + SETTLE_RETRY_S
             self._settling = None
             self._wake.set()
 

@@ -39,6 +39,9 @@ LOCAL_HOST = "local"
 LIVE_TERMS = 3.0
 #: The server polls each leased market's health this often (one feed for every bot on the host).
 HEALTH_FEED_INTERVAL_S = 5.0
+#: Private calls a bot asked to settle is granted ahead of the shares (a resync reads a page of
+#: orders and the executions since its cursor; one more for a missing fill).
+SETTLE_CALLS = 4
 #: A settle round nobody completes within this long no longer holds a correction back (a bot
 #: heals a lost fill on its own within SELF_HEAL_SECONDS anyway).
 SETTLE_TIMEOUT_S = 60.0
@@ -244,13 +247,16 @@ class LeaseDesk:
             return p.LeaseGrant(re=q.header.seq, v=LEASE_VERSION, until=t, calls=dict.fromkeys(KINDS, 0),
                                 free=dict.fromkeys(KINDS, 0), bots=len(live))
         views = self.views(host, registry_budgets, own, tm, t)
+        r = self.rounds.get(q.market)
+        must_settle = r is not None and q.bot in r.waiting and q.settled < r.epoch
         calls: dict[str, int] = {}
         free: dict[str, int] = {}
         for kind in KINDS:
             key = self.pool_key(kind, host)
             pool = self._pool(key, kind)
             sharers = live if kind != "ip" else [b for b in live if self.askers[b].host == host]
-            lease = pool.grant(q.bot, q.want.get(kind), q.used.get(kind, 0), views[kind], sharers, tm)
+            floor = SETTLE_CALLS if must_settle and kind == "private" else 0  # a settle first
+            lease = pool.grant(q.bot, q.want.get(kind), q.used.get(kind, 0), views[kind], sharers, tm, floor)
             calls[kind] = lease.calls
             free[kind] = pool.free(views[kind], tm)
         for key, pool in self.pools.items():
