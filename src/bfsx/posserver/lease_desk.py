@@ -258,7 +258,9 @@ class LeaseDesk:
             floor = SETTLE_CALLS if must_settle and kind == "private" else 0  # a settle first
             lease = pool.grant(q.bot, q.want.get(kind), q.used.get(kind, 0), views[kind], sharers, tm, floor)
             calls[kind] = lease.calls
-            free[kind] = pool.free(views[kind], tm)
+            # Less one term's pace: what grants to the others may still take from the free pool
+            # before this bot's lease ends, so fallback shares cut from it stay within the pool.
+            free[kind] = max(0, pool.free(views[kind], tm) - pool.pace(views[kind]))
         for key, pool in self.pools.items():
             pool.prune(tm, live if not key.startswith("ip:") else
                        [b for b in live if self.pool_key("ip", self.askers[b].host) == key])
