@@ -54,8 +54,6 @@ from bfsx.logs import setup_logging
 from bfsx.market.candles import CandleBuilder
 from bfsx.market.feed import MarketFeed
 from bfsx.market.health import HealthPoller
-from bfsx.posserver.lease_budget import LeasedBudget
-from bfsx.posserver.lease_client import FedHealth, LeaseClient, runtime_settler
 
 if TYPE_CHECKING:  # imported lazily below: a bot without a server or charts does not load them
     from bfsx.posserver.client import PosServerClient
@@ -92,6 +90,9 @@ class BotRuntime:
         self._strategy_yaml_path = strategy_yaml_path
 
         key, secret = trade.api_key(), trade.api_secret()
+        if trade.pos_server:  # budget leases (posserver/lease_client.py); loaded only with a position server
+            from bfsx.posserver.lease_budget import LeasedBudget
+            from bfsx.posserver.lease_client import FedHealth, LeaseClient, runtime_settler
         budget_cls = LeasedBudget if trade.pos_server else ApiBudget  # leases: the server sizes what we may send
         self.budget = budget_cls(reserve=trade.api_reserve, pause_seconds=trade.over_limit_pause)
         self.rest = RestClient(trade.endpoint, key, secret, budget=self.budget)

@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bfsx.bitflyer import limits
-from bfsx.bitflyer.budget import PRIVATE_PREFIX, SMALL_ORDER_PATHS, ApiBudget, _Bucket
+from bfsx.bitflyer import endpoints, limits
+from bfsx.bitflyer.budget import ApiBudget, _Bucket
+from bfsx.bitflyer.endpoints import PRIVATE_PREFIX, SMALL_ORDER_PATHS
 from bfsx.bitflyer.errors import ApiError
 from bfsx.posserver.lease import KINDS, MIN_WANT, UNKNOWN_BOTS, Kind, fallback_share
 
@@ -251,7 +252,7 @@ class LeasedBudget(HostBudget):
         if not path.startswith(PRIVATE_PREFIX):
             return ("ip",)
         kinds: tuple[Kind, ...] = ("private",)
-        if path in limits.ORDER_PATHS:
+        if path in endpoints.ORDER_PATHS:
             kinds += ("orders",)
         if order_size is not None and path in SMALL_ORDER_PATHS and order_size <= small_order_size:
             kinds += ("small_orders",)
