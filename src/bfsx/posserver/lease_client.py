@@ -125,6 +125,7 @@ class LeaseClient(PosServerClient):
         self._legacy_since = 0.0
         self.last_grant: p.LeaseGrant | None = None
         self._wake = asyncio.Event()
+        self._first_answer = asyncio.Event()  # set after each query attempt (start() waits for one)
         self._settling: asyncio.Task[None] | None = None
         self._settle_failed = 0  # the epoch whose settle failed last (logged once)
         self._settle_next = 0.0  # monotonic: no settle attempt before this
@@ -188,9 +189,12 @@ class LeaseClient(PosServerClient):
     async def start(self) -> None:
         """As :meth:`PosServerClient.start`, then one lease query before returning (best effort),
         so a bot starts trading under a lease rather than its fallback share."""
+        self._first_answer.clear()
         await super().start()
-        with contextlib.suppress(PosServerUnavailable):
-            await self.query_lease()
+        # The query loop asks at once: wait for that answer (or failure) rather than open a second
+        # connection for a query of our own.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_answer.wait(), self.timeout + 1.0)
 
     async def _query_loop(self) -> None:
         warned = False
@@ -222,6 +226,7 @@ class LeaseClient(PosServerClient):
                     log.warning("position server lease query failed (%s): a fallback share of the account "
                                 "until it answers", e)
                     warned = True
+            self._first_answer.set()
             self._wake.clear()
             term = self._term()
             with contextlib.suppress(TimeoutError):
