@@ -79,6 +79,7 @@ class Result:
     drift_fixed: bool = False
     invariant_1: bool = False
     settles: int = 0
+    recovered: int = 0  # resyncs of the bots that found fills whose events were lost
     grants: int = 0
     per_bot: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
@@ -87,7 +88,8 @@ class Result:
                 f"penalty {'YES' if self.penalty else 'no'}, tried {self.tried} sent {self.sent} "
                 f"held {self.held} failed {self.failed} ({self.sent / max(self.seconds, 1):.2f} sent/s), "
                 f"fix {self.corrections}/{self.correction_errors} {'ok' if self.drift_fixed else 'NOT FIXED'}, "
-                f"inv1 {'ok' if self.invariant_1 else 'BROKEN'}, grants {self.grants}")
+                f"inv1 {'ok' if self.invariant_1 else 'BROKEN'}, grants {self.grants}, settles {self.settles}, "
+                f"recoveries {self.recovered}")
 
 
 def _get(url: str) -> Any:
@@ -239,6 +241,7 @@ async def run_fleet(n_bots: int, seconds: float, folder: Path, *, scaled: bool =
                 res.held += r
                 res.failed += f
             res.settles += log(name).count("settled for the position server")
+            res.recovered += log(name).count("resync recovered")
         res.corrections = server.counters["corrections"]
         res.correction_errors = server.counters["correction_errors"]
         res.grants = server.leases.grants
