@@ -768,7 +768,7 @@ class PosServer:
     def lease_grant(self, q: p.LeaseQuery, peer: Any) -> p.LeaseGrant:
         """A bot's new API lease, sized from every bot's readings and the server's own usage."""
         desk = self.leases
-        desk.check_interval_s = self.config.pos_server_check_interval
+        desk.check_interval_s = self.check_interval_s()
         desk.checked_markets = len(self.registry.markets)
         desk.has_credentials = self.config.has_credentials
         budgets = {b.bot: b.budget for b in self.registry.bots.values() if b.budget is not None}
