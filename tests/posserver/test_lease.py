@@ -288,3 +288,18 @@ def test_floor_comes_before_the_share_but_never_past_the_pool() -> None:
     assert pool.grant("b00", 1, 0, v, bots, 0.0, floor=4).calls == 4
     tight = view(13, horizon_s=300.0)  # pool 3: the floor cannot exceed it
     assert LeasePool("private").grant("b00", 1, 0, tight, bots, 0.0, floor=4).calls == 3
+
+
+def test_a_cancel_goes_out_beyond_the_lease_but_never_beyond_the_headers() -> None:
+    """A used-up lease (or a fallback share of zero after the server went) must not leave an order
+    on the book: cancels still go while the bot's own header view has private calls left."""
+    clock = Clock()
+    b = leased(clock, {"private": 1, "orders": 1, "small_orders": 1, "ip": 1})
+    b.on_request("/v1/me/getchildorders")  # the lease's last private call
+    with pytest.raises(LeaseExhausted):
+        b.on_request("/v1/me/sendchildorder", order_size=0.01)
+    b.on_request("/v1/me/cancelchildorder")
+    b.on_request("/v1/me/cancelallchildorders")
+    b.on_headers({"X-RateLimit-Remaining": "0", "X-RateLimit-Period": "200", "X-RateLimit-Reset": "9999999999"})
+    with pytest.raises(LeaseExhausted):  # the exchange itself has nothing left: not even a cancel
+        b.on_request("/v1/me/cancelchildorder")

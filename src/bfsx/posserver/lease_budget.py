@@ -40,6 +40,9 @@ ASK_AT_FRACTION = 0.5
 REFUSED_REASK_S = 1.0
 
 
+CANCEL_PATHS = frozenset({endpoints.CANCEL_CHILD_ORDER, endpoints.CANCEL_ALL_CHILD_ORDERS})
+
+
 class LeaseExhausted(ApiError):
     """Not sent: this bot's lease (or fallback share) of a rate limit is used up."""
 
@@ -264,8 +267,12 @@ class LeasedBudget(HostBudget):
         t = time.time() if now is None else now
         kinds = self.kinds_of(path, order_size, self.small_order_size)
         self._note(kinds, tm)
+        # A cancel reduces exposure: an order left on the book (a bot stopping while its server is
+        # gone, its lease used up) is worse than a call beyond the lease. It still must fit what
+        # the bot's own header readings say is left, so the exchange's limit itself is never crossed.
+        cancel = path in CANCEL_PATHS and super().private_left(t) > 0
         for k in kinds:
-            if self.allowance(k, tm, t) < 1:
+            if not cancel and self.allowance(k, tm, t) < 1:
                 self.refused[k] += 1
                 self._tell_refused(tm)
                 raise LeaseExhausted(k, path)
