@@ -36,9 +36,10 @@ async def test_faults_endpoint_validates_and_reports(sim: SimServer) -> None:
     hooks = SimHooks(sim.url)
     now = await hooks.set_faults()
     assert now == {"drop_private_events": 0.0, "http_error_rate": 0.0, "http_error_status": 500, "latency_ms": 0.0,
-                   "health": None, "maintenance": False}
+                   "health": None, "maintenance": False, "fail_paths": [], "fail_paths_timeout_ms": 0.0}
     async with aiohttp.ClientSession() as s:
-        for bad in ({"nope": 1}, {"http_error_rate": 2}, {"health": "GREAT"}, {"close_websockets": 1006}, [1]):
+        for bad in ({"nope": 1}, {"http_error_rate": 2}, {"health": "GREAT"}, {"close_websockets": 1006}, [1],
+                    {"fail_paths": ["/_sim/state"]}):
             async with s.post(f"{sim.url}/_sim/faults", json=bad) as r:
                 assert r.status == 400 and "\n" not in (await r.json())["error"]
     state = await hooks.fetch_state()
@@ -92,6 +93,23 @@ async def test_http_errors(sim: SimServer, rest: WireClient) -> None:
     assert (await rest.get("/v1/gethealth")).data["status"] == -1
     await sim.set_faults(http_error_rate=0)
     assert (await rest.get("/v1/getticker", product_code=FX)).status == 200
+
+
+async def test_fail_paths_fail_only_those_paths(sim: SimServer, rest: WireClient) -> None:
+    await sim.set_faults(fail_paths=["/v1/me/getpositions/"], http_error_status=500)
+    r = await rest.get("/v1/me/getpositions", product_code=FX)
+    assert r.status == 500 and r.data["status"] == -208
+    assert (await rest.get("/v1/getboardstate", product_code=FX)).status == 200
+    assert (await rest.get("/v1/getticker", product_code=FX)).status == 200
+    r = await rest.post("/v1/me/sendchildorder", {"product_code": FX, "child_order_type": "MARKET", "side": "BUY",
+                                                   "size": 0.001})
+    assert r.status == 200  # orders still go out
+    await sim.set_faults(fail_paths_timeout_ms=300)
+    started = time.monotonic()
+    assert (await rest.get("/v1/me/getpositions", product_code=FX)).status == 500
+    assert time.monotonic() - started >= 0.3
+    await sim.set_faults(fail_paths=[], fail_paths_timeout_ms=0)
+    assert (await rest.get("/v1/me/getpositions", product_code=FX)).status == 200
 
 
 async def test_latency_delays_the_reply_not_the_effect(sim: SimServer, rest: WireClient, events: WireSocket) -> None:

@@ -7,7 +7,7 @@ A request sets any subset; ``close_websockets`` is an action (close every realti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,6 +25,11 @@ class Faults:
     latency_ms: float = 0.0
     health: str | None = None
     maintenance: bool = False
+    #: ``/v1`` paths (lower case, e.g. ``/v1/me/getpositions``) that fail on every request, the
+    #: rest of the API working: with ``fail_paths_timeout_ms`` > 0 the reply is held that long
+    #: (a client timeout), else it is an ``http_error_status`` error.
+    fail_paths: list[str] = field(default_factory=list)
+    fail_paths_timeout_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +47,18 @@ class FaultsRequest(BaseModel):
     latency_ms: float | None = Field(default=None, ge=0, le=600_000)
     health: str | None = None
     maintenance: bool | None = None
+    fail_paths: list[str] | None = Field(default=None, max_length=64)
+    fail_paths_timeout_ms: float | None = Field(default=None, ge=0, le=600_000)
+
+    @field_validator("fail_paths")
+    @classmethod
+    def _v1_paths(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        out = [x.rstrip("/").lower() for x in v]
+        if any(not x.startswith("/v1/") for x in out):
+            raise ValueError("each path must start with /v1/")
+        return out
 
     @field_validator("health")
     @classmethod
@@ -75,7 +92,8 @@ def parse_request(data: Any) -> FaultsRequest:
 def apply(faults: Faults, req: FaultsRequest) -> None:
     """Set the persistent switches present in ``req`` (``health: null`` explicitly resets it)."""
     given = req.model_fields_set
-    for name in ("drop_private_events", "http_error_rate", "http_error_status", "latency_ms", "maintenance"):
+    for name in ("drop_private_events", "http_error_rate", "http_error_status", "latency_ms", "maintenance",
+                 "fail_paths", "fail_paths_timeout_ms"):
         if name in given and getattr(req, name) is not None:
             setattr(faults, name, getattr(req, name))
     if "health" in given:

@@ -534,6 +534,11 @@ class SimServer:
         wall = time.time()
         lim = self.limiter
         headers: dict[str, str] = {}
+        if path in self.active_faults.fail_paths:
+            stall = self.active_faults.fail_paths_timeout_ms / 1000.0
+            if stall > 0:
+                await asyncio.sleep(stall)  # the client gives up first: a timeout, nothing executed
+            return self._error(errors.OVERLOAD, headers, http=self.active_faults.http_error_status)
         if self.active_faults.http_error_rate > 0 and self._fault_rng.random() < self.active_faults.http_error_rate:
             status = self.active_faults.http_error_status
             code = errors.OVER_LIMIT if status == 429 else errors.OVERLOAD
