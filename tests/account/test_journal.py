@@ -289,3 +289,19 @@ def test_deferred_order_rows_share_a_later_commit(tmp_path: Path) -> None:
         b.state = OrderState.CANCELLED
         j.defer_orders([b])
     assert on_disk(b.acceptance_id or "") == "CANCELLED"  # close() writes what was left
+
+
+def test_an_order_row_round_trips_every_field(tmp_path: Path) -> None:
+    """Found by mutating ``_order``: a restored order must equal the journaled one field by field
+    (a MARKET order has no price; the child order id may be unknown yet)."""
+    market = Order(product=P, side="SELL", size=0.02, price=None, order_type="MARKET",
+                   acceptance_id="JRF20260923-030000-000011", child_order_id=None, filled_size=0.01,
+                   average_price=101.5, state=OrderState.ACTIVE, created=NOON, updated=NOON + 1, reason="partly")
+    limit = mkorder("JRF20260923-030000-000012")
+    limit.filled_size, limit.average_price, limit.reason = 0.005, 99.5, "x"
+    with Journal(tmp_path / "j.db") as j:
+        for o in (market, limit):
+            j.record_order(o)
+        _, orders, _ = j.load()
+        assert j.get_order(market.acceptance_id or "") == market
+    assert sorted(orders, key=lambda o: o.acceptance_id or "") == [market, limit]

@@ -49,6 +49,26 @@ async def test_close_only_never_lets_a_short_position_grow(sim: SimServer, start
     assert exchange_net(sim) == 0
 
 
+async def test_close_position_flattens_a_short_even_in_close_only_and_while_stopping(
+    sim: SimServer, start_bot: StartBot
+) -> None:
+    """Found by mutating ``close_position``: the flattening order buys back a short (not only
+    sells a long), and, being a closing order, passes close-only mode, a size limit below the
+    position and a stopping bot."""
+    s = Strategy()
+    rt = await start_bot(s)
+    await s.sell(0.02)
+    await wait_for(lambda: s.position == -0.02, what="a short position")
+    rt.strategy_config = StrategyConfig(close_position=True, max_order_size=0.01)
+    rt.desk.stopping = True
+    order = await s.close_position()
+    assert order is not None and order.acceptance_id, order and order.reason
+    assert order.side == "BUY" and order.size == 0.02
+    await wait_for(lambda: s.position == 0, what="flat")
+    assert exchange_net(sim) == 0
+    assert await s.close_position() is None  # already flat: nothing is sent
+
+
 async def test_no_order_while_realtime_is_disconnected(sim: SimServer, start_bot: StartBot) -> None:
     """REST and health are fine, only the realtime socket is down: own fills would go unseen."""
     s = Strategy()
