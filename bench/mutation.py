@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=3000.0, help="seconds at most for the run")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("names", nargs="*", help="mutant name patterns, run in this order (default: all), "
+                    "e.g. 'bfsx.account.drift.*'")
     args = ap.parse_args(argv)
     cmd = _mutmut()
     tmp = None
@@ -116,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
         prepare(work)
     started = time.monotonic()
     ended = "complete"
-    try:
-        subprocess.run([*cmd, "run", "--max-children", str(args.max_children)], cwd=work, timeout=args.budget,
-                       stdout=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        ended = f"STOPPED after the {args.budget:.0f} s budget (partial)"
+    for names in [[n] for n in args.names] or [[]]:
+        left = args.budget - (time.monotonic() - started)
+        try:
+            subprocess.run([*cmd, "run", "--max-children", str(args.max_children), *names], cwd=work,
+                           timeout=max(left, 1.0), stdout=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            ended = f"STOPPED after the {args.budget:.0f} s budget (partial)"
+            break
     took = time.monotonic() - started
     found = results(cmd, work)
     counts = Counter(found.values())
+    if ended == "complete" and counts.get("not checked"):
+        ended = "INCOMPLETE (mutmut ended early)"
     by_module: dict[str, Counter[str]] = {}
     for name, status in found.items():
         by_module.setdefault(name.split(".x")[0].split("__mutmut_")[0].rsplit(".", 1)[0], Counter())[status] += 1

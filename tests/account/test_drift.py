@@ -121,3 +121,19 @@ async def test_the_drift_loop_survives_a_failing_round_and_logs_it_once(caplog: 
     failed = [r for r in caplog.records if r.getMessage() == "drift check failed"]
     assert [r.exc_info[0] for r in failed if r.exc_info] == [ValueError, KeyError]  # not three ValueErrors
     assert [r.getMessage() for r in caplog.records].count("drift check works again") == 2
+
+
+def test_reset_needs_the_full_streak_again_and_sent_counts_each() -> None:
+    """Found by mutating ``reset`` / ``sent``: after a failed correction the caller resets, and
+    the next order needs ``consecutive`` identical diffs again; every sent order is counted."""
+    dc = check(consecutive=3)
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    dc.reset()
+    assert dc.streak == 0
+    assert dc.observe(D("0"), D("0.02"), quiet=True) is None and dc.streak == 1
+    assert dc.observe(D("0"), D("0.02"), quiet=True) is None
+    assert dc.observe(D("0"), D("0.02"), quiet=True) is not None
+    dc.sent()
+    dc.sent()
+    assert dc.corrections == 2

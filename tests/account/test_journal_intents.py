@@ -99,3 +99,15 @@ def test_compact_drops_old_closed_intents_but_never_open_ones(tmp_path: Path) ->
         assert j.intent_outcome(old_closed.intent_id) is None
         assert j.intent_outcome(fresh_closed.intent_id) == (IntentState.FAILED, None)
         assert j.open_intents() == [old_open]  # its outcome is still unknown: only a lookup may close it
+
+
+def test_an_intent_closed_with_an_acceptance_id_keeps_it(tmp_path: Path) -> None:
+    """Found by mutating ``close_intent``: an outcome closed without an order row keeps the
+    acceptance id it was given (what a restart's lookup found)."""
+    intent = OrderIntent.new(P, "BUY", 0.01, 100.0)
+    with Journal(tmp_path / "j.db") as j:
+        j.record_intent(intent)
+        j.close_intent(intent.intent_id, IntentState.UNKNOWN, ACC)
+    with Journal(tmp_path / "j.db") as j:
+        assert j.intent_outcome(intent.intent_id) == (IntentState.UNKNOWN, ACC)
+        assert j.open_intents() == []
