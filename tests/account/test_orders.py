@@ -367,3 +367,16 @@ def test_random_orders_with_lost_early_late_duplicate_and_foreign_events() -> No
     net = sum(Decimal(repr(e["size"])) * (1 if e["side"] == "BUY" else -1)
               for e in account_execs if e["child_order_acceptance_id"] in mine)
     assert pos.exact_size == net
+
+
+def test_known_ids_are_exactly_the_open_and_done_orders() -> None:
+    """Found by mutating ``_KnownIds``: the REST client's lost-reply lookup skips these ids, so a
+    wrong member would hide the lost order itself (or let another order of this bot pass for it)."""
+    t = OrderTracker(P)
+    placed(t, "JRF20260923-033127-000001")
+    placed(t, "JRF20260923-033127-000002")
+    t.apply_event(simple_ev("JRF20260923-033127-000002", "CANCEL"))
+    known = t.known_ids()
+    assert "JRF20260923-033127-000001" in known and "JRF20260923-033127-000002" in known
+    assert "JRF20260923-033127-000003" not in known  # the lost order: never excluded
+    assert len(known) == 2 and sorted(known) == ["JRF20260923-033127-000001", "JRF20260923-033127-000002"]
