@@ -137,3 +137,11 @@ def test_reset_needs_the_full_streak_again_and_sent_counts_each() -> None:
     dc.sent()
     dc.sent()
     assert dc.corrections == 2
+
+
+def test_a_diff_of_exactly_the_minimum_size_is_corrected() -> None:
+    """Found by mutating ``observe``'s bounds: the minimum order size itself is a drift, and the
+    correction of that size goes out (< not <=)."""
+    dc = check(consecutive=2)
+    assert dc.observe(D("0"), D("-0.001"), quiet=True) is None
+    assert dc.observe(D("0"), D("-0.001"), quiet=True) == Correction("BUY", D("0.001"), D("-0.001"))
