@@ -67,7 +67,7 @@ def _only_judging(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _config() -> str:
+def _config(tests: list[str]) -> str:
     def arr(xs: list[str]) -> str:
         return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
 
@@ -75,15 +75,15 @@ def _config() -> str:
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f"only_mutate = {arr(MODULES)}\n"
-        f"pytest_add_cli_args_test_selection = {arr(TESTS)}\n"
+        f"pytest_add_cli_args_test_selection = {arr(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "--durations=0", "-x"]\n'
     )
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, tests: list[str]) -> None:
     for d in ("src", "tests"):
         shutil.copytree(ROOT / d, work / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + _config())
+    (work / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + _config(tests))
     _only_judging(work / "src/bfsx/posserver/server.py")
 
 
@@ -102,20 +102,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=3000.0, help="seconds at most for the run")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--tests", help="comma-separated test paths instead of the default selection")
     ap.add_argument("names", nargs="*", help="mutant name patterns, run in this order (default: all), "
                     "e.g. 'bfsx.account.drift.*'")
     args = ap.parse_args(argv)
     cmd = _mutmut()
+    tests = args.tests.split(",") if args.tests else TESTS
     tmp = None
     if args.keep:
         work = args.keep
         if not (work / "pyproject.toml").exists():
             work.mkdir(parents=True, exist_ok=True)
-            prepare(work)
+            prepare(work, tests)
     else:
         tmp = tempfile.TemporaryDirectory(prefix="bfsx-mutation-")
         work = Path(tmp.name)
-        prepare(work)
+        prepare(work, tests)
     started = time.monotonic()
     ended = "complete"
     for names in [[n] for n in args.names] or [[]]:
