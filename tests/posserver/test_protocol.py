@@ -45,6 +45,8 @@ def test_all_message_types_round_trip() -> None:
         p.StatusQuery(client="tool"),
         p.StatusReply(re=9, status={"bots": [{"id": "x"}], "markets": []}),
         _report(budget=None),
+        _report(final=True),  # a clean stop's last report: the flag must survive the wire
+        p.BudgetReply(re=8, remaining=0, advice="pause", bots=0, budget=None),
     ]
     for m in msgs:
         assert p.decode(s.encode(m), "", max_size=p.MAX_REPLY) == m
