@@ -207,3 +207,24 @@ async def test_no_judging_within_the_startup_grace(
     await wait_for(lambda: _net(sim) == 0, timeout=30, what="corrected after the grace")
     assert server.counters["corrections"] == 1
     await a.close()
+
+
+async def test_the_last_gate_sends_only_a_finite_size_within_the_cap(server_factory: Any, fast_config: Any) -> None:
+    """Found by mutating ``_correct``: whatever reaches it, only a size in (0, adjust_max_size]
+    is sent. Nothing listens at the endpoint, so a size that passes the gate fails to send
+    (``correction_errors``), one that does not is refused before any request
+    (``corrections_refused``)."""
+    server: PosServer = await server_factory(fast_config(adjust_max_size=0.1))
+    zero = Decimal(0)
+    for size in ("0.2", "0.1000001", "0", "-0.01", "NaN", "Infinity"):
+        before = dict(server.counters)
+        done = await server._correct(FX, "BUY", Decimal(size), zero, zero, zero, zero)
+        assert "refused" in done, size
+        assert server.counters["corrections_refused"] == before.get("corrections_refused", 0) + 1, size
+        assert server.counters["correction_errors"] == before.get("correction_errors", 0), size
+    for size in ("0.1", "0.001"):  # at the cap and below: it goes out (and fails: nobody listens)
+        before = dict(server.counters)
+        done = await server._correct(FX, "BUY", Decimal(size), zero, zero, zero, zero)
+        assert server.counters["correction_errors"] == before.get("correction_errors", 0) + 1, (size, done)
+        assert server.counters["corrections_refused"] == before.get("corrections_refused", 0), size
+    assert server.counters["corrections"] == 0
