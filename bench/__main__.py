@@ -2,12 +2,14 @@
 
 Each module ``bench/<name>.py`` (other than this one and ``__init__``) is imported and its
 ``main()`` called with default settings; results are printed as each finishes. A failing bench is
-reported and the others still run; the exit status is non-zero if any failed.
+reported and the others still run; the exit status is non-zero if any failed. ``BFSX_BENCH_SUITE=1``
+is set for them: a long bench (``chaos``, 30 min alone) then defaults to a short run.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown bench {', '.join(unknown)}; available: {', '.join(names)}", file=sys.stderr)
         return 2
     failed: list[str] = []
+    os.environ.setdefault("BFSX_BENCH_SUITE", "1")  # long benches (chaos) take a short default run here
     for name in wanted or names:
         print(f"\n=== bench {name} ===", flush=True)
         started = time.monotonic()
