@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from bfsx.net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("matplotlib", "PIL", "influxdb")
 
@@ -48,19 +50,11 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(runs: int, src: Path | None) -> dict[str, float]:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
-    port = _free_port()
+    port = free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "bfsx.cli", "sim", "--port", str(port), "--quiet"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

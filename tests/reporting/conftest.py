@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,13 +18,8 @@ import orjson
 import pytest
 from aiohttp import BodyPartReader, web
 
+from bfsx.net import free_port
 from real_components import missing
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class InfluxServer:

@@ -131,10 +131,10 @@ class OrderDesk:
         max_pos = cfg.max_position if cfg.max_position is not None else self._min_size * 1000
         # The open orders on the side this one grows count as if filled: several resting orders
         # together must not be able to exceed the limit.
-        grows = self.position.size + self.tracker.outstanding("BUY") + size if side == "BUY" else (
-            -self.position.size + self.tracker.outstanding("SELL") + size)
+        pos = self.position.size
+        grows = (pos if side == "BUY" else -pos) + self.tracker.outstanding(side) + size
         if grows > max_pos + 1e-9:
-            return f"max_position {max_pos:g} (position {self.position.size:+g} with open {side} orders)"
+            return f"max_position {max_pos:g} (position {pos:+g} with open {side} orders)"
         ref = self.reference_price()
         if ref is None:
             return "market price unknown (no book or prints yet): nothing to check the order against"
