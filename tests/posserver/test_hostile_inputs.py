@@ -515,7 +515,10 @@ async def test_a_second_live_sender_of_a_bot_id_is_refused(server_factory: Facto
 
     caplog.set_level(logging.ERROR, logger="bfsx.posserver")
     # Evicts after 4 s of silence: room for a loaded machine's scheduling before the first "goes silent".
-    s = await server_factory(fast_config(pos_server_evict_after=4.0), startup_grace=0.0)
+    # Heartbeat assumed 1 s: a same-host twin silent 3 s would count as a restart, far above the
+    # fake bots' 0.2 s heartbeat even on a loaded machine.
+    s = await server_factory(fast_config(pos_server_evict_after=4.0, pos_server_report_interval=1.0),
+                             startup_grace=0.0)
     first = await _bot_process(s.port, "twin", "0.03")
     second: asyncio.subprocess.Process | None = None
     try:
@@ -535,7 +538,7 @@ async def test_a_second_live_sender_of_a_bot_id_is_refused(server_factory: Facto
         out.print(Console(s, live=True).render())
         assert "DUPLICATE bot id twin" in out.export_text()
         await wait_for(lambda: "claimed by two" in s.registry.markets[FX].skip_reason, what="judging held")
-        # The first one dies (kill -9): once it is silent for the eviction time, the second takes over.
+        # The first one dies (kill -9): its pid is gone on this host, so the second takes over.
         first.kill()
         await first.wait()
         await wait_for(lambda: s.registry.bots.get("twin") is not None
@@ -560,3 +563,50 @@ async def test_a_bot_restarted_after_a_clean_stop_is_accepted_at_once(server_fac
         assert s.counters["duplicates"] == 0 and s.counters["evictions"] == 0
     finally:
         assert await _end(second) == 0
+
+
+async def test_a_bot_killed_and_restarted_at_once_is_taken_back_before_eviction(
+        server_factory: Factory, fast_config: Any, wait_for: Any) -> None:
+    # kill -9 leaves no final report; the eviction time (60 s) would hold the market unjudged that long.
+    s = await server_factory(fast_config(pos_server_evict_after=60.0, pos_server_report_interval=1.0),
+                             startup_grace=0.0)
+    first = await _bot_process(s.port, "lazarus", "0.03")
+    await wait_for(lambda: "lazarus" in s.registry.bots, what="the first run")
+    boot = s.registry.bots["lazarus"].boot
+    first.kill()
+    await first.wait()
+    second = await _bot_process(s.port, "lazarus", "0.01")
+    try:
+        await wait_for(lambda: s.registry.bots["lazarus"].position == Decimal("0.01"), what="the restarted run")
+        assert s.registry.bots["lazarus"].boot != boot and s.counters["evictions"] == 0
+        assert not s.registry.claimants
+    finally:
+        assert await _end(second) == 0
+
+
+def _report(bot: str, position: float, pid: int, boot: int) -> p.Report:
+    return p.Report(bot=bot, market=FX, position=position, base_position=0.0, profit=0.0, realized=0.0, pid=pid,
+                    header=p.Header(p.MsgType.REPORT, boot, 1, time.time()))
+
+
+def test_a_new_boot_is_a_restart_only_from_the_same_host_after_missed_heartbeats() -> None:
+    from bfsx.posserver.registry import Registry
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(done.stdout)  # exited: its pid is gone (not reused within this test)
+    live_pid = os.getpid()
+    kw = {"silent_after": 60.0, "restart_after": 3.0}
+    for holder_pid, host, silent, want in [
+        (live_pid, "10.0.0.5", 1.0, "duplicate"),   # a twin that may still be alive: refused
+        (live_pid, "10.0.0.5", 3.0, "changed"),     # three heartbeats missed from the same host: a restart
+        (live_pid, "10.0.0.6", 59.0, "duplicate"),  # another host: a configuration error, held until eviction
+        (live_pid, "127.0.0.1", 1.5, "duplicate"),  # same host, pid alive: wait for the silence
+        (dead_pid, "127.0.0.1", 1.5, "changed"),    # same host, pid gone: proof after one heartbeat
+        (dead_pid, "127.0.0.1", 0.5, "duplicate"),  # ... but not before one heartbeat is missed
+    ]:
+        r = Registry()
+        assert r.apply(_report("b", 0.03, holder_pid, 11), "10.0.0.5:4000" if host != "127.0.0.1"
+                       else "127.0.0.1:4000", now=100.0, **kw) == "new"
+        got = r.apply(_report("b", 0.01, 4242, 12), f"{host}:4001", now=100.0 + silent, **kw)
+        assert got == want, (holder_pid == dead_pid, host, silent, got)
+        assert r.bots["b"].position == (Decimal("0.01") if want == "changed" else Decimal("0.03"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -119,6 +120,32 @@ def _valid(report: Report) -> bool:
             and abs(report.profit) < MAX_PROFIT and abs(report.realized) < MAX_PROFIT)
 
 
+def _host(addr: str) -> str:
+    return addr.rpartition(":")[0] if ":" in addr else addr
+
+
+def _restarted(holder: BotState, report: Report, addr: str, silent_s: float, restart_after: float) -> bool:
+    """A new boot of ``holder``'s id from the same host, with the holder silent long enough to be gone.
+
+    Same host only: a second machine with the same id is a configuration error, not a restart, and
+    stays refused. A live twin on the same host keeps heartbeating, so it is never silent this long.
+    """
+    host = _host(addr)
+    if not host or host != _host(holder.addr) or silent_s < restart_after / 3:
+        return False
+    if silent_s >= restart_after:
+        return True
+    # On the server's host the holder's pid can be asked: gone (and not reused by the new boot) is proof.
+    if (host.startswith("127.") or host == "::1") and holder.pid > 0 and holder.pid != report.pid:
+        try:
+            os.kill(holder.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive under another user, or not ours to ask
+            return False
+    return False
+
+
 class Registry:
     """Bots by id and markets by code. Bounded: at most ``max_bots`` bots and claimants at once,
     one market per known product (unknown codes are refused)."""
@@ -133,12 +160,16 @@ class Registry:
 
     # ------------------------------------------------------------------ reports
     def apply(self, report: Report, addr: str = "", now: float | None = None,
-              silent_after: float = math.inf) -> Applied:
+              silent_after: float = math.inf, restart_after: float = math.inf) -> Applied:
         """Take a verified report as the bot's new state (see :data:`Applied` for the refusals).
 
         ``silent_after``: a holder of the bot id silent this long (the eviction time) is gone, so
         a report from another boot is a restart; sooner, it is a second live sender and refused
-        (unless the holder's last report said it was stopping)."""
+        (unless the holder's last report said it was stopping). ``restart_after`` (a few missed
+        heartbeats) shortens that for a new boot from the holder's own host: a bot killed and
+        restarted at once (kill -9, OOM, a crash) is taken back within seconds instead of holding
+        its market unjudged for the eviction time. On the server's own host a holder whose pid is
+        gone is a restart after one missed heartbeat's worth of ``restart_after``'s silence."""
         t = time.monotonic() if now is None else now
         if not _valid(report):
             return "refused"
@@ -163,7 +194,8 @@ class Registry:
             log.info("bot %s joined %s with position %s (pid %d, %s)", report.bot, report.market, pos, report.pid, addr)
             return "new"
         if bot.boot != boot and bot.boot and boot:
-            if not bot.final and t - bot.last_seen < silent_after:
+            if not bot.final and t - bot.last_seen < silent_after and not _restarted(bot, report, addr, t - bot.last_seen,
+                                                                                     restart_after):
                 self._claim(report, boot, addr, t)
                 return "duplicate"
             log.info("bot %s restarted (pid %d → %d)", report.bot, bot.pid, report.pid)

@@ -240,6 +240,12 @@ class PosServer:
         return 2 * self.config.pos_server_report_interval + 1.0
 
     @property
+    def restart_after(self) -> float:
+        """Silence (3 missed heartbeats, at most the eviction time) after which a new boot of a bot id
+        from the holder's own host is a restart rather than a second live sender."""
+        return min(self.config.pos_server_evict_after, 3 * self.config.pos_server_report_interval)
+
+    @property
     def orphan_grace(self) -> float:
         """How long a market without bots is still checked (and corrected) before it retires: time
         for an evicted bot's position to be judged ``consecutive`` times, twice over."""
@@ -406,7 +412,8 @@ class PosServer:
             self._bad(e, addr)
             return
         where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        applied = self.registry.apply(msg, where, silent_after=self.config.pos_server_evict_after)
+        applied = self.registry.apply(msg, where, silent_after=self.config.pos_server_evict_after,
+                                      restart_after=self.restart_after)
         if applied == "refused":  # a report built in code with what the decoder refuses off the wire
             self._bad(p.ProtocolError("malformed", f"market {msg.market!r} or a number out of bounds", msg.bot), addr)
             return
@@ -421,9 +428,10 @@ class PosServer:
             holder = self.registry.bots[msg.bot]
             if self._first_time("duplicate", msg.bot, str(boot)):
                 log.error("bot id %s is already held by a live sender (boot %d, pid %d, %s): reports of a second "
-                          "sender (boot %d, pid %d, %s) are refused until the first is silent for %.3g s; give each "
-                          "bot its own bot_name. Judging of %s is held meanwhile", msg.bot, holder.boot, holder.pid,
-                          holder.addr, boot, msg.pid, where, self.config.pos_server_evict_after, msg.market)
+                          "sender (boot %d, pid %d, %s) are refused until the first is silent for %.3g s (%.3g s from the "
+                          "same host); give each bot its own bot_name. Judging of %s is held meanwhile", msg.bot,
+                          holder.boot, holder.pid, holder.addr, boot, msg.pid, where,
+                          self.config.pos_server_evict_after, self.restart_after, msg.market)
         elif applied == "market_cap":
             self.counters["market_cap"] += 1
             if self._first_time("market_cap", msg.bot):
