@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--config", default=None, help="sim.yaml: accounts, products, market, limits")
     s.add_argument("--quiet", action="store_true", help="no live market line")
+    s.add_argument("--upstream", default=None, metavar="WS_URL",
+                   help="paper trading: build the market from this bitFlyer-format realtime feed")
+    s.add_argument("--replay", nargs="+", default=None, metavar="FILE",
+                   help="paper trading on a `bfsx record` recording (files or product folders)")
+    s.add_argument("--speed", type=float, default=None, metavar="X", help="--replay speed (1 = real time)")
 
     r = sub.add_parser("record", help="record the public feed: bfsx record [TRADE_YAML] [--products P ...] [--out DIR]")
     r.add_argument("config", nargs="?", default=None, metavar="TRADE_YAML",
@@ -60,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sim":
             from bfsx.sim.server import run_sim
 
-            return run_sim(host=args.host, port=args.port, seed=args.seed, config=args.config, quiet=args.quiet)
+            return run_sim(host=args.host, port=args.port, seed=args.seed, config=args.config, quiet=args.quiet,
+                           upstream=args.upstream, replay=args.replay, speed=args.speed)
         if args.command == "trade":
             from bfsx.bot.runtime import run_trade
 

@@ -121,6 +121,21 @@ class MarginConfig(_Strict):
         return self
 
 
+class UpstreamConfig(_Strict):
+    """``bfsx sim --upstream`` / ``--replay``: how the simulator follows another market's feed
+    (docs/simulator.md#paper-trading-on-a-live-feed)."""
+
+    backoff_s: float = Field(default=0.5, gt=0, le=60, description="first reconnect delay, doubled per failure")
+    backoff_max_s: float = Field(default=10.0, gt=0, le=600, description="longest reconnect delay")
+    silence_s: float = Field(
+        default=10.0, ge=0, description="a product's board diffs silent this long: reconnect (0 = never)"
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=120, description="seconds to open the upstream socket")
+    max_frame_bytes: int = Field(
+        default=8 << 20, ge=1024, le=64 << 20, description="a larger upstream frame drops the connection"
+    )
+
+
 class SimConfig(_Strict):
     """Top-level simulator config (the whole of sim.yaml)."""
 
@@ -130,6 +145,7 @@ class SimConfig(_Strict):
     market: MarketConfig = Field(default_factory=MarketConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     margin: MarginConfig = Field(default_factory=MarginConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     spot_commission_rate: float = Field(default=0.0015, ge=0, lt=0.1, description="spot fee, charged in BTC")
     minute_seconds: float = Field(default=60.0, gt=0, description="length of one minute_to_expire minute")
     order_delay_ms: float = Field(default=0.0, ge=0, description="acceptance -> placement delay")

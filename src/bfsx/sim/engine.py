@@ -206,6 +206,59 @@ class Engine:
             if not lvl.orders:
                 del opp[price]
 
+    # ------------------------------------------------------------------ trades made elsewhere (sim.upstream)
+    def external_execution(
+        self,
+        product: str,
+        side: int,
+        price: int,
+        size: int,
+        when: datetime,
+        buy_acceptance_id: str,
+        sell_acceptance_id: str,
+        exec_id: int = 0,
+    ) -> int:
+        """Record a trade another market printed (``bfsx sim --upstream``): public history, last
+        price, volume and the batched public executions; no account changes. ``exec_id`` is kept
+        when it is above every id given out so far, else the next id is used, so ids stay unique
+        and rising however the upstream's ids and the users' fills interleave. Returns the id."""
+        mkt = self.markets[product]
+        xid = exec_id if exec_id > self.last_exec_id else self.last_exec_id + 1
+        self.last_exec_id = xid
+        mkt.history.append((xid, side, price, size, when, buy_acceptance_id, sell_acceptance_id))
+        mkt.ltp = price
+        mkt.volume += size
+        if mkt.spec.is_fx:
+            self._margin_dirty = True  # the mark moved
+        self._pub.setdefault(product, []).append(
+            {
+                "id": xid,
+                "side": SIDE_NAME.get(side, ""),
+                "price": float(price),
+                "size": btc(size),
+                "exec_date": timestamps.ws(when),
+                "buy_child_order_acceptance_id": buy_acceptance_id,
+                "sell_child_order_acceptance_id": sell_acceptance_id,
+            }
+        )
+        return xid
+
+    def fill_resting(self, order: Order, size: int, when: datetime) -> None:
+        """Fill ``size`` of a user's resting ``order`` at its own price against a taker that traded
+        elsewhere (an upstream print reached it): the book shrinks, the account and the public and
+        private batches change as for any maker fill. The caller flushes."""
+        mkt = self.markets[order.product]
+        book = mkt.book
+        size = min(size, order.remaining)
+        if size <= 0 or not order.resting:
+            return
+        book.shrink(order, size)
+        if order.remaining == 0:
+            book.remove(order)
+        taker = self.new_synthetic(order.product, -order.side, order.price, size, when)
+        taker.remaining = 0
+        self._trade(mkt, taker, order, order.price, size, when)
+
     def fillable(self, side: int, product: str, limit: int | None, size: int) -> int:
         """How much of ``size`` the opposite side could fill now, up to ``limit``."""
         book = self.markets[product].book

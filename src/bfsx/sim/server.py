@@ -15,8 +15,9 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -38,6 +39,8 @@ from bfsx.sim.flow import SyntheticFlow
 from bfsx.sim.live import LiveView
 from bfsx.sim.model import SAT, Account, EngineError, Order, btc
 from bfsx.sim.ratelimit import RateLimiter
+from bfsx.sim.replay import ReplayFeed, check_paths, check_speed
+from bfsx.sim.upstream import UpstreamFeed, UpstreamMarket, check_upstream_url
 
 JSON = "application/json"
 _MAX_COUNT = 1000
@@ -102,9 +105,22 @@ class SimServer:
 
         async with SimServer(SimConfig.fast()) as sim:
             sim.url, sim.ws_url, sim.engine, await sim.set_faults(latency_ms=100), sim.state()
+
+    ``upstream`` (a bitFlyer-format realtime URL) or ``replay`` (recording files or product folders,
+    at ``speed`` times real time) replace the synthetic market by another market's feed
+    (:mod:`bfsx.sim.upstream`); :attr:`upstream_market` is then its state, :attr:`flow` None.
     """
 
-    def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        upstream: str | None = None,
+        replay: Sequence[str | Path] | None = None,
+        speed: float = 1.0,
+    ) -> None:
         cfg = config if config is not None else SimConfig()
         if cfg.seed is None:
             cfg = cfg.model_copy(update={"seed": random.SystemRandom().randrange(1, 2**31)})
@@ -115,7 +131,19 @@ class SimServer:
         self.active_faults = Faults()
         self.engine = Engine(cfg, self.active_faults)
         self.engine.listener = self
-        self.flow = SyntheticFlow(self.engine, cfg.market, self.seed)
+        self.flow: SyntheticFlow | None = None
+        self.upstream_market: UpstreamMarket | None = None
+        self.feed: UpstreamFeed | ReplayFeed | None = None
+        if upstream is not None or replay is not None:
+            # the market is another one's: no synthetic flow, nothing shown until its first snapshot
+            self.upstream_market = UpstreamMarket(self.engine, on_book=self._publish_diff)
+            if upstream is not None:
+                self.feed = UpstreamFeed(self.upstream_market, upstream, cfg.upstream)
+            else:
+                assert replay is not None
+                self.feed = ReplayFeed(self.upstream_market, [Path(p) for p in replay], speed)
+        else:
+            self.flow = SyntheticFlow(self.engine, cfg.market, self.seed)
         self.limiter = RateLimiter(cfg.limits, api_keys=self.engine.accounts)
         self._fault_rng = random.Random(self.seed ^ 0x5EED5EED)
         self._subs: dict[str, set[_Client]] = {}
@@ -161,9 +189,13 @@ class SimServer:
             asyncio.create_task(self._every(m.snapshot_interval, self._snapshots), name="sim-snapshots"),
             asyncio.create_task(self._every(m.ticker_interval, self._tickers), name="sim-ticker"),
         ]
+        if self.feed is not None:
+            await self.feed.start()
 
     async def stop(self) -> None:
-        """Stop the clock, close every realtime connection (1001) and the listener."""
+        """Stop the clock and the upstream feed, close every realtime connection (1001) and the listener."""
+        if self.feed is not None:
+            await self.feed.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -236,7 +268,18 @@ class SimServer:
         st["faults"] = self.active_faults.as_dict()
         st["seed"] = self.seed
         st["websockets"] = len(self._clients)
-        st["flow_steps"] = self.flow.steps
+        st["flow_steps"] = self.flow.steps if self.flow is not None else 0
+        up = self.upstream_market
+        if up is not None:
+            st["upstream"] = {
+                "connected": up.connected,
+                "known": {code: p.known for code, p in up.products.items()},
+                "reasons": {code: p.reason for code, p in up.products.items() if not p.known},
+                "frames": up.frames,
+                "rejected": up.rejected,
+                "losses": up.losses,
+                "fills": up.fills,
+            }
         st["events_dropped"] = self.events_dropped
         st["sockets_dropped"] = self.sockets_dropped
         st["limits_refused"] = self.limiter.refused.as_dict()
@@ -290,14 +333,20 @@ class SimServer:
 
     # ------------------------------------------------------------------ timers
     def _tick(self) -> None:
-        self.flow.step()
+        if self.flow is not None:
+            self.flow.step()
+        else:
+            self.engine.synthetic_filled.clear()  # only the flow reads it: keep it bounded
         self.engine.expire_due()
 
     def _diffs(self) -> None:
         for code in self.engine.markets:
-            diff = views.take_diff(self.engine, code)
-            if diff is not None:
-                self._publish(channels.board(code), diff)
+            self._publish_diff(code)
+
+    def _publish_diff(self, code: str) -> None:
+        diff = views.take_diff(self.engine, code)
+        if diff is not None:
+            self._publish(channels.board(code), diff)
 
     def _snapshots(self) -> None:
         depth = self.config.market.snapshot_depth
@@ -648,12 +697,18 @@ class SimServer:
         )
 
     def _getboardstate(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        self._product(q)
+        code = self._product(q)
+        if self._unknown(code):
+            return {"health": "STOP", "state": "CLOSED"}
         return {"health": self.engine.health(), "state": self.engine.board_state()}
 
     def _gethealth(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        self._product(q)
-        return {"status": self.engine.health()}
+        code = self._product(q)
+        return {"status": "STOP" if self._unknown(code) else self.engine.health()}
+
+    def _unknown(self, code: str) -> bool:
+        """True when following an upstream whose book for ``code`` is unknown (trading is off)."""
+        return self.upstream_market is not None and not self.upstream_market.known(code)
 
     def _getfundingrate(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         self._product(q)
@@ -742,12 +797,19 @@ class SimServer:
     def _sendchildorder(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         assert acct is not None
         req = self.engine.parse_order(self._body(body))
+        if self.upstream_market is not None:
+            self.upstream_market.check_order(req.product)  # never fill on an unknown book
         # only a well-formed order counts in the small-order bucket: a refused body is not an order
         if not self.limiter.small_order(acct.api_key, btc(req.size)):
             raise EngineError(errors.OVER_LIMIT)
         order: Order = self.engine.accept(acct, req)
-        self._later(self.engine.place, order)
+        self._later(self._place, order)
         return {"child_order_acceptance_id": order.acceptance_id}
+
+    def _place(self, order: Order) -> None:
+        self.engine.place(order)
+        if self.upstream_market is not None:
+            self.upstream_market.on_placed(order)  # its queue position behind the upstream's volume
 
     def _cancelchildorder(
         self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None
@@ -771,9 +833,10 @@ class SimServer:
 
 
 # ---------------------------------------------------------------------- the `bfsx sim` command
-async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
-
-    sim = SimServer(cfg, host, port)
+async def _serve(
+    cfg: SimConfig, host: str, port: int, quiet: bool, upstream: str | None, replay: list[Path] | None, speed: float
+) -> int:
+    sim = SimServer(cfg, host, port, upstream=upstream, replay=replay, speed=speed)
     try:
         await sim.start()
     except OSError as e:
@@ -781,6 +844,10 @@ async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
     print(f"REST {sim.url}  realtime {sim.ws_url}", flush=True)
     keys = ", ".join(sim.engine.accounts)
     print(f"seed {sim.seed}  products {', '.join(sim.engine.markets)}  accounts {keys}", flush=True)
+    if upstream is not None:
+        print(f"market: paper trading on {upstream} (no synthetic flow)", flush=True)
+    elif replay is not None:
+        print(f"market: replaying {', '.join(map(str, replay))} at {speed:g}x (no synthetic flow)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -804,7 +871,28 @@ async def _serve(cfg: SimConfig, host: str, port: int, quiet: bool) -> int:
     return 0
 
 
-def run_sim(host: str, port: int, seed: int | None, config: str | None, quiet: bool) -> int:
-    """``bfsx sim``: serve until SIGINT/SIGTERM (exit 0). Bad config raises ``UserError`` (exit 2)."""
+def run_sim(
+    host: str,
+    port: int,
+    seed: int | None,
+    config: str | None,
+    quiet: bool,
+    *,
+    upstream: str | None = None,
+    replay: Sequence[str] | None = None,
+    speed: float | None = None,
+) -> int:
+    """``bfsx sim``: serve until SIGINT/SIGTERM (exit 0). Bad config, a bad ``--upstream`` URL, a
+    missing or unreadable ``--replay`` recording or a bad ``--speed`` raise ``UserError`` (exit 2)."""
+    if upstream is not None and replay:
+        raise UserError("--upstream and --replay cannot be used together: pick one market to follow")
+    if speed is not None and not replay:
+        raise UserError("--speed only applies to --replay")
+    if upstream is not None:
+        check_upstream_url(upstream, host, port)
+    paths: list[Path] | None = None
+    if replay:
+        check_speed(1.0 if speed is None else speed)
+        paths = check_paths(replay)
     cfg = load_sim_config(config, seed)
-    return aio.run(_serve(cfg, host, port, quiet))
+    return aio.run(_serve(cfg, host, port, quiet, upstream, paths, 1.0 if speed is None else speed))

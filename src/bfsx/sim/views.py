@@ -95,7 +95,7 @@ def public_executions(
         out.append(
             {
                 "id": xid,
-                "side": SIDE_NAME[side],
+                "side": SIDE_NAME.get(side, ""),  # "" for an upstream Itayose print
                 "price": price,
                 "size": btc(size),
                 "exec_date": timestamps.rest_ms(when),
