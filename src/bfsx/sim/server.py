@@ -278,6 +278,7 @@ class SimServer:
                 "frames": up.frames,
                 "rejected": up.rejected,
                 "losses": up.losses,
+                "prints": up.prints,
                 "fills": up.fills,
             }
         st["events_dropped"] = self.events_dropped

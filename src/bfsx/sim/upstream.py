@@ -80,7 +80,7 @@ class UpstreamMarket:
     ``on_book(product)`` is called after every change of a product's shown book (the server
     publishes the diff at once). Counters: ``frames`` (messages handled), ``rejected`` (messages
     or execution rows refused as malformed or crossed), ``losses`` (times a product became unknown),
-    ``fills`` (user fills made by upstream prints).
+    ``prints`` (upstream executions taken onto the tape), ``fills`` (user fills made by them).
     """
 
     def __init__(self, engine: Engine, on_book: BookChanged | None = None, say: Say = _stderr) -> None:
@@ -94,6 +94,7 @@ class UpstreamMarket:
         self.rejected = 0
         self.losses = 0
         self.fills = 0
+        self.prints = 0
 
     # ------------------------------------------------------------------ state
     def known(self, product: str) -> bool:
@@ -220,6 +221,7 @@ class UpstreamMarket:
                 continue
             side, price, size, xid, when, buy_id, sell_id = trade
             engine.external_execution(product, side, price, size, when, buy_id, sell_id, xid)
+            self.prints += 1
             if p.known and side:
                 self._fill_from_print(product, -side, price, size)
         engine.flush()
