@@ -383,7 +383,8 @@ def _print(row: Any) -> tuple[int, int, int, int, datetime, str, str] | None:
     if type(row) is not dict:
         return None
     side_name = row.get("side")
-    side = SIDE_OF.get(side_name, 0) if type(side_name) is str else None
+    # "" is an Itayose print (no taker side); anything else but BUY / SELL is garbage
+    side = (0 if side_name == "" else SIDE_OF.get(side_name)) if type(side_name) is str else None
     price = _number(row.get("price"))
     size = _number(row.get("size"))
     if side is None or price is None or size is None:
