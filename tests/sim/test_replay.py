@@ -58,12 +58,16 @@ async def test_a_recording_replays_its_board_and_executions_to_clients(tmp_path:
     first_known = next(i for i, f in enumerate(recorded) if f.channel == snap)
     assert prints
 
-    async with SimServer(replay_config(), replay=[tmp_path / "rec" / FX], speed=4.0) as paper:
+    paper = SimServer(replay_config(), replay=[tmp_path / "rec" / FX], speed=4.0)
+    feed, paper.feed = paper.feed, None  # the client subscribes before the first recorded frame plays
+    assert feed is not None
+    async with paper:
         sock = await WireSocket.connect(paper.ws_url)
         try:
             for ch in (channels.board_snapshot(FX), channels.board(FX), channels.executions(FX)):
                 await sock.subscribe(ch)
-            assert paper.feed is not None
+            paper.feed = feed
+            await feed.start()
             await eventually(lambda: paper.feed is not None and paper.feed.done.is_set(), what="the replay ends")
 
             def withdrawn() -> bool:  # the last frame the replay sends: every level gone

@@ -227,3 +227,19 @@ async def test_a_huge_frame_drops_the_connection_and_it_comes_back(
     await eventually(lambda: channels.board_snapshot(FX) in scripted.subscribed, what="subscribed again")
     await known(paper, scripted)
     assert len(paper.engine.markets[FX].book.bids) == 2
+
+
+async def test_a_silent_upstream_makes_the_book_unknown_then_reconnects(scripted: ScriptedUpstream) -> None:
+    cfg = SimConfig.fast(products=[FX], upstream={"backoff_s": 0.05, "backoff_max_s": 0.2, "silence_s": 0.2})
+    async with SimServer(cfg, upstream=scripted.ws_url) as paper:
+        up = paper.upstream_market
+        assert up is not None
+        said: list[str] = []
+        up.say = said.append
+        await eventually(lambda: channels.board_snapshot(FX) in scripted.subscribed, what="subscribed")
+        await known(paper, scripted)
+        # the socket stays open, nothing more comes: stale is not known
+        await eventually(lambda: not up.known(FX), what="the book unknown")
+        assert any("no board message from the upstream for 0.2 s" in line for line in said), said
+        await eventually(lambda: scripted.connections >= 2, what="the reconnection")
+        assert any("upstream silent for 0.2 s: reconnecting" in line for line in said), said

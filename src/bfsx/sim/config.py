@@ -128,7 +128,8 @@ class UpstreamConfig(_Strict):
     backoff_s: float = Field(default=0.5, gt=0, le=60, description="first reconnect delay, doubled per failure")
     backoff_max_s: float = Field(default=10.0, gt=0, le=600, description="longest reconnect delay")
     silence_s: float = Field(
-        default=10.0, ge=0, description="a product's board diffs silent this long: reconnect (0 = never)"
+        default=10.0, ge=0, description="no board message for a product this long: it is unknown until its next "
+        "snapshot; no message at all: reconnect (0 = never)"
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=120, description="seconds to open the upstream socket")
     max_frame_bytes: int = Field(

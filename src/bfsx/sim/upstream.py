@@ -26,6 +26,8 @@ queue at its price (its real position during the gap cannot be known).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -63,7 +65,7 @@ def _stderr(line: str) -> None:
 class _Product:
     """One product's upstream state: the mirror, the shown quotes, what users took, known or not."""
 
-    __slots__ = ("known", "mirror", "quotes", "reason", "taken")
+    __slots__ = ("board_frames", "known", "mirror", "quotes", "reason", "taken")
 
     def __init__(self) -> None:
         self.mirror = OrderBook()
@@ -72,6 +74,7 @@ class _Product:
         self.taken: dict[int, dict[int, int]] = {BUY: {}, SELL: {}}  # sats users took from a level
         self.known = False
         self.reason = "no snapshot yet"
+        self.board_frames = 0  # snapshots and diffs received: the feed's watchdog reads it
 
 
 class UpstreamMarket:
@@ -154,6 +157,7 @@ class UpstreamMarket:
         """A ``lightning_board_snapshot_`` message: the whole book again (or unknown when bad)."""
         self.frames += 1
         p = self.products[product]
+        p.board_frames += 1
         was_known = p.known
         if not p.mirror.apply_snapshot(msg):
             self._reject(product, "a malformed board snapshot")
@@ -167,6 +171,8 @@ class UpstreamMarket:
         for side in (BUY, SELL):
             for price in [q for q in p.quotes[side] if q not in wanted[side]]:
                 self._set_level(mkt, p, side, price, 0, when)
+            for price in [q for q in p.taken[side] if q not in wanted[side]]:
+                del p.taken[side][price]  # the level went away: what users took from it is forgotten
             for price, sats in wanted[side].items():
                 self._set_level(mkt, p, side, price, sats, when)
         p.known = True
@@ -179,6 +185,7 @@ class UpstreamMarket:
         """A ``lightning_board_`` diff: the levels it names, then the stale ones beyond its mid."""
         self.frames += 1
         p = self.products[product]
+        p.board_frames += 1
         if not p.known:
             return  # diffs before the first snapshot (or after a loss) say nothing about the rest
         if not p.mirror.apply_diff(msg):
@@ -441,10 +448,10 @@ class UpstreamFeed:
     def __init__(self, market: UpstreamMarket, ws_url: str, cfg: UpstreamConfig) -> None:
         self.market = market
         self.ws_url = ws_url
-        watch = {channels.board(code): cfg.silence_s for code in market.products} if cfg.silence_s > 0 else None
+        self.silence_s = cfg.silence_s
+        self._watchdog: asyncio.Task[None] | None = None
         self.client = RealtimeClient(
             ws_url,
-            silence_timeout=watch,
             backoff=(cfg.backoff_s, max(cfg.backoff_s, cfg.backoff_max_s)),
             connect_timeout=cfg.connect_timeout_s,
             reply_timeout=cfg.connect_timeout_s,
@@ -464,6 +471,29 @@ class UpstreamFeed:
 
     async def start(self) -> None:
         await self.client.start()
+        if self.silence_s > 0:
+            self._watchdog = asyncio.create_task(self._watch(), name="sim-upstream-watchdog")
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         await self.client.close()
+
+    async def _watch(self) -> None:
+        """Per product, no board message for ``silence_s`` makes it unknown (a product the upstream
+        does not serve never disturbs the others); no message at all on the socket reconnects."""
+        seen = {code: -1 for code in self.market.products}
+        frames = -1
+        while True:
+            await asyncio.sleep(self.silence_s)
+            for code, p in self.market.products.items():
+                if p.board_frames == seen[code] and p.known:
+                    self.market.lose(f"no board message from the upstream for {self.silence_s:g} s", code)
+                seen[code] = p.board_frames
+            if self.client.frames == frames and self.client.connected.is_set():
+                self.market.say(f"upstream silent for {self.silence_s:g} s: reconnecting")
+                await self.client.reconnect()
+            frames = self.client.frames
