@@ -153,3 +153,4 @@ async def test_a_replayed_print_through_a_resting_order_fills_it(tmp_path: Path)
         tape = (await me.get(endpoints.GET_EXECUTIONS, product_code=FX, count=100)).data
         assert [t["id"] for t in tape if t["id"] in range(100, 105)] == []  # below the simulator's own ids
         assert len(tape) == len(through) + len(fills)
+        assert {t["exec_date"] for t in tape if t["price"] == 9_999_800} == {"2026-05-28T20:26:41.123"}

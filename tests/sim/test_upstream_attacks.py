@@ -243,3 +243,30 @@ async def test_a_silent_upstream_makes_the_book_unknown_then_reconnects(scripted
         assert any("no board message from the upstream for 0.2 s" in line for line in said), said
         await eventually(lambda: scripted.connections >= 2, what="the reconnection")
         assert any("upstream silent for 0.2 s: reconnecting" in line for line in said), said
+
+
+async def test_the_queue_ahead_shrinks_with_the_level_and_never_grows(
+    paper: SimServer, scripted: ScriptedUpstream, me: WireClient
+) -> None:
+    up = paper.upstream_market
+    assert up is not None
+    await known(paper, scripted)
+    acc = await me.order(FX, "BUY", 0.01, 9_999_900)  # 1.0 BTC ahead of it
+    await eventually(lambda: paper.engine.accounts["demo-key-1"].active, what="the paper bid rests")
+    # cancellations take the level to 0.3 (they may have been ahead), then it grows back to 2.0 (behind)
+    for size in (0.3, 2.0):
+        await scripted.send(channels.board(FX), {"mid_price": 10_000_000.0,
+                                                 "bids": [{"price": 9_999_900.0, "size": size}], "asks": []})
+    await eventually(lambda: up.products[FX].mirror.size_at("bids", 9_999_900.0) == 2.0, what="the diffs")
+
+    async def executed() -> float:
+        rows = (await me.get(endpoints.GET_CHILD_ORDERS, product_code=FX, child_order_acceptance_id=acc)).data
+        size: float = rows[0]["executed_size"]
+        return size
+
+    await scripted.send(channels.executions(FX), [{"side": "SELL", "price": 9_999_900.0, "size": 0.305, "id": 20}])
+    await eventually(lambda: up.fills == 1, what="the first fill")
+    assert await executed() == 0.005  # 0.3 ahead, not 1.0 nor 2.0
+    await scripted.send(channels.executions(FX), [{"side": "SELL", "price": 9_999_900.0, "size": 0.5, "id": 21}])
+    await eventually(lambda: up.fills == 2, what="the second fill")
+    assert await executed() == 0.01

@@ -217,11 +217,13 @@ class Engine:
         buy_acceptance_id: str,
         sell_acceptance_id: str,
         exec_id: int = 0,
+        exec_date: str = "",
     ) -> int:
         """Record a trade another market printed (``bfsx sim --upstream``): public history, last
         price, volume and the batched public executions; no account changes. ``exec_id`` is kept
         when it is above every id given out so far, else the next id is used, so ids stay unique
-        and rising however the upstream's ids and the users' fills interleave. Returns the id."""
+        and rising however the upstream's ids and the users' fills interleave; ``exec_date``, when
+        given, is the realtime row's stamp as the upstream wrote it (7 digits kept). Returns the id."""
         mkt = self.markets[product]
         xid = exec_id if exec_id > self.last_exec_id else self.last_exec_id + 1
         self.last_exec_id = xid
@@ -236,7 +238,7 @@ class Engine:
                 "side": SIDE_NAME.get(side, ""),
                 "price": float(price),
                 "size": btc(size),
-                "exec_date": timestamps.ws(when),
+                "exec_date": exec_date or timestamps.ws(when),
                 "buy_child_order_acceptance_id": buy_acceptance_id,
                 "sell_child_order_acceptance_id": sell_acceptance_id,
             }

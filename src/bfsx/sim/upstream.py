@@ -226,8 +226,8 @@ class UpstreamMarket:
             if trade is None:
                 self.rejected += 1
                 continue
-            side, price, size, xid, when, buy_id, sell_id = trade
-            engine.external_execution(product, side, price, size, when, buy_id, sell_id, xid)
+            side, price, size, xid, when, stamp, buy_id, sell_id = trade
+            engine.external_execution(product, side, price, size, when, buy_id, sell_id, xid, stamp)
             self.prints += 1
             if p.known and side:
                 self._fill_from_print(product, -side, price, size)
@@ -385,8 +385,9 @@ def _number(v: Any) -> float | None:
     return None
 
 
-def _print(row: Any) -> tuple[int, int, int, int, datetime, str, str] | None:
-    """One upstream execution row as (taker side, price, sats, id, time, buy id, sell id), or None."""
+def _print(row: Any) -> tuple[int, int, int, int, datetime, str, str, str] | None:
+    """One upstream execution row as (taker side, price, sats, id, time, its stamp when it parsed,
+    buy id, sell id), or None."""
     if type(row) is not dict:
         return None
     side_name = row.get("side")
@@ -402,7 +403,7 @@ def _print(row: Any) -> tuple[int, int, int, int, datetime, str, str] | None:
     xid = row.get("id")
     stamp = row.get("exec_date")
     when: datetime | None = None
-    if type(stamp) is str:
+    if type(stamp) is str and len(stamp) <= 40:
         try:
             when = timestamps.parse(stamp)
         except ValueError:
@@ -414,6 +415,7 @@ def _print(row: Any) -> tuple[int, int, int, int, datetime, str, str] | None:
         sats,
         xid if type(xid) is int and xid > 0 else 0,
         when or timestamps.now(),
+        stamp if when is not None and type(stamp) is str else "",
         buy if type(buy) is str else "",
         sell if type(sell) is str else "",
     )
