@@ -15,6 +15,7 @@ from bfsx.record.format import Frame
 from bfsx.record.reader import read_recordings
 from bfsx.sim.config import SimConfig
 from bfsx.sim.hooks import WireClient, WireSocket, eventually
+from bfsx.sim.replay import check_paths
 from bfsx.sim.server import SimServer
 
 FX = "FX_BTC_JPY"
@@ -131,6 +132,7 @@ async def test_a_replayed_print_through_a_resting_order_fills_it(tmp_path: Path)
     frames: list[tuple[float, str, Any]] = [(0.0, channels.board_snapshot(FX), snapshot)]
     frames += [(1.5 + 0.2 * i, channels.executions(FX), [row]) for i, row in enumerate(through)]
     folder = write_recording(tmp_path / "rec", frames)
+    assert check_paths([str(tmp_path / "rec")]) == [folder]  # `bfsx record --out rec` made rec/<PRODUCT>/
     async with SimServer(replay_config(), replay=[folder], speed=1.0) as paper, \
             WireClient(paper.url, "demo-key-1", "demo-secret-1") as me:
         up = paper.upstream_market

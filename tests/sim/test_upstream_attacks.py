@@ -270,3 +270,16 @@ async def test_the_queue_ahead_shrinks_with_the_level_and_never_grows(
     await scripted.send(channels.executions(FX), [{"side": "SELL", "price": 9_999_900.0, "size": 0.5, "id": 21}])
     await eventually(lambda: up.fills == 2, what="the second fill")
     assert await executed() == 0.01
+
+
+async def test_diffs_that_grow_the_book_without_bound_make_it_unknown(scripted: ScriptedUpstream) -> None:
+    cfg = SimConfig.fast(products=[FX], upstream={"backoff_s": 0.05, "silence_s": 0.0, "max_levels": 10})
+    async with SimServer(cfg, upstream=scripted.ws_url) as paper:
+        up = paper.upstream_market
+        assert up is not None
+        await eventually(lambda: channels.board_snapshot(FX) in scripted.subscribed, what="subscribed")
+        await known(paper, scripted)
+        far = [{"price": 9_000_000.0 - i, "size": 0.1} for i in range(7)]
+        await scripted.send(channels.board(FX), {"mid_price": 10_000_000.0, "bids": far, "asks": []})
+        await eventually(lambda: not up.known(FX), what="the book unknown")
+        assert "beyond 10 levels" in up.products[FX].reason and len(paper.engine.markets[FX].book.bids) == 0

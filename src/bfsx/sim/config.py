@@ -135,6 +135,10 @@ class UpstreamConfig(_Strict):
     max_frame_bytes: int = Field(
         default=8 << 20, ge=1024, le=64 << 20, description="a larger upstream frame drops the connection"
     )
+    max_levels: int = Field(
+        default=20_000, ge=10, le=1_000_000,
+        description="price levels (both sides) one product's upstream book may hold; beyond: unknown until a snapshot",
+    )
 
 
 class SimConfig(_Strict):

@@ -38,6 +38,10 @@ class LiveView:
             b = mkt.book
             parts.append(f"{code} {_fmt(b.touch(1))}/{_fmt(b.touch(-1))} last {_fmt(mkt.ltp)}")
         state = self.sim.engine.board_state()
+        up = self.sim.upstream_market
+        if up is not None:  # paper trading: is the followed book known?
+            unknown = [code for code, p in up.products.items() if not p.known]
+            state += f" | upstream {'unknown: ' + ', '.join(unknown) if unknown else 'ok'}"
         return " | ".join(parts) + f" | {rate:.0f} exec/s | {len(self.sim._clients)} ws | {state}"
 
     async def run(self, interval: float) -> None:

@@ -37,19 +37,25 @@ def check_speed(speed: float) -> float:
 
 
 def check_paths(paths: Sequence[str]) -> list[Path]:
-    """The recording files or product folders to replay, or a one-line :class:`UserError` naming the
-    first one that is missing or holds no recording."""
+    """The recording files or product folders to replay (a folder of product folders, as
+    ``bfsx record --out`` makes, stands for all of them), or a one-line :class:`UserError` naming
+    the first one that is missing or holds no recording."""
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
             raise UserError(f"--replay: {raw}: no such file or folder")
+        found = [p]
         if p.is_dir() and not fmt.recording_files(p):
-            raise UserError(f"--replay: {raw}: no recording files ({fmt.SUFFIX}) in this folder")
-        first = next(iter(read_recordings(p)), None)
-        if first is None or (type(first) is Marker and first.kind == fmt.MARK_TRUNCATED):
-            raise UserError(f"--replay: {raw}: not a bfsx recording (no records could be read)")
-        out.append(p)
+            # `bfsx record --out DIR` writes DIR/<PRODUCT>/...: take every product folder in it
+            found = sorted(d for d in p.iterdir() if d.is_dir() and fmt.recording_files(d))
+            if not found:
+                raise UserError(f"--replay: {raw}: no recording files ({fmt.SUFFIX}) in this folder or its product folders")
+        for one in found:
+            first = next(iter(read_recordings(one)), None)
+            if first is None or (type(first) is Marker and first.kind == fmt.MARK_TRUNCATED):
+                raise UserError(f"--replay: {one}: not a bfsx recording (no records could be read)")
+        out.extend(found)
     return out
 
 

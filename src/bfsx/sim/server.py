@@ -136,7 +136,9 @@ class SimServer:
         self.feed: UpstreamFeed | ReplayFeed | None = None
         if upstream is not None or replay is not None:
             # the market is another one's: no synthetic flow, nothing shown until its first snapshot
-            self.upstream_market = UpstreamMarket(self.engine, on_book=self._publish_diff)
+            self.upstream_market = UpstreamMarket(
+                self.engine, on_book=self._publish_diff, max_levels=cfg.upstream.max_levels
+            )
             if upstream is not None:
                 self.feed = UpstreamFeed(self.upstream_market, upstream, cfg.upstream)
             else:

@@ -86,8 +86,11 @@ class UpstreamMarket:
     ``prints`` (upstream executions taken onto the tape), ``fills`` (user fills made by them).
     """
 
-    def __init__(self, engine: Engine, on_book: BookChanged | None = None, say: Say = _stderr) -> None:
+    def __init__(
+        self, engine: Engine, on_book: BookChanged | None = None, say: Say = _stderr, *, max_levels: int = 20_000
+    ) -> None:
         self.engine = engine
+        self.max_levels = max_levels  # bounds the mirror: diffs alone could add levels forever
         self.on_book = on_book
         self.say = say
         self.products: dict[str, _Product] = {code: _Product() for code in engine.markets}
@@ -165,6 +168,9 @@ class UpstreamMarket:
         if _crossed(msg):
             self._reject(product, "a crossed board snapshot (best bid >= best ask)")
             return
+        if len(p.mirror) > self.max_levels:
+            self._reject(product, f"a board snapshot of more than {self.max_levels} levels")
+            return
         mkt = self.engine.markets[product]
         wanted = {BUY: dict(_sats_levels(p.mirror.bids())), SELL: dict(_sats_levels(p.mirror.asks()))}
         when = self.engine.now()
@@ -194,6 +200,9 @@ class UpstreamMarket:
         mirror = p.mirror
         if mirror.best_bid and mirror.best_ask and mirror.best_bid >= mirror.best_ask:
             self._reject(product, "a board diff that crossed the book")
+            return
+        if len(mirror) > self.max_levels:
+            self._reject(product, f"board diffs that grew the book beyond {self.max_levels} levels")
             return
         mkt = self.engine.markets[product]
         when = self.engine.now()
