@@ -215,3 +215,30 @@ async def test_upstream_down_refuses_orders_and_fills_nothing_then_recovers(
         assert row["executed_size"] == 0.01 and row["average_price"] == new_ask
         assert paper.feed is not None and paper.feed.client.reconnects >= 1
     assert up.losses >= 1 and paper.state()["upstream"]["losses"] == up.losses
+
+
+async def test_ccxt_paper_trades_on_the_upstream_with_only_its_endpoint_changed(
+    upstream: SimServer, paper: SimServer, traders: dict[str, WireClient]
+) -> None:
+    import aiohttp
+    import ccxt.async_support as ccxt_async  # type: ignore[import-untyped]
+
+    session = aiohttp.ClientSession()
+    exchange = ccxt_async.bitflyer({"apiKey": "demo-key-1", "secret": "demo-secret-1", "session": session,
+                                    "enableRateLimit": False, "urls": {"api": {"rest": paper.url}}})
+    try:
+        await exchange.load_markets()
+        book = await exchange.fetch_order_book("BTC/JPY:JPY")
+        bid, ahead = touch(upstream, 1)
+        assert book["bids"][0] == [bid, ahead / 1e8]  # the upstream's book, through the paper simulator
+        created = await exchange.create_order("BTC/JPY:JPY", "limit", "buy", 0.01, bid)
+        await resting(paper, traders["me"], created["id"])
+        # the queue ahead trades and a print goes through the bid: the paper order fills
+        await traders["taker"].order(FX, "SELL", round((ahead + 2_000_000) / 1e8, 8))
+        await followed(paper, upstream)
+        order = await exchange.fetch_order(created["id"], "BTC/JPY:JPY")
+        assert order["status"] == "closed" and order["filled"] == 0.01 and order["price"] == bid
+    finally:
+        await exchange.close()
+        await session.close()
+    assert not upstream.engine.accounts["demo-key-1"].finished  # nothing of it reached the upstream
