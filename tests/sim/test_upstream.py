@@ -10,6 +10,7 @@ sends orders to the paper simulator only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -242,3 +243,43 @@ async def test_ccxt_paper_trades_on_the_upstream_with_only_its_endpoint_changed(
         await exchange.close()
         await session.close()
     assert not upstream.engine.accounts["demo-key-1"].finished  # nothing of it reached the upstream
+
+
+async def test_a_bfsx_bot_paper_trades_on_the_upstream(
+    upstream: SimServer, paper: SimServer, traders: dict[str, WireClient], tmp_path: Path
+) -> None:
+    import asyncio
+
+    import bfsx
+    from bfsx.bot.runtime import BotRuntime
+    from bfsx.config import StrategyConfig, TradeConfig
+
+    class JoinTheBid(bfsx.Strategy):
+        def initialize(self) -> None:
+            self.sent: list[Any] = []
+            self.every(0.05, self.tick)
+
+        async def tick(self) -> None:
+            if not self.sent and self.best_bid:
+                self.sent.append(await self.buy(0.01, self.best_bid))
+
+    cfg = TradeConfig.model_validate({
+        "apikey": "demo-key-1", "secret": "demo-secret-1", "endpoint": paper.url, "ws_endpoint": paper.ws_url,
+        "log_folder": str(tmp_path), "console_output": False, "health_interval": 0.2, "bot_name": "paperbot",
+    })
+    strategy = JoinTheBid()
+    rt = BotRuntime(cfg, StrategyConfig(), strategy)
+    task = asyncio.create_task(rt.run())
+    try:
+        bid, ahead = touch(upstream, 1)
+        await eventually(lambda: task.done() or paper.engine.accounts["demo-key-1"].active, what="the bot's bid")
+        assert not task.done()
+        (order,) = paper.engine.accounts["demo-key-1"].active.values()
+        assert (order.price, order.size) == (bid, 1_000_000)
+        await traders["taker"].order(FX, "SELL", round((ahead + 2_000_000) / 1e8, 8))
+        await followed(paper, upstream)
+        await eventually(lambda: strategy.position == 0.01, what="the bot's own position counts the paper fill")
+        assert paper.state()["accounts"]["demo-key-1"]["positions"][FX]["net"] == 0.01
+    finally:
+        rt.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
