@@ -152,9 +152,11 @@ async def test_garbage_frames_change_nothing(paper: SimServer, scripted: Scripte
     ]
     await scripted.send(channels.executions(FX), rows)
     await scripted.send(channels.executions(FX), {"not": "a list"})
-    await scripted.send(channels.executions(FX), [{"side": "BUY", "price": 10_000_100.0, "size": 0.01, "id": 7,
-                                                   "exec_date": "garbage"}])  # a good row: ends the script
+    good = ('{"jsonrpc": "2.0", "method": "channelMessage", "params": {"channel": "%s", "message": '
+            '[{"side": "BUY", "price": 10000100.0, "size": 0.01, "id": 1%s, "exec_date": "garbage"}]}}')
+    await scripted.send_raw(good % (channels.executions(FX), "0" * 30))  # a good row (a huge id): ends the script
     await eventually(lambda: up.prints == 1, what="the one good print")
+    assert paper.engine.last_exec_id < 2**53  # a huge id is replaced by the next one (JSON-safe)
     assert up.rejected == len(rows) + 1 and up.known(FX)
     assert (await me.get(endpoints.GET_BOARD, product_code=FX)).data == before
     assert paper.engine.markets[FX].ltp == 10_000_100

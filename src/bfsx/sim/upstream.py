@@ -52,6 +52,8 @@ from bfsx.sim.model import BUY, SELL, SIDE_OF, EngineError, Order, to_sats
 UPSTREAM_UNKNOWN = ErrorCode(-204, "Market state is closed: the simulator's upstream book is unknown ({reason}).", 400)
 
 _MAX_PRICE = 1e12  # far above any BTC/JPY price; a larger upstream number is garbage
+_MAX_SIZE = 1e6  # BTC in one print: more is garbage
+_MAX_ID = 2**53  # an id a JSON reader (JavaScript included) keeps exact; a larger one is replaced
 _PRUNE_AT = 1024  # queue entries kept before the finished orders are swept out
 
 BookChanged = Callable[[str], None]
@@ -388,8 +390,8 @@ def _crossed(msg: Any) -> bool:
     return bool(bids and asks and max(bids) >= min(asks))
 
 
-def _number(v: Any) -> float | None:
-    if (type(v) is int or type(v) is float) and math.isfinite(v) and 0 < v < _MAX_PRICE:
+def _number(v: Any, limit: float) -> float | None:
+    if (type(v) is int or type(v) is float) and math.isfinite(v) and 0 < v < limit:
         return float(v)
     return None
 
@@ -402,8 +404,8 @@ def _print(row: Any) -> tuple[int, int, int, int, datetime, str, str, str] | Non
     side_name = row.get("side")
     # "" is an Itayose print (no taker side); anything else but BUY / SELL is garbage
     side = (0 if side_name == "" else SIDE_OF.get(side_name)) if type(side_name) is str else None
-    price = _number(row.get("price"))
-    size = _number(row.get("size"))
+    price = _number(row.get("price"), _MAX_PRICE)
+    size = _number(row.get("size"), _MAX_SIZE)
     if side is None or price is None or size is None:
         return None
     sats, whole = to_sats(size), _whole(price)
@@ -422,7 +424,7 @@ def _print(row: Any) -> tuple[int, int, int, int, datetime, str, str, str] | Non
         side,
         whole,
         sats,
-        xid if type(xid) is int and xid > 0 else 0,
+        xid if type(xid) is int and 0 < xid < _MAX_ID else 0,
         when or timestamps.now(),
         stamp if when is not None and type(stamp) is str else "",
         buy if type(buy) is str else "",
