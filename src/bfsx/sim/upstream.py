@@ -131,9 +131,11 @@ class UpstreamMarket:
             self._withdraw(code, p)
 
     def on_connected(self) -> None:
+        """The source is live (subscribed, or the replay started); books stay unknown until snapshots."""
         self.connected = True
 
     def on_disconnected(self, close_code: int | None) -> None:
+        """The upstream socket closed: every product is unknown until its next snapshot."""
         self.connected = False
         self.lose(f"upstream disconnected (close code {close_code})")
 
