@@ -97,3 +97,25 @@ def test_a_paper_simulator_process_follows_another_simulator_process(tmp_path: P
         upstream.stop()
         if paper is not None:
             assert paper.stop() == 0
+
+
+def test_a_replay_process_plays_a_recording_and_says_when_it_is_done(tmp_path: Path) -> None:
+    from sim.test_replay import write_recording
+
+    snapshot = {"mid_price": 10_000_000.0, "bids": [{"price": 9_999_900.0, "size": 0.5}],
+                "asks": [{"price": 10_000_100.0, "size": 0.5}]}
+    rows = [{"id": 500 + i, "side": "BUY", "price": 10_000_100.0, "size": 0.01,
+             "exec_date": "2026-05-28T20:26:41.1234567Z"} for i in range(3)]
+    frames: list[tuple[float, str, Any]] = [(0.0, f"lightning_board_snapshot_{FX}", snapshot)]
+    frames += [(0.1 * (i + 1), f"lightning_executions_{FX}", [row]) for i, row in enumerate(rows)]
+    folder = write_recording(tmp_path / "rec", frames)
+    paper = start_sim_process("--replay", str(folder), "--speed", "2")
+    try:
+        _until(lambda: "replay finished" in paper.stderr(), "the end of the replay")
+        state = paper.state()["upstream"]
+        assert state["prints"] == 3 and state["reasons"][FX] == "the replay has ended"
+        assert "replay finished: 4 frames, 0 gaps" in paper.stderr()
+        tape = _get(f"{paper.url}/v1/getexecutions?product_code={FX}")
+        assert [(t["side"], t["price"], t["size"]) for t in tape] == [("BUY", 10_000_100, 0.01)] * 3
+    finally:
+        assert paper.stop() == 0
