@@ -202,6 +202,7 @@ async def test_upstream_down_refuses_orders_and_fills_nothing_then_recovers(
     assert r.status == 400 and r.data["status"] == -204
     assert "upstream" in r.data["error_message"] and "disconnected" in r.data["error_message"]
     assert (await me.get(endpoints.GET_HEALTH, product_code=FX)).data == {"status": "STOP"}
+    assert (await me.get(endpoints.GET_TICKER, product_code=FX)).data["state"] == "CLOSED"
     board = (await me.get(endpoints.GET_BOARD, product_code=FX)).data
     assert board["asks"] == [] and board["bids"] == [{"price": bid, "size": 0.01}]  # only the paper order
     row = await order_row(me, acc)
@@ -210,6 +211,7 @@ async def test_upstream_down_refuses_orders_and_fills_nothing_then_recovers(
     async with SimServer(upstream_config(), port=port) as again:
         await eventually(lambda: up.known(FX), what="the book known again")
         assert (await me.get(endpoints.GET_HEALTH, product_code=FX)).data == {"status": "NORMAL"}
+        assert (await me.get(endpoints.GET_TICKER, product_code=FX)).data["state"] == "RUNNING"
         new_ask, _ = touch(again, -1)
         taken = await me.order(FX, "BUY", 0.01, new_ask, time_in_force="IOC")
         row = await eventually(lambda: _done(me, taken), what="the IOC finished")

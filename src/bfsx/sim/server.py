@@ -362,7 +362,13 @@ class SimServer:
         for code in self.engine.markets:
             ch = channels.ticker(code)
             if self._subs.get(ch):
-                self._publish(ch, views.ticker(self.engine, code, ws=True))
+                self._publish(ch, self._ticker(code, ws=True))
+
+    def _ticker(self, code: str, *, ws: bool = False) -> dict[str, Any]:
+        out = views.ticker(self.engine, code, ws=ws)
+        if self._unknown(code):
+            out["state"] = "CLOSED"  # as getboardstate says: the followed book is unknown
+        return out
 
     # ------------------------------------------------------------------ engine listener
     def on_executions(self, product: str, rows: list[dict[str, Any]]) -> None:
@@ -692,7 +698,7 @@ class SimServer:
         return views.board(self.engine, self._product(q))
 
     def _getticker(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
-        return views.ticker(self.engine, self._product(q))
+        return self._ticker(self._product(q))
 
     def _getexecutions(self, request: web.Request, q: MultiMapping[str], body: bytes, acct: Account | None) -> Any:
         return views.public_executions(
