@@ -9,8 +9,8 @@ product's book is known. It is fed decoded ``lightning_*`` messages by a source 
 :class:`UpstreamFeed` here, the recording reader in :mod:`bfsx.sim.replay`) and changes the engine
 only through its book and its public methods.
 
-The fill model (risk-averse, as hftbacktest's default): a resting limit order fills only from the
-upstream's prints. A print at the order's price first uses up the volume that was ahead of it when
+The fill model (hftbacktest's risk-averse queue model, and a print through an order fills at most
+the print's size): a resting limit order fills only from the upstream's prints. A print at the order's price first uses up the volume that was ahead of it when
 it joined (reduced to the level's size whenever the upstream level shrinks); a print beyond its price
 (a buy above a resting sell, a sell below a resting buy) traded through it. A print's size is shared
 among the users' orders in price-time priority, never counted twice. A user order that crosses the
