@@ -285,3 +285,28 @@ async def test_diffs_that_grow_the_book_without_bound_make_it_unknown(scripted: 
         await scripted.send(channels.board(FX), {"mid_price": 10_000_000.0, "bids": far, "asks": []})
         await eventually(lambda: not up.known(FX), what="the book unknown")
         assert "beyond 10 levels" in up.products[FX].reason and len(paper.engine.markets[FX].book.bids) == 0
+
+
+async def test_after_a_closed_socket_nothing_fills_until_a_fresh_snapshot(
+    paper: SimServer, scripted: ScriptedUpstream, me: WireClient
+) -> None:
+    up = paper.upstream_market
+    assert up is not None
+    await known(paper, scripted)
+    acc = await me.order(FX, "BUY", 0.01, 9_999_900)
+    await eventually(lambda: paper.engine.accounts["demo-key-1"].active, what="the paper bid rests")
+    for ws in list(scripted.sockets):
+        await ws.close()  # the upstream closes the socket
+    await eventually(lambda: scripted.connections >= 2 and scripted.sockets, what="the reconnection")
+    await eventually(lambda: channels.executions(FX) in scripted.subscribed and up.connected, what="resubscribed")
+    assert not up.known(FX)
+    # a print through the bid after the reconnection, before any snapshot: the book is not known
+    await scripted.send(channels.executions(FX), [{"side": "SELL", "price": 9_999_000.0, "size": 1.0, "id": 30}])
+    await eventually(lambda: up.prints == 1, what="the print")
+    rows = (await me.get(endpoints.GET_CHILD_ORDERS, product_code=FX, child_order_acceptance_id=acc)).data
+    assert rows[0]["executed_size"] == 0
+    await known(paper, scripted)
+    await scripted.send(channels.executions(FX), [{"side": "SELL", "price": 9_999_000.0, "size": 1.0, "id": 31}])
+    await eventually(lambda: up.fills == 1, what="the fill once the book is known")
+    rows = (await me.get(endpoints.GET_CHILD_ORDERS, product_code=FX, child_order_acceptance_id=acc)).data
+    assert rows[0]["executed_size"] == 0.01
