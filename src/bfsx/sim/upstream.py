@@ -17,8 +17,8 @@ among the users' orders in price-time priority, never counted twice. A user orde
 upstream book takes the shown levels at once, and what it took stays taken until the upstream
 level goes away: the live market would not have refilled it for a second order.
 
-Unknown is not a price: before the first good snapshot, after the upstream drops, after a garbage or
-crossed snapshot, or a diff that cannot be applied, the product is *unknown*: its shown levels are
+Unknown is not a price: before the first good snapshot, after the upstream drops, while its board
+is silent, after a garbage or crossed snapshot, or a diff that cannot be applied, the product is *unknown*: its shown levels are
 withdrawn, new orders for it are refused (-204, with the reason) and resting orders stay without
 fills. The next good snapshot makes it known again, with every resting order at the back of the
 queue at its price (its real position during the gap cannot be known).
