@@ -55,3 +55,21 @@ def test_garbage_and_replies_do_not_raise() -> None:
     rt.dispatch_frame(b'[{"jsonrpc":"2.0","id":98,"error":{"code":-32602,"message":"invalid channel"}}]')
     rt.dispatch_frame(b"[1, 2]")
     assert rt.frames == 0 and rt.handler_errors == 0
+
+
+def test_a_peer_sending_garbage_is_counted_not_logged_per_frame(caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="bfsx")
+    rt = RealtimeClient("ws://127.0.0.1:1/json-rpc")
+    got: list[Any] = []
+    ex = channels.executions("FX_BTC_JPY")
+    rt.subscribe(ex, got.append)
+    for i in range(3000):
+        bad = [b"{not json", b'{"method": "channelMessage", "params": 7}',
+               b'{"method": "channelMessage", "params": {"channel": [1], "message": 1}}'][i % 3]
+        rt.dispatch_frame(bad)
+    rt.dispatch_frame(frame(ex, [{"id": 1}]))
+    assert rt.malformed_frames == 3000 and got == [[{"id": 1}]]
+    warnings = [r for r in caplog.records if "malformed frames so far" in r.getMessage()]
+    assert 10 <= len(warnings) <= 13, len(warnings)  # the first ten, then every 1000th

@@ -111,6 +111,8 @@ class RealtimeClient:
         self.reconnects = 0
         self.frames = 0
         self.handler_errors = 0
+        #: Frames that were not JSON or not a well-formed channelMessage (dropped; logged sparingly).
+        self.malformed_frames = 0
         self.silences = 0
 
     # ---- registration ----------------------------------------------------------------------
@@ -150,7 +152,7 @@ class RealtimeClient:
         try:
             msg = _loads(data)
         except orjson.JSONDecodeError:
-            log.warning("realtime: undecodable frame (%d bytes)", len(data))
+            self._malformed(f"undecodable frame ({len(data)} bytes)")
             return
         if type(msg) is dict:
             if msg.get("method") == "channelMessage":
@@ -159,10 +161,10 @@ class RealtimeClient:
                     channel = params["channel"]
                     message = params["message"]
                 except (KeyError, TypeError):
-                    log.warning("realtime: malformed channelMessage")
+                    self._malformed("malformed channelMessage")
                     return
                 if type(channel) is not str:  # a list or dict would raise in the lookups below
-                    log.warning("realtime: malformed channelMessage")
+                    self._malformed("malformed channelMessage")
                     return
                 self.frames += 1
                 if channel in self._watch:
@@ -179,6 +181,14 @@ class RealtimeClient:
             for item in msg:
                 if type(item) is dict:
                     self._reply(item)
+
+    def _malformed(self, what: str) -> None:
+        # Counted always, logged the first few times and then every 1000th: a peer sending garbage
+        # must not flood the log (nor cost a log write per frame).
+        self.malformed_frames += 1
+        n = self.malformed_frames
+        if n <= _LOG_FIRST_ERRORS or n % 1000 == 0:
+            log.warning("realtime: %s (%d malformed frames so far)", what, n)
 
     def _handler_failed(self, channel: str) -> None:
         self.handler_errors += 1
