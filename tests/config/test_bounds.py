@@ -40,10 +40,12 @@ def float_keys(model: type[BaseModel]) -> set[str]:
 SECONDS_KEYS = {
     "adjust_position_interval", "pos_server_check_interval", "pos_server_evict_after",
     "pos_server_report_interval", "pos_server_query_interval", "over_limit_pause", "health_interval",
+    "pos_server_margin_interval", "pos_server_alert_interval",
 }
 SECONDS_OR_OFF_KEYS = {"ws_silence_timeout", "status_interval"}
 TRADE_FLOATS = SECONDS_KEYS | SECONDS_OR_OFF_KEYS | {
     "base_position", "adjust_max_size", "pos_server_graph_period", "pos_server_discord_interval",
+    "pos_server_keep_rate_warn", "pos_server_keep_rate_close_only", "pos_server_max_daily_loss",
 }
 STRATEGY_FLOATS = {"discord_interval", "discord_graph_period", "max_order_size", "max_position", "price_band"}
 CASES = [(k, load_trade_config) for k in sorted(TRADE_FLOATS)] + [(k, load_strategy_config) for k in sorted(STRATEGY_FLOATS)]

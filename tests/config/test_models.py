@@ -24,6 +24,7 @@ from bfsx.config import (
     load_trade_config,
     resolve_trade_args,
 )
+from bfsx.reporting.alerts import DEFAULT_ALERT_KINDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +69,12 @@ TRADE_DEFAULTS = {
     "pos_server_evict_after": 300.0,
     "pos_server_report_interval": 10.0,
     "pos_server_query_interval": 10.0,
+    "pos_server_margin_interval": 30.0,
+    "pos_server_keep_rate_warn": 1.5,
+    "pos_server_keep_rate_close_only": 1.0,
+    "pos_server_max_daily_loss": 0.0,
+    "pos_server_alerts": DEFAULT_ALERT_KINDS,
+    "pos_server_alert_interval": 60.0,
     "console_output": True,
     "log_level": "INFO",
     "close_on_exit": False,

@@ -10,11 +10,13 @@ import os
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
+    Field,
     PrivateAttr,
     SecretStr,
     field_validator,
@@ -44,12 +46,14 @@ from bfsx.config.base import (
     Secret,
     _fail,
     _Model,
+    _no_bool,
     _show,
     _suggest,
 )
 from bfsx.config.local_secret import local_secret, local_secret_path
 from bfsx.logs import add_secret, mask_url
 from bfsx.net import is_loopback
+from bfsx.reporting.alerts import ALERT_KINDS, DEFAULT_ALERT_KINDS
 
 log = logging.getLogger("bfsx.config")
 
@@ -64,6 +68,44 @@ MIN_REMOTE_SECRET_CHARS = 16
 #: collide once in 65,536, and the name stays short enough to read in the console).
 BOT_NAME_HASH_CHARS = 4
 _MAX_BOT_NAME = 64  # the position server's id limit, and a sane folder name
+#: The highest keep-rate threshold: 1000 %. bitFlyer's margin call is at 100 % and its loss-cut at
+#: 50 %; a threshold above 10 would hold an account that is nowhere near either.
+MAX_KEEP_RATE = 10.0
+#: The largest daily loss limit in JPY (a hundred billion): above it the key is a typo.
+MAX_DAILY_LOSS_JPY = 1e11
+
+
+def _alert_kinds(value: Any) -> Any:
+    """``default``, ``all``, ``none`` (or an empty list), or a list of kinds (a comma-separated string too)."""
+    if isinstance(value, frozenset):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word == "all":
+            return frozenset(ALERT_KINDS)
+        if word == "default":
+            return DEFAULT_ALERT_KINDS
+        if word in ("none", "off", ""):
+            return frozenset()
+        value = [v for v in word.replace(",", " ").split() if v]
+    if not isinstance(value, list | tuple | set):
+        raise _fail(f"must be 'default', 'all', 'none' or a list of alert kinds, got {_show(value)}")
+    kinds = []
+    for v in value:
+        kind = v.strip().lower() if isinstance(v, str) else v
+        if kind not in ALERT_KINDS:
+            hint = _suggest(str(kind), list(ALERT_KINDS)) if isinstance(kind, str) else None
+            tail = f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(ALERT_KINDS)}"
+            raise _fail(f"has an unknown alert kind {_show(v)}{tail}")
+        kinds.append(kind)
+    return frozenset(kinds)
+
+
+#: A keep rate threshold (1.0 = 100 %); 0 turns it off.
+Ratio = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=MAX_KEEP_RATE, allow_inf_nan=False)]
+#: An amount of yen; 0 turns the limit off.
+Jpy = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=MAX_DAILY_LOSS_JPY, allow_inf_nan=False)]
+AlertKinds = Annotated[frozenset[str], BeforeValidator(_alert_kinds)]
 
 
 def _plain(value: Decimal) -> str:
@@ -124,6 +166,13 @@ class TradeConfig(_Model):
     pos_server_evict_after: Seconds = 300.0
     pos_server_report_interval: Seconds = 10.0
     pos_server_query_interval: Seconds = 10.0
+    # account risk at the position server (docs/config.md#margin-and-alerts)
+    pos_server_margin_interval: Seconds = 30.0
+    pos_server_keep_rate_warn: Ratio = 1.5
+    pos_server_keep_rate_close_only: Ratio = 1.0
+    pos_server_max_daily_loss: Jpy = 0.0
+    pos_server_alerts: AlertKinds = DEFAULT_ALERT_KINDS
+    pos_server_alert_interval: Seconds = 60.0
     # logs
     console_output: bool = True
     log_folder: str = ""
@@ -213,7 +262,7 @@ class TradeConfig(_Model):
         # with_bot_name() re-derives only what was not set explicitly.
         self._explicit = frozenset(k for k in self.model_fields_set if getattr(self, k) != "")
         self._fill_derived()
-        problem = self._size_problem() or self._remote_secret_problem()
+        problem = self._size_problem() or self._remote_secret_problem() or self._keep_rate_problem()
         if problem:
             raise _fail(problem)
         return self
@@ -247,6 +296,14 @@ class TradeConfig(_Model):
                 f"'base_position' must be from -{_plain(limit)} to {_plain(limit)} on {self.product} "
                 f"(its maximum order size), got {_show(self.base_position)}"
             )
+        return None
+
+    def _keep_rate_problem(self) -> str | None:
+        warn, close = self.pos_server_keep_rate_warn, self.pos_server_keep_rate_close_only
+        if warn and close and warn < close:
+            # Bots would go close-only before anyone was warned: the two are swapped.
+            return (f"'pos_server_keep_rate_warn' ({warn:g}) must be at least 'pos_server_keep_rate_close_only' "
+                    f"({close:g}), or 0 for off")
         return None
 
     def _remote_hosts(self) -> list[str]:
@@ -388,7 +445,9 @@ TRADE_LIVE_KEYS: frozenset[str] = frozenset(
         "adjust_consecutive", "pos_server_graph_period", "pos_server_discord", "pos_server_discord_interval",
         "pos_server_discord_send_text", "pos_server_bitflyer_color", "pos_server_check_interval",
         "pos_server_consecutive", "pos_server_evict_after", "log_level", "close_on_exit", "api_reserve",
-        "over_limit_pause", "trade_health", "status_interval",
+        "over_limit_pause", "trade_health", "status_interval", "pos_server_margin_interval",
+        "pos_server_keep_rate_warn", "pos_server_keep_rate_close_only", "pos_server_max_daily_loss",
+        "pos_server_alerts", "pos_server_alert_interval",
     }
 )
 
