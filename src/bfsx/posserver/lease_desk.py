@@ -113,6 +113,8 @@ class LeaseDesk:
         self.check_interval_s = 30.0
         self.checked_markets = 0
         self.has_credentials = True
+        #: The margin watch's poll interval (two private calls per poll), None when it does not poll.
+        self.margin_interval_s: Callable[[], float] | None = None
         self._warned_polls = False
 
     # ------------------------------------------------------------------ who shares
@@ -166,6 +168,9 @@ class LeaseDesk:
         views: dict[Kind, PoolView] = {}
         h = horizon(combined.private_reset)
         polls = self._server_polls(h, self.check_interval_s) if self.has_credentials else 0
+        if self.has_credentials and self.margin_interval_s is not None:
+            # getcollateral + getcollateralhistory, once per account per poll (margin.py).
+            polls += 2 * (math.ceil(h / max(self.margin_interval_s(), 0.05)) + 1)
         views["private"] = PoolView(combined.private_remaining, h, CORRECTION_RESERVE["private"] + polls)
         if polls * 2 >= lim.private and not self._warned_polls:
             self._warned_polls = True

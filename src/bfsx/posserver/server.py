@@ -54,9 +54,11 @@ from bfsx.config import (
 )
 from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
+from bfsx.posserver.controls import Controls
 from bfsx.posserver.history import History
 from bfsx.posserver.lease_budget import HostBudget
 from bfsx.posserver.lease_desk import HEALTH_FEED_INTERVAL_S, LeaseDesk, host_of
+from bfsx.posserver.margin import MarginWatch
 from bfsx.posserver.registry import ZERO, BotState, Registry, dec
 from bfsx.reporting.samples import BotSample, MarketSample
 
@@ -73,7 +75,8 @@ LIVE_KEYS = frozenset({  # the InfluxDB target is not live: it needs a restart
     "pos_server_graph_period", "pos_server_discord", "pos_server_discord_interval",
     "pos_server_discord_send_text", "pos_server_bitflyer_color", "pos_server_check_interval",
     "pos_server_consecutive", "pos_server_evict_after", "adjust_max_size", "log_level",
-    "pos_server_report_interval",
+    "pos_server_report_interval", "pos_server_margin_interval", "pos_server_keep_rate_warn",
+    "pos_server_keep_rate_close_only", "pos_server_max_daily_loss", "pos_server_alerts", "pos_server_alert_interval",
 })
 #: Keys that mean nothing to the server: never worth a "needs restart" line.
 IGNORED_KEYS = frozenset({
@@ -208,6 +211,14 @@ class PosServer:
         self._pending: OrderedDict[asyncio.StreamWriter, tuple[str, float, asyncio.Task[Any]]] = OrderedDict()
         self._prices: dict[str, tuple[float, float | None]] = {}
         self.on_report: Callable[[p.Report, str], None] | None = None  # benches / tools: after each apply
+        #: Close-only holds (margin thresholds, daily loss, operator commands): controls.py.
+        self.controls = Controls()
+        self.alerts: Any = None  # reporting.alerts.Alerts when pos_server_discord is set
+        self.alerts_logged = 0
+        #: The account's margin, polled once for the account (margin.py).
+        self.margin = MarginWatch(self.rest, lambda: self.config, self.controls, self.alert, self.bots_cfd_pnl)
+        self._health_stopped: set[str] = set()  # markets whose STOP / NO ORDER was alerted
+        self._over_limit_alerted: dict[str, float] = {}  # bot id ("" = the server) → the pause alerted
 
         self.started_at = 0.0  # unix
         self._started_m = 0.0  # monotonic
@@ -290,6 +301,10 @@ class PosServer:
                                           current=self.config, logger=log)
             self._watcher.start()
         self._start_reporting()
+        self._start_alerts()
+        if self.config.has_credentials:
+            self.leases.margin_interval_s = self.margin.interval_s
+            self._spawn(self.margin.run(), "margin")
         if self.console_enabled:
             from bfsx.posserver.console import Console
 
@@ -353,6 +368,8 @@ class PosServer:
         if self._console is not None:
             self._console.stop()
         await self._stop_reporting()
+        if self.alerts is not None:
+            await self.alerts.close()
         for t in self._udp:
             t.close()
         if self._tcp is not None:
@@ -373,6 +390,53 @@ class PosServer:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    # ------------------------------------------------------------------ alerts
+    def alert(self, kind: str, text: str) -> None:
+        """Tell the operator about an event: a log line, and a ``pos_server_discord`` message when
+        ``kind`` is one ``pos_server_alerts`` selects (rate-limited per kind; never blocks)."""
+        self.alerts_logged += 1
+        log.warning("ALERT %s: %s", kind, text)
+        if self.alerts is not None:
+            try:
+                self.alerts.emit(kind, text)
+            except Exception:  # an alert must never break what raised it
+                self._log_once_exception("alert", "queuing an alert failed")
+
+    def _alert_settings(self) -> dict[str, Any]:
+        return {"kinds": self.config.pos_server_alerts, "per_kind_interval_s": self.config.pos_server_alert_interval}
+
+    def _start_alerts(self) -> None:
+        url = self.config.pos_server_discord_value()
+        if not url or self.alerts is not None:
+            return
+        from bfsx.reporting.alerts import Alerts
+
+        self.alerts = Alerts(url, source="bfsx pos_server", **self._alert_settings())
+        self.alerts.start()
+
+    def bots_cfd_pnl(self) -> float:
+        """Σ the live bots' PnL today (their reports) on CFD markets: what the collateral shows."""
+        total = 0.0
+        for b in self.registry.bots.values():
+            spec = get_product(b.market)
+            if spec is not None and spec.is_fx:
+                total += b.profit
+        return total
+
+    def _alert_over_limits(self) -> None:
+        """One ``over_limit`` alert per -1 pause, the server's own or any bot's (their reports)."""
+        now = time.time()
+        pauses = {"": self.own_budget.paused_until}
+        pauses.update({b.bot: b.budget.paused_until for b in self.registry.bots.values() if b.budget is not None})
+        for who, until in pauses.items():
+            if until > now and self._over_limit_alerted.get(who) != until:
+                self._over_limit_alerted[who] = until
+                name = "the position server" if not who else f"bot {who}"
+                self.alert("over_limit", f"{name} got -1 (over an API limit): orders pause for "
+                                         f"{until - now:.0f} s")
+        for who in [w for w in self._over_limit_alerted if w and w not in self.registry.bots]:
+            del self._over_limit_alerted[who]  # bounded by the live bots
 
     def note(self, text: str) -> None:
         """Show one line to the operator: above the live table when there is one, else on stdout."""
@@ -432,6 +496,8 @@ class PosServer:
                           "same host); give each bot its own bot_name. Judging of %s is held meanwhile", msg.bot,
                           holder.boot, holder.pid, holder.addr, boot, msg.pid, where,
                           self.config.pos_server_evict_after, self.restart_after, msg.market)
+                self.alert("duplicate", f"bot id {msg.bot} is claimed by a second live sender (pid {msg.pid}, "
+                                        f"{where}; the holder is pid {holder.pid}): judging of {msg.market} is held")
         elif applied == "market_cap":
             self.counters["market_cap"] += 1
             if self._first_time("market_cap", msg.bot):
@@ -617,6 +683,8 @@ class PosServer:
             "bots": bots, "markets": markets, "counters": {**self.bad, **self.counters}, "budget": budget,
             "duplicates": duplicates,
             "leases": self.leases.status(),
+            "margin": self.margin.status(),
+            "holds": [{"reason": r, "market": m} for r, m in self.controls.holds()],
         }
 
     # ------------------------------------------------------------------ the check
@@ -641,8 +709,18 @@ class PosServer:
                 self.counters["evictions"] += 1
                 log.warning("bot %s evicted after %.0f s of silence, holding %s on %s: its position now counts as "
                             "drift", b.bot, self.config.pos_server_evict_after, b.position, b.market)
+                if b.position:
+                    self.alert("bot_died", f"bot {b.bot} went silent for {self.config.pos_server_evict_after:.0f} s "
+                                           f"holding {b.position} on {b.market}: evicted, its position is drift now")
+                else:
+                    self.alert("eviction", f"bot {b.bot} went silent for {self.config.pos_server_evict_after:.0f} s "
+                                           f"(flat on {b.market}): evicted")
         except Exception:
             self._log_once_exception("eviction", "evicting silent bots failed")
+        try:
+            self._alert_over_limits()
+        except Exception:
+            self._log_once_exception("over_limit", "over-limit alerts failed")
         markets = list(self.registry.markets)
         results = list(await asyncio.gather(*(self._check_market_isolated(m) for m in markets)))
         self.checks += 1
@@ -735,6 +813,13 @@ class PosServer:
             running = board == "RUNNING" and health_rank(health) < STOP_HEALTH
             if not running:
                 reason = reason or f"exchange {health} / {board}"
+            if health_rank(health) >= STOP_HEALTH:
+                if market not in self._health_stopped:
+                    self._health_stopped.add(market)
+                    self.alert("health_stop", f"{market}: exchange health {health} / {board}: no order goes through")
+            elif market in self._health_stopped and running:
+                self._health_stopped.discard(market)
+                log.info("%s: the exchange trades again (%s / %s)", market, health, board)
         price = ticker_r if isinstance(ticker_r, float) else None
         if not isinstance(state_r, BaseException):
             self.leases.set_health(market, health, board)  # the bots' feed gets it too
@@ -832,6 +917,9 @@ class PosServer:
             if self._first_time("cap", market, str(cap)):
                 log.error("%s: correcting order %s %s NOT sent: adjust_max_size %r is not a finite positive size "
                           "or the order exceeds it (logged once)", market, side, size, self.config.adjust_max_size)
+            self.alert("correction_failed", f"{market}: correcting order {side} {size} not sent: adjust_max_size "
+                                            f"{self.config.adjust_max_size!r} is not a finite positive size or the "
+                                            "order exceeds it")
             return f"{side} {size} refused (adjust_max_size)"
         log.warning("%s: exchange %s ≠ expected %s (Σ bots %s + base %s) for %d checks → MARKET %s %s",
                     market, actual, expected, total, base, self.config.pos_server_consecutive, side, size)
@@ -840,10 +928,13 @@ class PosServer:
         except BitflyerError as e:
             self.counters["correction_errors"] += 1
             log.error("%s: correcting order %s %s failed: %s", market, side, size, e)
+            self.alert("correction_failed", f"{market}: correcting order {side} {size} failed: {type(e).__name__}")
             return f"{side} {size} failed"
         self.counters["corrections"] += 1
         self.registry.correction_sent(market)
         log.info("%s: correcting order %s %s accepted (%s)", market, side, size, acc)
+        self.alert("correction", f"{market}: exchange {actual} ≠ expected {expected} (Σ bots {total} + base {base}) "
+                                 f"for {self.config.pos_server_consecutive} checks: sent MARKET {side} {size}")
         return f"{side} {size}"
 
     # ------------------------------------------------------------------ history
@@ -992,6 +1083,16 @@ class PosServer:
             set_level(new.log_level)
         if "pos_server_graph_period" in live:
             self.history.horizon = max(new.pos_server_graph_period * 3600, self.history.horizon)
+        if self.alerts is not None:
+            if new.pos_server_discord_value() != old.pos_server_discord_value():
+                old_alerts, self.alerts = self.alerts, None
+                self._spawn(old_alerts.close(), "alerts-retired")
+                self._start_alerts()
+            else:
+                self.alerts.kinds = new.pos_server_alerts
+                self.alerts.per_kind_interval_s = new.pos_server_alert_interval
+        else:
+            self._start_alerts()
         if self.reporter is not None:
             self.reporter.update(self._report_settings())
         elif new.pos_server_discord_value():

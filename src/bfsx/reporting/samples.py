@@ -1,6 +1,6 @@
 """Plain-data samples the position server records at every check and hands to the reporters.
 
-Charts, Discord and InfluxDB only ever see these two types, so the reporters stay independent of
+Charts, Discord and InfluxDB only ever see these three types, so the reporters stay independent of
 the server's registry and storage.
 """
 
@@ -35,3 +35,18 @@ class BotSample:
     position: float
     profit: float
     api_remaining: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSample:
+    """The account's margin at one poll (JPY): collateral, open PnL, required collateral, the keep
+    rate (None without a position), its PnL today from the collateral (None until known) and Σ the
+    bots' PnL today on CFD markets, from their reports."""
+
+    ts: float
+    collateral: float
+    open_pnl: float
+    require_collateral: float
+    keep_rate: float | None
+    pnl_today: float | None
+    bots_pnl: float

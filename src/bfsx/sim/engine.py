@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bfsx.bitflyer import errors, ids, timestamps
+from bfsx.bitflyer.collateral import CLEARING_COLL
 from bfsx.bitflyer.errors import ErrorCode
 from bfsx.bitflyer.products import get_product
 from bfsx.sim.book import Book, Market, OrderRate
@@ -54,7 +55,7 @@ FIRST_COLLATERAL_ID = 41_000_000
 
 #: getcollateralhistory reason codes. CLEARING_COLL (realised CFD PnL) is bitFlyer's; the two
 #: others are the simulator's own names for a change made with ``POST /_sim/account``.
-CLEARING = "CLEARING_COLL"
+CLEARING = CLEARING_COLL
 DEPOSIT = "DEPOSIT"
 WITHDRAWAL = "WITHDRAWAL"
 
