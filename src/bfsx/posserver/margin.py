@@ -24,7 +24,7 @@ It acts on its readings, never on a missing one (invariant 3):
   day or :meth:`MarginWatch.resume_daily_loss` (an operator);
 - a loss-cut (the keep rate below bitFlyer's ``LOSS_CUT_RATIO`` with a position, or the position
   gone with equity below that ratio of the position held at the last reading) → a ``loss_cut``
-  alert and the ``keep_rate`` hold.
+  alert, and the ``keep_rate`` hold when close-only is on.
 
 Readers: the console, status, InfluxDB and the charts (:attr:`MarginWatch.samples`, bounded).
 """
@@ -288,7 +288,7 @@ class MarginWatch:
         s = self.settings()
         warn, close = _finite(s.pos_server_keep_rate_warn) or 0.0, _finite(s.pos_server_keep_rate_close_only) or 0.0
         k = r.keep_rate
-        self._loss_cut(previous, r)
+        self._loss_cut(previous, r, hold=close > 0)
         if warn > 0:
             if k is not None and k < warn and not self._warned:
                 self._warned = True
@@ -322,14 +322,16 @@ class MarginWatch:
         if self.controls.release(KEEP_RATE_HOLD):
             self.alert("keep_rate_close_only", f"{why}: the close-only hold is released")
 
-    def _loss_cut(self, previous: MarginReading | None, r: MarginReading) -> None:
+    def _loss_cut(self, previous: MarginReading | None, r: MarginReading, *, hold: bool) -> None:
+        """Alert a loss-cut once per episode; ``hold``: also the keep_rate hold (close-only is on)."""
         k = r.keep_rate
         if k is not None and k < LOSS_CUT_RATIO:
             if not self._loss_cut_seen:
                 self._loss_cut_seen = True
                 self.alert("loss_cut", f"keep rate {k:.1%} is below the loss-cut ratio {LOSS_CUT_RATIO:.0%}: "
                                        "the exchange closes every CFD position")
-                self._hold_keep_rate(r, "loss-cut")
+                if hold:
+                    self._hold_keep_rate(r, "loss-cut")
             return
         gone = previous is not None and previous.require_collateral > 0 and \
             r.require_collateral < previous.require_collateral
@@ -339,7 +341,8 @@ class MarginWatch:
                 self.alert("loss_cut", f"the account's positions were closed with equity {r.equity:,.0f} JPY, "
                                        f"below {LOSS_CUT_RATIO:.0%} of the {previous.require_collateral:,.0f} JPY "
                                        "they required: a loss-cut")
-                self._hold_keep_rate(r, "loss-cut", require=previous.require_collateral)
+                if hold:
+                    self._hold_keep_rate(r, "loss-cut", require=previous.require_collateral)
             return
         if k is not None and k >= LOSS_CUT_RATIO + KEEP_RATE_HYSTERESIS:
             self._loss_cut_seen = False
