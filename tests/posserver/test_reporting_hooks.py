@@ -144,3 +144,38 @@ async def test_unreachable_influx_and_webhook_never_block(server_factory: Any, f
     assert (await c.status())["bots"][0]["id"] == "bot-q"  # the loop still answers
     assert s.reporter.posts_ok == 0 and s.influx.buffered > 0  # points kept for later, bounded
     await c.stop()
+
+
+def _influx_account(port: int) -> list[Any]:
+    q = "SELECT last(keep_rate), last(collateral), last(pnl_gap) FROM bfsx_account"
+    url = f"http://127.0.0.1:{port}/query?db=bfsx&q={urllib.request.quote(q)}"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        series = orjson.loads(r.read())["results"][0].get("series")
+    return list(series[0]["values"][0][1:]) if series else []
+
+
+async def test_keep_rate_in_influx_the_account_chart_and_the_console(
+    sim: Any, server_factory: Any, fast_config: Any, webhook: Webhook, influxd: int, tmp_path: Path, wait_for: Any
+) -> None:
+    from rich.console import Console as RichConsole
+
+    from bfsx.bitflyer.rest import RestClient
+    from bfsx.posserver.console import Console
+
+    cfg = fast_config(endpoint=sim.url, pos_server_discord=webhook.url, pos_server_discord_interval=60,
+                      pos_server_discord_influxdb=["127.0.0.1", influxd], pos_server_margin_interval=0.1)
+    charts = tmp_path / "charts"
+    s: PosServer = await server_factory(cfg, chart_dir=charts, chart_interval=0.3)
+    async with RestClient(sim.url, "demo-key-1", "demo-secret-1") as rest:
+        await rest.send_child_order("FX_BTC_JPY", "BUY", 0.2)
+        await wait_for(lambda: s.margin.keep_rate is not None, what="a keep rate")
+    await wait_for(lambda: len(_influx_account(influxd)) == 3 and _influx_account(influxd)[0] is not None,
+                   what="bfsx_account points")
+    keep, collateral, _gap = _influx_account(influxd)
+    assert keep > 1 and collateral > 0
+    await wait_for(lambda: (charts / "account.png").exists(), what="the account chart")
+    assert (charts / "account.png").read_bytes().startswith(PNG)
+    out = RichConsole(record=True, width=200)
+    out.print(Console(s, live=True).render())
+    text = out.export_text()
+    assert f"margin: keep rate {s.margin.keep_rate:.1%}" in text and "collateral" in text and "Σ bots" in text

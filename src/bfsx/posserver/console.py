@@ -2,7 +2,9 @@
 
 Bots (market, position, profit, API budget, seconds since their last report) and markets (total
 position, exchange position, diff, consecutive count, total profit), plus the counters: bad
-packets by reason, reports, corrections, evictions, and the bot ids claimed by two live senders.
+packets by reason, reports, corrections, evictions, and the bot ids claimed by two live senders;
+the account's margin (keep rate, collateral, open PnL, PnL today against Σ bots') and the
+close-only holds.
 
 Every cell is a :class:`rich.text.Text`: ids, markets and reasons come from the network and are
 shown literally, never read as console markup (``evil[/b]`` would otherwise break the render).
@@ -96,10 +98,33 @@ class Console:
             self._update()
             await asyncio.sleep(self.refresh)
 
+    def margin_line(self) -> Text:
+        """The account's margin in one line (red while a hold is on or the keep rate is below warn)."""
+        s = self.server
+        m = s.margin.status()
+        holds = ", ".join(f"{r} ({mk or 'all'})" for r, mk in s.controls.holds())
+        if not m["known"]:
+            text = f"margin: unknown ({m['error'] or 'not read yet'})"
+        else:
+            k = m["keep_rate"]
+            rate = "- (flat)" if k is None else f"{k:.1%}"
+            pnl = m["pnl_today"]
+            today = "?" if pnl is None else _jpy(pnl)
+            gap = "" if m["pnl_gap"] is None else f" (gap {_jpy(m['pnl_gap'])}: fees, funding, foreign trades)"
+            text = (f"margin: keep rate {rate} | collateral {m['collateral']:,.0f} | open PnL {_jpy(m['open_pnl'])} | "
+                    f"required {m['require_collateral']:,.0f} | PnL today {today} vs Σ bots {_jpy(m['bots_pnl'])}{gap}")
+        if holds:
+            text += f" | CLOSE-ONLY: {holds}"
+        warn = s.config.pos_server_keep_rate_warn
+        low = m["keep_rate"] is not None and warn and m["keep_rate"] < warn
+        return Text(text, style="bold red" if holds or low else "")
+
     def on_check(self, results: Sequence[CheckResult]) -> None:
         """After every check: plain lines when there is no live table."""
         if self.live:
             return
+        if self.server.margin.polls or self.server.controls.holds():
+            log.info("%s", self.margin_line().plain)
         for r in results:
             diff = r.exchange - r.expected if r.exchange is not None else None
             d = self.server._drift.get(r.market)
@@ -150,7 +175,7 @@ class Console:
             f"reports {c['reports']} | corrections {c['corrections']} | evictions {c['evictions']} | "
             f"duplicates refused {c['duplicates']} | bad packets: {bad} | {s.host}:{s.port}"
         )
-        parts: list[Table | Text] = [bots, markets, footer]
+        parts: list[Table | Text] = [bots, markets, self.margin_line(), footer]
         for cl in s.registry.claimants.values():
             line = Text("DUPLICATE bot id ", style="bold red")
             line.append(cl.bot)  # appended as plain text: never markup

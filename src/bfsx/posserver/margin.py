@@ -140,6 +140,7 @@ class MarginWatch:
         self.failures = 0  # in a row
         self.last_error = ""
         self.samples: deque[AccountSample] = deque(maxlen=MAX_SAMPLES)
+        self.on_sample: Callable[[AccountSample], None] | None = None  # the server: InfluxDB
         # Today's collateral history, summed (never kept row by row: a busy day has many fills).
         self.day: int | None = None
         self.realized_today = 0.0
@@ -365,7 +366,9 @@ class MarginWatch:
         return self.controls.release(DAILY_LOSS_HOLD)
 
     def _record(self, r: MarginReading) -> None:
-        bots = self.bots_pnl()
-        self.samples.append(AccountSample(
+        sample = AccountSample(
             ts=r.at, collateral=r.collateral, open_pnl=r.open_pnl, require_collateral=r.require_collateral,
-            keep_rate=r.keep_rate, pnl_today=self.pnl_today, bots_pnl=bots))
+            keep_rate=r.keep_rate, pnl_today=self.pnl_today, bots_pnl=self.bots_pnl())
+        self.samples.append(sample)
+        if self.on_sample is not None:
+            self.on_sample(sample)

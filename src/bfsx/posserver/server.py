@@ -60,7 +60,7 @@ from bfsx.posserver.lease_budget import HostBudget
 from bfsx.posserver.lease_desk import HEALTH_FEED_INTERVAL_S, LeaseDesk, host_of
 from bfsx.posserver.margin import MarginWatch
 from bfsx.posserver.registry import ZERO, BotState, Registry, dec
-from bfsx.reporting.samples import BotSample, MarketSample
+from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
 
 log = logging.getLogger("bfsx.posserver")
 
@@ -217,6 +217,7 @@ class PosServer:
         self.alerts_logged = 0
         #: The account's margin, polled once for the account (margin.py).
         self.margin = MarginWatch(self.rest, lambda: self.config, self.controls, self.alert, self.bots_cfd_pnl)
+        self.margin.on_sample = self._account_sample
         self._health_stopped: set[str] = set()  # markets whose STOP / NO ORDER was alerted
         self._over_limit_alerted: dict[str, float] = {}  # bot id ("" = the server) → the pause alerted
 
@@ -977,6 +978,22 @@ class PosServer:
         except Exception as e:
             log.warning("history: write failed: %s", e)
 
+    def _account_sample(self, sample: AccountSample) -> None:
+        if self.influx is not None:  # only queues: the writer's thread does the network
+            self.influx.write_account([sample])
+
+    def keep_rate_lines(self) -> list[tuple[str, float]]:
+        """The keep-rate thresholds to draw on the account chart (the ones that are on)."""
+        from bfsx.bitflyer.collateral import LOSS_CUT_RATIO
+
+        c = self.config
+        lines = [("warn", c.pos_server_keep_rate_warn), ("close-only", c.pos_server_keep_rate_close_only)]
+        return [(n, v) for n, v in lines if v > 0] + [("loss-cut", LOSS_CUT_RATIO)]
+
+    def account_history(self, since: float) -> list[AccountSample]:
+        """The margin samples from ``since`` on (for the charts; in memory, bounded)."""
+        return [s for s in self.margin.samples if s.ts >= since]
+
     @staticmethod
     def _bot_sample(b: BotState, ts: float) -> BotSample:
         return BotSample(ts=ts, bot=b.bot, market=b.market, position=float(b.position), profit=b.profit,
@@ -1003,7 +1020,9 @@ class PosServer:
         if self.config.pos_server_discord_value() or self.chart_dir is not None:
             from bfsx.reporting.discord import DiscordReporter
 
-            self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples)
+            self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples,
+                                            account_history=self.account_history,
+                                            account_thresholds=self.keep_rate_lines)
             self.reporter.start()
         if self.chart_dir is not None:
             self._spawn(self._chart_loop(), "charts")
@@ -1098,7 +1117,9 @@ class PosServer:
         elif new.pos_server_discord_value():
             from bfsx.reporting.discord import DiscordReporter
 
-            self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples)
+            self.reporter = DiscordReporter(self._report_settings(), self.market_history, self.bot_samples,
+                                            account_history=self.account_history,
+                                            account_thresholds=self.keep_rate_lines)
             self.reporter.start()
         if live:
             log.info("%s reloaded: %s applied", self.config_path, ", ".join(live))

@@ -40,16 +40,19 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image
 
 from bfsx.bitflyer.timestamps import JST
-from bfsx.reporting.samples import BotSample, MarketSample
+from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
 
 __all__ = [
+    "AccountSample",
     "BotSample",
     "MarketSample",
+    "build_account_figure",
     "build_bot_figure",
     "build_market_figure",
     "build_pnl_bitflyer_figure",
     "format_jpy",
     "format_size",
+    "render_account_chart",
     "render_async",
     "render_bot_chart",
     "render_market_chart",
@@ -846,6 +849,65 @@ def render_bot_chart(
 ) -> bytes:
     """PNG (1200×800) of one bot's position and PnL over ``period_hours``."""
     return _png(build_bot_figure(bot, samples, period_hours, now))
+
+
+# --------------------------------------------------------------------------- account chart
+
+KEEP_RATE = "#7c3aed"
+BOTS_PNL = "#2563eb"
+
+
+def build_account_figure(
+    samples: Sequence[AccountSample], period_hours: float, now: float | None = None,
+    thresholds: Sequence[tuple[str, float]] = (),
+) -> Figure:
+    """The account's margin: keep rate (%) with the thresholds as dashed lines, and below the
+    account's PnL today (from the collateral) against Σ the bots' PnL (from their fills).
+    ``fig.axes[0]`` keep rate, ``fig.axes[1]`` PnL."""
+    win = _window(period_hours, now, *_ts_range(s.ts for s in samples))
+    t, (keep, pnl, bots) = _series(
+        [s.ts for s in samples],
+        [[None if s.keep_rate is None else s.keep_rate * 100 for s in samples],
+         [s.pnl_today for s in samples], [s.bots_pnl for s in samples]],
+        win,
+    )
+    fig = _new_figure()
+    span = f"{_period_text(win.hours)} · {_span_text(win.start, win.end)}"
+    if not len(t):
+        return _no_data(fig, "account", span, text=INK, muted=MUTED)
+    last = samples[-1]
+    head = "flat (no keep rate)" if last.keep_rate is None else f"keep rate {last.keep_rate:.0%}"
+    low = last.keep_rate is not None and any(last.keep_rate < v for _, v in thresholds)
+    sub = f"collateral {format_jpy(last.collateral, signed=False)} · open PnL {format_jpy(last.open_pnl)}"
+    _header(fig, "account", head, LOSS if low else GAIN, sub, text=INK, muted=MUTED)
+    when = fig.text(EDGE, 0.835, span, ha="left", va="top", fontsize=HEAD_SIZE - 2, color=MUTED)
+    _fit_row(fig, [when], shorten=when)
+    grid = fig.add_gridspec(2, 1, height_ratios=(1, 1), hspace=0.08, left=0.1, right=0.96, top=0.77, bottom=0.09)
+    ax_k = fig.add_subplot(grid[0])
+    ax_p = fig.add_subplot(grid[1], sharex=ax_k)
+    x = _to_num(t)
+    ax_k.plot(x, keep, color=KEEP_RATE, linewidth=LINE_WIDTH, label="keep rate")
+    for name, value in thresholds:
+        ax_k.axhline(value * 100, color=LOSS, linewidth=1.2, linestyle="--", label=f"{name} {value:.0%}")
+    _pad_ylim(ax_k, [keep, np.asarray([v * 100 for _, v in thresholds], dtype=np.float64)], include_zero=True)
+    ax_k.set_ylabel("Keep rate (%)", fontsize=LABEL_SIZE, color=INK)
+    ax_k.legend(loc="upper left", fontsize=LEGEND_SIZE, frameon=False)
+    _style_axes(ax_k, text=INK, grid=GRID)
+    ax_k.tick_params(labelbottom=False)
+    ax_p.plot(x, bots, color=BOTS_PNL, linewidth=LINE_WIDTH - 1, label="Σ bots (their fills)")
+    ax_p.plot([], [], color=INK, linewidth=LINE_WIDTH, label="account today (collateral)")  # legend entry only
+    _finish_pnl_panel(fig, ax_k, ax_p, x, pnl, win)
+    _pad_ylim(ax_p, [pnl, bots], include_zero=True)
+    ax_p.legend(loc="upper left", fontsize=LEGEND_SIZE, frameon=False)
+    return fig
+
+
+def render_account_chart(
+    samples: Sequence[AccountSample], period_hours: float, now: float | None = None,
+    thresholds: Sequence[tuple[str, float]] = (),
+) -> bytes:
+    """PNG (1200×800) of the account's keep rate and PnL today over ``period_hours``."""
+    return _png(build_account_figure(samples, period_hours, now, thresholds))
 
 
 # --------------------------------------------------------------------------- off-loop helper

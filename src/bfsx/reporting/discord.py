@@ -36,11 +36,12 @@ from bfsx.reporting.charts import (
     base_unit,
     format_jpy,
     format_size,
+    render_account_chart,
     render_bot_chart,
     render_market_chart,
     render_pnl_bitflyer,
 )
-from bfsx.reporting.samples import BotSample, MarketSample
+from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
 
 __all__ = [
     "BotChartReporter",
@@ -484,6 +485,8 @@ MarketHistory = Callable[
     [float], Mapping[str, Sequence[MarketSample]] | Awaitable[Mapping[str, Sequence[MarketSample]]]
 ]
 BotSnapshot = Callable[[], Sequence[BotSample] | Awaitable[Sequence[BotSample]]]
+AccountHistory = Callable[[float], Sequence[AccountSample]]
+Thresholds = Callable[[], Sequence[tuple[str, float]]]
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -496,8 +499,9 @@ class DiscordReporter(_PeriodicPoster):
     ``market_history(since_ts)`` returns ``{market: samples}`` for the chart period, oldest first,
     ideally including the last sample before ``since_ts`` (carried into the chart's left edge);
     ``bot_samples()`` returns the latest sample of every live bot. Either may be sync or async.
-    Posts one chart per market, the bitFlyer-style total PnL chart when ``bitflyer_color``, and
-    the per-bot table when ``send_text``.
+    Posts one chart per market, the bitFlyer-style total PnL chart when ``bitflyer_color``, the
+    account's margin chart when ``account_history(since_ts)`` has samples (``account_thresholds()``
+    names the keep-rate lines to draw), and the per-bot table when ``send_text``.
     """
 
     def __init__(
@@ -509,8 +513,12 @@ class DiscordReporter(_PeriodicPoster):
         executor: Executor | None = None,
         webhook_factory: Callable[[str], DiscordWebhook] | None = None,
         clock: Callable[[], float] = time.time,
+        account_history: AccountHistory | None = None,
+        account_thresholds: Thresholds | None = None,
     ) -> None:
         super().__init__(settings, executor=executor, webhook_factory=webhook_factory)
+        self._account_history = account_history
+        self._account_thresholds = account_thresholds
         self._market_history = market_history
         self._bot_samples = bot_samples
         self._clock = clock
@@ -536,6 +544,10 @@ class DiscordReporter(_PeriodicPoster):
         ]
         if s.bitflyer_color and history:
             jobs.append(("pnl_total.png", _bind_total(history, s.period_hours, at)))
+        account = list(self._account_history(at - s.period_hours * 3600.0)) if self._account_history else []
+        if account:
+            lines_of = list(self._account_thresholds()) if self._account_thresholds else []
+            jobs.append(("account.png", _bind_account(account, s.period_hours, at, lines_of)))
         files = await self._render(jobs) if jobs else []
         total = sum(samples[-1].profit for samples in history.values())
         lines = [
@@ -548,6 +560,12 @@ class DiscordReporter(_PeriodicPoster):
             if last.exchange_position is not None and abs(last.exchange_position - last.position) > 1e-9:
                 line += f" · exchange {format_size(last.exchange_position)}"
             lines.append(line)
+        if account:
+            a = account[-1]
+            keep = "-" if a.keep_rate is None else f"{a.keep_rate:.0%}"
+            today = "?" if a.pnl_today is None else format_jpy(a.pnl_today)
+            lines.append(f"account: keep rate {keep} · collateral {format_jpy(a.collateral, signed=False)} · "
+                         f"PnL today {today} (Σ bots {format_jpy(a.bots_pnl)})")
         text = "\n".join(lines)
         if s.send_text:
             bots: Sequence[BotSample] = await _maybe_await(self._bot_samples())
@@ -559,6 +577,12 @@ def _bind_market(
     market: str, samples: Sequence[MarketSample], hours: float, now: float
 ) -> Callable[[], bytes]:
     return lambda: render_market_chart(market, samples, hours, now)
+
+
+def _bind_account(
+    samples: Sequence[AccountSample], hours: float, now: float, thresholds: Sequence[tuple[str, float]]
+) -> Callable[[], bytes]:
+    return lambda: render_account_chart(samples, hours, now, thresholds)
 
 
 def _bind_total(

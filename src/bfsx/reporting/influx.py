@@ -11,6 +11,9 @@ Schema (documented in docs/influxdb.md):
 - ``bfsx_bot``    tags ``bot``, ``market``; fields ``position``, ``profit``, ``api_remaining`` (int)
 - ``bfsx_market`` tags ``market``; fields ``position``, ``profit``, ``price``,
   ``exchange_position``, ``diff`` (= exchange_position - position)
+- ``bfsx_account`` no tags; fields ``collateral``, ``open_pnl``, ``require_collateral``,
+  ``keep_rate`` (absent while flat), ``pnl_today`` (absent until known), ``bots_pnl``, ``pnl_gap``
+  (= pnl_today - bots_pnl), at every margin poll
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError
 
 from bfsx.aio import backoff_delay
-from bfsx.reporting.samples import BotSample, MarketSample
+from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
 
-__all__ = ["BOT_MEASUREMENT", "MARKET_MEASUREMENT", "InfluxWriter", "bot_point", "market_point"]
+__all__ = ["ACCOUNT_MEASUREMENT", "BOT_MEASUREMENT", "MARKET_MEASUREMENT", "InfluxWriter", "account_point",
+           "bot_point", "market_point"]
 
 log = logging.getLogger("bfsx.posserver.influx")  # name kept: log lines unchanged by the move
 
 BOT_MEASUREMENT: Final = "bfsx_bot"
 MARKET_MEASUREMENT: Final = "bfsx_market"
+ACCOUNT_MEASUREMENT: Final = "bfsx_account"
 
 Point = dict[str, Any]
 
@@ -75,6 +80,20 @@ def market_point(market: str, sample: MarketSample) -> Point:
         "time": round(sample.ts * 1000),
         "fields": fields,
     }
+
+
+def account_point(sample: AccountSample) -> Point:
+    """The ``bfsx_account`` point of one margin poll (time in ms)."""
+    fields: dict[str, float | int] = {}
+    _put(fields, "collateral", sample.collateral)
+    _put(fields, "open_pnl", sample.open_pnl)
+    _put(fields, "require_collateral", sample.require_collateral)
+    _put(fields, "keep_rate", sample.keep_rate)
+    _put(fields, "pnl_today", sample.pnl_today)
+    _put(fields, "bots_pnl", sample.bots_pnl)
+    if sample.pnl_today is not None:
+        _put(fields, "pnl_gap", sample.pnl_today - sample.bots_pnl)
+    return {"measurement": ACCOUNT_MEASUREMENT, "tags": {}, "time": round(sample.ts * 1000), "fields": fields}
 
 
 class InfluxWriter:
@@ -141,6 +160,10 @@ class InfluxWriter:
     def write_markets(self, samples_by_market: Mapping[str, Sequence[MarketSample]]) -> None:
         """Queue one ``bfsx_market`` point per sample (``{market: [sample, ...]}``). Never blocks."""
         self._enqueue([market_point(m, s) for m, samples in samples_by_market.items() for s in samples])
+
+    def write_account(self, samples: Sequence[AccountSample]) -> None:
+        """Queue one ``bfsx_account`` point per margin sample. Never blocks."""
+        self._enqueue([account_point(s) for s in samples])
 
     def _enqueue(self, points: list[Point]) -> None:
         if not points or self._stop.is_set():
