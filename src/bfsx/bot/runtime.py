@@ -16,6 +16,7 @@ import functools
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +34,7 @@ from bfsx.bitflyer.messages import Side
 from bfsx.bitflyer.products import ProductSpec, product_spec
 from bfsx.bitflyer.realtime import RealtimeClient
 from bfsx.bitflyer.rest import RestClient
-from bfsx.bitflyer.states import can_order
+from bfsx.bitflyer.states import can_order, health_rank
 from bfsx.bot.desk import OrderDesk
 from bfsx.bot.listeners import Callback, Listener, call_maybe_async
 from bfsx.bot.loader import load_strategy_class
@@ -57,10 +58,17 @@ from bfsx.market.health import HealthPoller
 
 if TYPE_CHECKING:  # imported lazily below: a bot without a server or charts does not load them
     from bfsx.posserver.client import PosServerClient
+    from bfsx.reporting.alerts import Alerts
     from bfsx.reporting.discord import BotChartReporter
 
 QUIET_SECONDS = 5.0  # no drift correction while this bot traded this recently
 STOP_CANCEL_TIMEOUT = 10.0
+#: Alerts to the strategy's webhook: at most one per kind per this many seconds (the rest counted).
+ALERT_INTERVAL_S = 60.0
+#: How often the bot looks for a new over-limit pause to alert about.
+ALERT_CHECK_INTERVAL_S = 1.0
+RECONNECT_STORM_COUNT = 3
+RECONNECT_STORM_WINDOW_S = 60.0
 JOURNAL_KEEP_DAYS = 7
 CHART_SAMPLE_SECONDS = 10.0
 
@@ -131,6 +139,19 @@ class BotRuntime:
             from bfsx.reporting.discord import BotChartReporter, ReportSettings
 
             self.charts = BotChartReporter(self.bot_name, ReportSettings.from_strategy_config(strategy_config))
+        # Alerts to the same webhook: over-limit pauses, health STOP, reconnect storms.
+        self.alerts: Alerts | None = None
+        if strategy_config.discord_webhook_value():
+            from bfsx.reporting.alerts import BOT_ALERT_KINDS, Alerts
+
+            self.alerts = Alerts(strategy_config.discord_webhook_value(), source=f"bfsx {self.bot_name}",
+                                 kinds=BOT_ALERT_KINDS, per_kind_interval_s=ALERT_INTERVAL_S)
+        #: A reconnect storm: this many realtime reconnects within this many seconds.
+        self.reconnect_storm_count = RECONNECT_STORM_COUNT
+        self.reconnect_storm_window_s = RECONNECT_STORM_WINDOW_S
+        self.alert_check_interval_s = ALERT_CHECK_INTERVAL_S
+        self._reconnects: deque[float] = deque(maxlen=64)
+        self._paused = False  # a -1 pause was running at the last look
 
         self.reconciler = Reconciler(
             product=self.product, rest=self.rest, tracker=self.tracker, journal=self.journal,
@@ -335,7 +356,42 @@ class BotRuntime:
     async def _on_connect(self, reconnected: bool) -> None:
         if reconnected:
             self.log.warning("realtime reconnected: resyncing orders and fills")
+            self._note_reconnect(time.monotonic())
         await self.resync()
+
+    # ----------------------------------------------------------------- alerts (strategy webhook)
+    def alert(self, kind: str, text: str) -> None:
+        """A log line, and a message to the strategy's ``discord_webhook`` when one is set
+        (rate-limited per kind, never blocking)."""
+        self.log.warning("ALERT %s: %s", kind, text)
+        if self.alerts is not None:
+            self.alerts.emit(kind, text)
+
+    def _note_reconnect(self, now_m: float) -> None:
+        self._reconnects.append(now_m)
+        n = max(2, self.reconnect_storm_count)
+        recent = [t for t in self._reconnects if now_m - t <= self.reconnect_storm_window_s]
+        if len(recent) >= n:
+            self.alert("reconnect_storm", f"{self.product}: {len(recent)} realtime reconnects in the last "
+                                          f"{self.reconnect_storm_window_s:.0f} s")
+            self._reconnects.clear()  # the next storm counts afresh
+
+    def _on_health(self, health: str, state: str) -> None:
+        if health_rank(health) >= health_rank("NO ORDER") and health != "UNKNOWN":
+            self.alert("health_stop", f"{self.product}: exchange health {health} / {state}: no order goes through")
+
+    async def _alert_loop(self) -> None:
+        """Looks for a new -1 pause (an over-limit answer) every ``alert_check_interval_s``."""
+        while not self._stopping:
+            until = self.budget.paused_until
+            now = time.time()
+            # One alert per pause: every further -1 during it extends the same pause.
+            paused, was = until > now, self._paused
+            self._paused = paused
+            if paused and not was:
+                self.alert("over_limit", f"{self.product}: the exchange answered -1 (over an API limit): orders "
+                                         f"pause for {until - now:.0f} s")
+            await asyncio.sleep(self.alert_check_interval_s)
 
     # ----------------------------------------------------------------- config reload
     def _strategy_yaml_changed(self, new: StrategyConfig) -> None:
@@ -404,6 +460,10 @@ class BotRuntime:
         if self.charts is not None:
             self.charts.start()
             self._spawn(self._chart_sample_loop(self.charts), "chart-samples")
+        if self.alerts is not None:
+            self.alerts.start()
+            self.health.on_change.append(self._on_health)
+            self._spawn(self._alert_loop(), "alerts")
         if self.posclient is None:
             self._spawn(run_drift_loop(
                 lambda: self.trade.adjust_position_interval, self._drift_round, log=self.log,
@@ -450,6 +510,8 @@ class BotRuntime:
             await self.posclient.stop()
         if self.charts is not None:
             await self.charts.close()
+        if self.alerts is not None:
+            await self.alerts.close()
         self.feed.close()
         await self.health.stop()
         await self.realtime.close()

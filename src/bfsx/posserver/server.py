@@ -219,7 +219,7 @@ class PosServer:
         self.margin = MarginWatch(self.rest, lambda: self.config, self.controls, self.alert, self.bots_cfd_pnl)
         self.margin.on_sample = self._account_sample
         self._health_stopped: set[str] = set()  # markets whose STOP / NO ORDER was alerted
-        self._over_limit_alerted: dict[str, float] = {}  # bot id ("" = the server) → the pause alerted
+        self._over_limit_alerted: dict[str, float] = {}  # bot id ("" = the server) → paused, alerted
 
         self.started_at = 0.0  # unix
         self._started_m = 0.0  # monotonic
@@ -431,7 +431,10 @@ class PosServer:
         pauses = {"": self.own_budget.paused_until}
         pauses.update({b.bot: b.budget.paused_until for b in self.registry.bots.values() if b.budget is not None})
         for who, until in pauses.items():
-            if until > now and self._over_limit_alerted.get(who) != until:
+            # One alert per pause: a -1 during a pause extends it, it does not start another.
+            if until <= now:
+                self._over_limit_alerted.pop(who, None)
+            elif who not in self._over_limit_alerted:
                 self._over_limit_alerted[who] = until
                 name = "the position server" if not who else f"bot {who}"
                 self.alert("over_limit", f"{name} got -1 (over an API limit): orders pause for "
