@@ -263,3 +263,42 @@ def test_bfsx_trade_and_pos_server_exit_2_with_one_line(tmp_path: Path) -> None:
         "bfsx pos-server: server.yaml: 'pos_server_check_interval' must be a finite number >= 0.05 and <= 86400, "
         "got '1e-9'"]
 
+
+
+# ------------------------------------------------------------------ margin thresholds and alerts
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pos_server_keep_rate_warn: .nan\n", "'pos_server_keep_rate_warn' must be a finite number >= 0 and <= 10, got nan"),
+        ("pos_server_keep_rate_close_only: -0.5\n",
+         "'pos_server_keep_rate_close_only' must be a finite number >= 0 and <= 10, got -0.5"),
+        ("pos_server_keep_rate_warn: 11\n", "'pos_server_keep_rate_warn' must be a finite number >= 0 and <= 10, got 11"),
+        ("pos_server_max_daily_loss: -1\n",
+         "'pos_server_max_daily_loss' must be a finite number >= 0 and <= 100000000000, got -1"),
+        ("pos_server_max_daily_loss: .inf\n",
+         "'pos_server_max_daily_loss' must be a finite number >= 0 and <= 100000000000, got inf"),
+        ("pos_server_keep_rate_warn: 0.8\npos_server_keep_rate_close_only: 1.2\n",
+         "'pos_server_keep_rate_warn' (0.8) must be at least 'pos_server_keep_rate_close_only' (1.2), or 0 for off"),
+        ("pos_server_alerts: [loss_cutt]\n",
+         "'pos_server_alerts' has an unknown alert kind 'loss_cutt' (did you mean 'loss_cut'?)"),
+        ("pos_server_alerts: 3\n", "'pos_server_alerts' must be 'default', 'all', 'none' or a list of alert kinds, got 3"),
+        ("pos_server_alerts: [[x]]\n", "'pos_server_alerts' has an unknown alert kind ['x']; known: "),
+    ],
+)
+def test_margin_and_alert_keys_refuse_nonsense_in_one_line(text: str, expected: str) -> None:
+    message = error_of(text)
+    assert message.startswith(f"c.yaml: {expected}"), message
+
+
+def test_alert_selection_forms() -> None:
+    from bfsx.reporting.alerts import ALERT_KINDS, DEFAULT_ALERT_KINDS
+
+    assert load_trade_config(write_yaml("")).pos_server_alerts == DEFAULT_ALERT_KINDS
+    assert "correction" not in DEFAULT_ALERT_KINDS and "loss_cut" in DEFAULT_ALERT_KINDS
+    assert load_trade_config(write_yaml("pos_server_alerts: all\n")).pos_server_alerts == frozenset(ALERT_KINDS)
+    assert load_trade_config(write_yaml("pos_server_alerts: none\n")).pos_server_alerts == frozenset()
+    assert load_trade_config(write_yaml("pos_server_alerts: []\n")).pos_server_alerts == frozenset()
+    picked = load_trade_config(write_yaml("pos_server_alerts: [Loss_Cut, daily_loss]\n")).pos_server_alerts
+    assert picked == {"loss_cut", "daily_loss"}
+    off = load_trade_config(write_yaml("pos_server_keep_rate_warn: 0\npos_server_keep_rate_close_only: 2\n"))
+    assert (off.pos_server_keep_rate_warn, off.pos_server_keep_rate_close_only) == (0, 2)  # warn off: no order rule

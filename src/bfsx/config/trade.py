@@ -70,9 +70,9 @@ BOT_NAME_HASH_CHARS = 4
 _MAX_BOT_NAME = 64  # the position server's id limit, and a sane folder name
 #: The highest keep-rate threshold: 1000 %. bitFlyer's margin call is at 100 % and its loss-cut at
 #: 50 %; a threshold above 10 would hold an account that is nowhere near either.
-MAX_KEEP_RATE = 10.0
+MAX_KEEP_RATE = 10
 #: The largest daily loss limit in JPY (a hundred billion): above it the key is a typo.
-MAX_DAILY_LOSS_JPY = 1e11
+MAX_DAILY_LOSS_JPY = 100_000_000_000
 
 
 def _alert_kinds(value: Any) -> Any:
@@ -93,7 +93,7 @@ def _alert_kinds(value: Any) -> Any:
     kinds = []
     for v in value:
         kind = v.strip().lower() if isinstance(v, str) else v
-        if kind not in ALERT_KINDS:
+        if not isinstance(kind, str) or kind not in ALERT_KINDS:
             hint = _suggest(str(kind), list(ALERT_KINDS)) if isinstance(kind, str) else None
             tail = f" (did you mean '{hint}'?)" if hint else f"; known: {', '.join(ALERT_KINDS)}"
             raise _fail(f"has an unknown alert kind {_show(v)}{tail}")
