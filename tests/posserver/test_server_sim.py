@@ -171,3 +171,32 @@ async def test_unknown_exchange_data_never_corrects(sim: SimServer, server: PosS
     await sim.set_faults(http_error_rate=0.0)
     await wait_for(lambda: server.counters["corrections"] == 1, what="correction once known")
     await a.close()
+
+
+async def test_f_corrections_deaths_duplicates_and_stops_are_alerted(sim: SimServer, server_factory: Any,
+                                                                     fast_config: Any, wait_for: Any) -> None:
+    from alert_hook import alert_hook
+
+    async with alert_hook() as hook:
+        cfg: TradeConfig = fast_config(endpoint=sim.url, adjust_max_size=0.05, pos_server_discord=hook.url,
+                                       pos_server_alerts="all", pos_server_alert_interval=0.05)
+        server: PosServer = await server_factory(cfg, startup_grace=0.5)
+        a = await FakeBot(sim, server, "a").start()
+        b = await FakeBot(sim, server, "b").start()
+        await a.trade("BUY", "0.01", report=False)  # a lost fill: corrected, and said so
+        await wait_for(lambda: hook.texts("correction"), what="the correction alert")
+        assert "sent MARKET SELL 0.01" in hook.texts("correction")[0]
+        twin = PosServerClient("127.0.0.1", server.port, SECRET, "a", FX, report_interval=0.2)
+        await twin.start()  # a second live sender of bot id "a"
+        twin.report(0.0, 0.0, 0.0, 0.0, None)
+        await wait_for(lambda: hook.texts("duplicate"), what="the duplicate alert")
+        await twin.stop()
+        await b.trade("BUY", "0.02")
+        await b.vanish()  # dies holding +0.02
+        await wait_for(lambda: hook.texts("bot_died"), what="the dead bot alert")
+        assert "bot b went silent" in hook.texts("bot_died")[0] and "holding 0.02" in hook.texts("bot_died")[0]
+        await sim.set_faults(health="STOP")
+        await wait_for(lambda: hook.texts("health_stop"), what="the health STOP alert")
+        await sim.set_faults(health=None)
+        assert "SECRET-alert-token" not in "".join(hook.texts())
+        await a.close()
