@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from influxdb import InfluxDBClient
 
-from bfsx.reporting.influx import BOT_MEASUREMENT, MARKET_MEASUREMENT, InfluxWriter
-from bfsx.reporting.samples import BotSample, MarketSample
+from bfsx.reporting.influx import ACCOUNT_MEASUREMENT, BOT_MEASUREMENT, MARKET_MEASUREMENT, InfluxWriter
+from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
 
 from .conftest import InfluxServer
 
@@ -64,7 +64,11 @@ def test_points_round_trip_and_grafana_query(influxd: InfluxServer, writers: lis
             ]
         }
     )
-    wait_for(lambda: writer.written == 5, what="5 points written")
+    writer.write_account([
+        AccountSample(t0, 2_000_000.0, -1500.0, 2_500_000.0, 0.7994, -2200.0, -1800.0),
+        AccountSample(t0 + 120, 2_000_000.0, 0.0, 0.0, None, None, 0.0),  # flat, PnL not known yet
+    ])
+    wait_for(lambda: writer.written == 7, what="7 points written")
     assert writer.connected is True and writer.dropped == 0
 
     bots = query(influxd, f'SELECT * FROM "{BOT_MEASUREMENT}" ORDER BY time', "bfsx_test")
@@ -83,6 +87,12 @@ def test_points_round_trip_and_grafana_query(influxd: InfluxServer, writers: lis
     assert markets[0]["exchange_position"] == 0.04
     assert markets[0]["diff"] == pytest.approx(0.01)
     assert markets[1]["price"] is None and markets[1]["diff"] is None
+
+    account = query(influxd, f'SELECT * FROM "{ACCOUNT_MEASUREMENT}" ORDER BY time', "bfsx_test")
+    assert account[0]["keep_rate"] == 0.7994 and account[0]["collateral"] == 2_000_000.0
+    assert account[0]["pnl_gap"] == pytest.approx(-400.0) and account[0]["open_pnl"] == -1500.0
+    assert account[1]["keep_rate"] is None and account[1]["pnl_today"] is None  # absent, never 0
+    assert account[1]["pnl_gap"] is None and account[1]["require_collateral"] == 0.0
 
     # Every example query of docs/influxdb.md, with Grafana's macros filled in as Grafana would.
     queries = re.findall(r"```sql\n(.*?)\n```", DOCS.read_text(), flags=re.S)

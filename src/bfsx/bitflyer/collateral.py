@@ -1,5 +1,5 @@
 """Crypto CFD collateral facts: the keep-rate ratios bitFlyer gives and the collateral history's
-reason codes (docs/bitflyer.md#margin-and-loss-cut).
+reason codes (docs/bitflyer.md#products).
 
 keep rate = (collateral + open PnL) / required collateral. Below ``MARGIN_CALL_RATIO`` the
 account gets a margin call; below ``LOSS_CUT_RATIO`` the exchange closes every CFD position at

@@ -36,7 +36,7 @@ __all__ = ["ALERT_KINDS", "BOT_ALERT_KINDS", "DEFAULT_ALERT_KINDS", "Alerts"]
 
 log = logging.getLogger("bfsx.alerts")
 
-#: Every kind of alert, with what it means (docs/config.md#alerts lists them for users).
+#: Every kind of alert, with what it means (docs/config.md#margin-and-alerts lists them for users).
 ALERT_KINDS: Final[dict[str, str]] = {
     "correction": "the position server sent a correcting order",
     "correction_failed": "a correcting order failed or was refused",
