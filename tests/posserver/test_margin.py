@@ -11,6 +11,7 @@ the figures, and a hanging webhook never stops the checks.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -93,25 +94,25 @@ async def test_keep_rate_warn_one_alert_then_close_only_hold_and_its_release(
     await long(rest, 0.5)
     await polls(server)
     assert server.margin.keep_rate is not None and server.margin.keep_rate > 3  # 10M JPY behind 0.5 BTC at 2x
-    assert hook.texts("keep_rate_warn") == [] and not server.controls.close_only(FX)
+    assert hook.texts("keep_rate_warn") == [] and not server.controls.held(FX)
     hooks = SimHooks(sim.url)
     await hooks.set_account(KEY, collateral_for(sim, 1.3))  # below warn, above close-only
     await eventually(lambda: hook.texts("keep_rate_warn"), what="the warn alert")
     await polls(server, 5)  # still below: no second alert
     assert len(hook.texts("keep_rate_warn")) == 1 and "keep rate 130.0% is below 150%" in hook.texts()[0]
-    assert not server.controls.close_only(FX)
+    assert not server.controls.held(FX)
 
     await hooks.set_account(KEY, collateral_for(sim, 0.8))  # below close-only, above the loss-cut (0.5)
-    await eventually(lambda: server.controls.close_only(FX), what="the close-only hold")
-    assert server.controls.reasons(FX) == [KEEP_RATE_HOLD]
+    await eventually(lambda: server.controls.held(FX), what="the close-only hold")
+    assert server.controls.held(FX) == [KEEP_RATE_HOLD]
     await eventually(lambda: hook.texts("keep_rate_close_only"), what="the close-only alert")
     assert account(sim)["loss_cuts"] == 0
 
     await hooks.set_account(KEY, collateral_for(sim, 1.05))  # above close-only, within the hysteresis
     await polls(server, 3)
-    assert server.controls.close_only(FX)
+    assert server.controls.held(FX)
     await hooks.set_account(KEY, collateral_for(sim, 1.2))
-    await eventually(lambda: not server.controls.close_only(FX), what="the hold released")
+    await eventually(lambda: not server.controls.held(FX), what="the hold released")
     assert "released" in hook.texts("keep_rate_close_only")[-1]
     status = server.status()["margin"]
     assert status["keep_rate"] == pytest.approx(1.2, abs=1e-6) and status["holds"] == []
@@ -131,9 +132,9 @@ async def test_a_sim_loss_cut_is_detected_and_alerted(
     assert len(hook.texts("loss_cut")) == 1 and "loss-cut" in hook.texts("loss_cut")[0]
     assert server.margin.keep_rate is None  # flat now
     # Flat with too little collateral for the position it held: the hold stays until a deposit.
-    assert server.controls.close_only(FX)
+    assert server.controls.held(FX)
     await SimHooks(sim.url).set_account(KEY, 10_000_000)
-    await eventually(lambda: not server.controls.close_only(FX), what="released after the deposit")
+    await eventually(lambda: not server.controls.held(FX), what="released after the deposit")
 
 
 async def test_max_daily_loss_holds_every_bot_and_a_withdrawal_is_no_loss(
@@ -145,23 +146,49 @@ async def test_max_daily_loss_holds_every_bot_and_a_withdrawal_is_no_loss(
     await polls(server, 3)
     # Today's transfers: the simulator's opening deposit of 10M (a DEPOSIT row today), then -5M.
     assert server.margin.transfers_today == 5_000_000 and server.margin.pnl_today == 0
-    assert not server.controls.close_only(FX)
+    assert not server.controls.held(FX)
     # Buy then sell 0.5 BTC across the spread: a realised loss of the spread × 0.5 (> 50 JPY).
     await long(rest, 0.5)
     await rest.send_child_order(FX, "SELL", 0.5)
     await eventually(lambda: _is(rest.net_position(FX), 0), what="flat again")
-    await eventually(lambda: server.controls.close_only(FX), what="the daily loss hold")
-    assert server.controls.reasons(FX) == [DAILY_LOSS_HOLD]
+    await eventually(lambda: server.controls.held(FX), what="the daily loss hold")
+    assert server.controls.held(FX) == [DAILY_LOSS_HOLD]
     pnl = server.margin.pnl_today
     assert pnl is not None and pnl < -50
     history = await rest.get_collateral_history(count=100)
     assert pnl == pytest.approx(sum(r["change"] for r in history if r["reason_code"] == "CLEARING_COLL"))
     assert hook.texts("daily_loss") and "until the next JST day" in hook.texts("daily_loss")[0]
     assert server.status()["margin"]["pnl_gap"] == pytest.approx(pnl)  # no bot reports it: all of it is the gap
-    # An operator's resume releases it for the rest of the day.
-    assert server.margin.resume_daily_loss()
+    # An operator's resume (bfsx ctl releases the hold) holds for the rest of the day.
+    assert server.controls.release(DAILY_LOSS_HOLD)
     await polls(server, 3)
-    assert not server.controls.close_only(FX)
+    assert not server.controls.held(FX)
+
+
+async def test_the_daily_loss_hold_ends_with_the_jst_day(sim: SimServer, rest: RestClient) -> None:
+    """The watch on its own, with a clock moved a day on: yesterday's rows are not today's loss."""
+    from types import SimpleNamespace
+
+    from bfsx.posserver.controls import Controls
+    from bfsx.posserver.margin import MarginWatch
+
+    shift = [0.0]
+    alerts: list[tuple[str, str]] = []
+    controls = Controls()
+    settings = SimpleNamespace(pos_server_margin_interval=0.1, pos_server_keep_rate_warn=0,
+                               pos_server_keep_rate_close_only=0, pos_server_max_daily_loss=50)
+    watch = MarginWatch(rest, lambda: settings, controls, lambda k, t: alerts.append((k, t)), lambda: 0.0,
+                        clock=lambda: time.time() + shift[0])
+    await long(rest, 0.5)
+    await rest.send_child_order(FX, "SELL", 0.5)
+    await eventually(lambda: _is(rest.net_position(FX), 0), what="flat again")
+    await eventually(watch.poll, what="a reading")
+    await eventually(lambda: controls.held(FX) == [DAILY_LOSS_HOLD], what="the daily loss hold")
+    assert [k for k, _ in alerts] == ["daily_loss"]
+    shift[0] = 86_400.0  # the next JST day
+    await watch.poll()
+    assert watch.realized_today == 0 and watch.pnl_today == 0
+    assert controls.held(FX) == [] and alerts[-1] == ("daily_loss", "a new JST day: the daily loss hold is released")
 
 
 async def test_a_hanging_webhook_never_stops_the_checks_or_the_margin_polls(
@@ -177,4 +204,4 @@ async def test_a_hanging_webhook_never_stops_the_checks_or_the_margin_polls(
     checks, margin_polls = server.checks, server.margin.polls
     await eventually(lambda: server.checks >= checks + 5 and server.margin.polls >= margin_polls + 5,
                      what="checks and polls while the webhook hangs")
-    assert server.controls.close_only(FX) and hook.posts == []
+    assert server.controls.held(FX) and hook.posts == []

@@ -102,7 +102,7 @@ class Console:
         """The account's margin in one line (red while a hold is on or the keep rate is below warn)."""
         s = self.server
         m = s.margin.status()
-        holds = ", ".join(f"{r} ({mk or 'all'})" for r, mk in s.controls.holds())
+        holds = s.controls.summary()
         if not m["known"]:
             text = f"margin: unknown ({m['error'] or 'not read yet'})"
         else:
@@ -114,7 +114,7 @@ class Console:
             text = (f"margin: keep rate {rate} | collateral {m['collateral']:,.0f} | open PnL {_jpy(m['open_pnl'])} | "
                     f"required {m['require_collateral']:,.0f} | PnL today {today} vs Σ bots {_jpy(m['bots_pnl'])}{gap}")
         if holds:
-            text += f" | CLOSE-ONLY: {holds}"
+            text += f" | HOLDS: {holds}"
         warn = s.config.pos_server_keep_rate_warn
         low = m["keep_rate"] is not None and warn and m["keep_rate"] < warn
         return Text(text, style="bold red" if holds or low else "")
@@ -123,7 +123,7 @@ class Console:
         """After every check: plain lines when there is no live table."""
         if self.live:
             return
-        if self.server.margin.polls or self.server.controls.holds():
+        if self.server.margin.polls or self.server.controls.holds:
             log.info("%s", self.margin_line().plain)
         for r in results:
             diff = r.exchange - r.expected if r.exchange is not None else None

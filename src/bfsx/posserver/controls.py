@@ -1,52 +1,63 @@
-"""The account's holds: reasons that put bots close-only, per market or for every market.
+"""The account's close-only holds: reasons that put the bots of a market (or of every market) close-only.
 
-Owns the set of active holds. A hold is a ``(reason, market)`` pair; ``market=None`` holds every
-market. Bots on a market go close-only while any hold covers it. Writers: the margin watch
-(``keep_rate``, ``daily_loss``) and the operator's commands; readers: the lease grants, status.
+Owns the holds: per scope (a market, or ``ALL`` for every market) the set of reasons. Bots on a
+market are close-only while any reason holds it or ``ALL``. Writers: the margin watch
+(``keep_rate``, ``daily_loss``) and the operator's commands; readers: status, console.
 
-Minimal version (the lease channel that tells bots is the kill-switch work): the holds are kept
-and shown here, and :meth:`Controls.close_only` answers whether a market is held.
+A minimal version of the kill-switch work's ``Controls`` (same names: ``hold``, ``release``,
+``held``, ``holds``, ``summary``), which also tells the bots over the lease channel; this one
+keeps and shows the holds only.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 log = logging.getLogger("bfsx.posserver")
 
+#: The scope of a hold that applies to every market.
+ALL: Final = "*"
+
+
+def _scope(market: str | None) -> str:
+    return ALL if market is None else market
+
 
 class Controls:
-    """Active holds by reason and market (``None`` = all markets)."""
+    """Close-only holds by scope (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._holds: set[tuple[str, str | None]] = set()
+        self.holds: dict[str, set[str]] = {}
+        self.generation = 0  # counts every change
 
     def hold(self, reason: str, market: str | None = None) -> bool:
-        """Hold ``market`` (None: every market) close-only for ``reason``; True when it is new."""
-        key = (reason, market)
-        if key in self._holds:
+        """Make the bots on ``market`` (None: every market) close-only for ``reason``; True when
+        the reason is newly added."""
+        reasons = self.holds.setdefault(_scope(market), set())
+        if reason in reasons:
             return False
-        self._holds.add(key)
-        log.warning("close-only hold %r on %s", reason, market or "every market")
+        reasons.add(reason)
+        self.generation += 1
         return True
 
     def release(self, reason: str, market: str | None = None) -> bool:
-        """Drop the hold of ``reason`` on ``market``; True when there was one."""
-        key = (reason, market)
-        if key not in self._holds:
+        """Take ``reason`` back from ``market``'s holds (None: the every-market scope); True when
+        it was held."""
+        scope = _scope(market)
+        reasons = self.holds.get(scope)
+        if reasons is None or reason not in reasons:
             return False
-        self._holds.discard(key)
-        log.warning("close-only hold %r on %s released", reason, market or "every market")
+        reasons.discard(reason)
+        if not reasons:
+            del self.holds[scope]
+        self.generation += 1
         return True
 
-    def holds(self) -> list[tuple[str, str | None]]:
-        """Every active hold, sorted (status, console)."""
-        return sorted(self._holds, key=lambda h: (h[0], h[1] or ""))
+    def held(self, market: str) -> list[str]:
+        """Every reason the bots on ``market`` are close-only (its own and every market's)."""
+        return sorted(self.holds.get(market, set()) | self.holds.get(ALL, set()))
 
-    def reasons(self, market: str | None = None) -> list[str]:
-        """The reasons holding ``market`` (the all-markets holds included); None: every reason."""
-        return sorted({r for r, m in self._holds if market is None or m is None or m == market})
-
-    def close_only(self, market: str) -> bool:
-        """Whether bots on ``market`` must be close-only now."""
-        return bool(self.reasons(market))
+    def summary(self) -> str:
+        """One line: what is held ("" when nothing)."""
+        return "; ".join(f"{s} close-only ({', '.join(sorted(r))})" for s, r in sorted(self.holds.items()))

@@ -45,7 +45,7 @@ from bfsx.bitflyer.collateral import LOSS_CUT_RATIO, is_transfer
 from bfsx.bitflyer.errors import BitflyerError
 from bfsx.bitflyer.messages import Collateral, CollateralChange
 from bfsx.bitflyer.timestamps import parse_epoch
-from bfsx.posserver.controls import Controls
+from bfsx.posserver.controls import ALL, Controls
 from bfsx.reporting.samples import AccountSample
 
 log = logging.getLogger("bfsx.posserver.margin")
@@ -180,7 +180,7 @@ class MarginWatch:
             "margin_call_amount": r.margin_call_amount if r else None,
             "pnl_today": pnl, "realized_today": self.realized_today, "transfers_today": self.transfers_today,
             "bots_pnl": bots, "pnl_gap": pnl - bots if pnl is not None else None,
-            "failures": self.failures, "error": self.last_error, "holds": self.controls.reasons(),
+            "failures": self.failures, "error": self.last_error, "holds": sorted({r for rs in self.controls.holds.values() for r in rs}),
         }
 
     # ------------------------------------------------------------------ the loop
@@ -311,7 +311,7 @@ class MarginWatch:
         self._daily_loss(s)
 
     def _held(self) -> bool:
-        return (KEEP_RATE_HOLD, None) in self.controls.holds()
+        return KEEP_RATE_HOLD in self.controls.holds.get(ALL, set())
 
     def _hold_keep_rate(self, r: MarginReading, why: str, *, require: float | None = None) -> None:
         self._held_require = max(self._held_require, require if require is not None else r.require_collateral)
@@ -353,6 +353,10 @@ class MarginWatch:
         pnl = self.pnl_today
         if limit <= 0 or pnl is None or self.day is None:
             return
+        if self._daily_hit_day == self.day and DAILY_LOSS_HOLD not in self.controls.holds.get(ALL, set()):
+            # Released by someone else (an operator's resume): not held again today.
+            self._daily_resumed_day, self._daily_hit_day = self.day, None
+            log.info("the daily loss hold was released by an operator: not held again today")
         if -pnl > limit and self._daily_hit_day != self.day and self._daily_resumed_day != self.day:
             self._daily_hit_day = self.day
             if self.controls.hold(DAILY_LOSS_HOLD):

@@ -688,7 +688,6 @@ class PosServer:
             "duplicates": duplicates,
             "leases": self.leases.status(),
             "margin": self.margin.status(),
-            "holds": [{"reason": r, "market": m} for r, m in self.controls.holds()],
         }
 
     # ------------------------------------------------------------------ the check
