@@ -154,6 +154,25 @@ def test_leases_of_all_bots_fit_the_small_order_pool() -> None:
             assert pool.outstanding(clock()) <= v.pool + 0  # never more than the pool (reserve kept)
 
 
+def test_the_margin_polls_are_kept_out_of_the_private_pool() -> None:
+    """getcollateral + getcollateralhistory, every margin interval, come out of the bots' share."""
+    from bfsx.posserver.lease_budget import HostBudget
+
+    desk = LeaseDesk(clock=Clock())
+    desk.checked_markets = 1
+    own = HostBudget()
+    without = desk.views("local", {}, own)["private"]
+    desk.margin_interval_s = lambda: 30.0
+    with_margin = desk.views("local", {}, own)["private"]
+    horizon = without.horizon_s
+    assert with_margin.reserve - without.reserve == 2 * (int(-(-horizon // 30.0)) + 1)
+    assert with_margin.pool < without.pool
+    desk.has_credentials = False  # no credentials: the server polls nothing, margin included
+    blind = desk.views("local", {}, own)["private"].reserve
+    desk.margin_interval_s = None
+    assert blind == desk.views("local", {}, own)["private"].reserve < without.reserve
+
+
 # ------------------------------------------------------------------------------ with a server and the simulator
 
 

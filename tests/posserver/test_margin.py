@@ -205,3 +205,21 @@ async def test_a_hanging_webhook_never_stops_the_checks_or_the_margin_polls(
     await eventually(lambda: server.checks >= checks + 5 and server.margin.polls >= margin_polls + 5,
                      what="checks and polls while the webhook hangs")
     assert server.controls.held(FX) and hook.posts == []
+
+
+async def test_the_servers_own_over_limit_is_one_alert_and_the_margin_goes_unknown(
+    hook: AlertHook, server_factory: Factory, fast_config: Any
+) -> None:
+    # A private limit the margin polls (2 calls every 0.05 s) exceed within a second: real -1 answers.
+    async with SimServer(SimConfig.fast(market=QUIET, limits={"private": 30})) as small:
+        cfg = fast_config(endpoint=small.url, pos_server_discord=hook.url, pos_server_margin_interval=0.05,
+                          pos_server_alert_interval=0.05, over_limit_pause=30)
+        server = await server_factory(cfg, startup_grace=0.3)
+        await eventually(lambda: hook.texts("over_limit"), what="the over-limit alert")
+        assert "the position server got -1" in hook.texts("over_limit")[0]
+        await eventually(lambda: hook.texts("margin_unknown"), what="the collateral unknown alert")
+        known_polls = server.margin.polls
+        await eventually(lambda: server.margin.failures >= 6, what="more refused polls")
+        assert len(hook.texts("over_limit")) == 1  # one pause, however many -1 extend it
+        assert server.margin.polls == known_polls  # nothing decided on what it could not read
+        await server.stop()
