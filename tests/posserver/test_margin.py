@@ -223,3 +223,21 @@ async def test_the_servers_own_over_limit_is_one_alert_and_the_margin_goes_unkno
         assert len(hook.texts("over_limit")) == 1  # one pause, however many -1 extend it
         assert server.margin.polls == known_polls  # nothing decided on what it could not read
         await server.stop()
+
+
+async def test_thresholds_and_the_alert_selection_reload_live(
+    sim: SimServer, rest: RestClient, hook: AlertHook, server_factory: Factory, fast_config: Any
+) -> None:
+    server = await margin_server(server_factory, fast_config, sim, hook, pos_server_keep_rate_warn=0,
+                                 pos_server_keep_rate_close_only=0, pos_server_alerts=["loss_cut"])
+    await long(rest, 0.5)
+    await polls(server)
+    await SimHooks(sim.url).set_account(KEY, collateral_for(sim, 0.9))
+    await polls(server, 3)
+    assert not server.controls.held(FX)  # close-only is off
+    new = server.config.model_copy(update={"pos_server_keep_rate_close_only": 1.0,
+                                           "pos_server_alerts": frozenset({"keep_rate_close_only"})})
+    await server._config_changed(new)
+    await eventually(lambda: server.controls.held(FX) == [KEEP_RATE_HOLD], what="the hold after the reload")
+    await eventually(lambda: hook.texts("keep_rate_close_only"), what="the alert of a newly selected kind")
+    assert server.alerts.kinds == {"keep_rate_close_only"}
