@@ -200,3 +200,21 @@ async def test_f_corrections_deaths_duplicates_and_stops_are_alerted(sim: SimSer
         await sim.set_faults(health=None)
         assert "SECRET-alert-token" not in "".join(hook.texts())
         await a.close()
+
+
+async def test_g_a_failed_correction_is_alerted(sim: SimServer, server_factory: Any, fast_config: Any,
+                                                wait_for: Any) -> None:
+    from alert_hook import alert_hook
+
+    async with alert_hook() as hook:
+        cfg: TradeConfig = fast_config(endpoint=sim.url, adjust_max_size=0.05, pos_server_discord=hook.url,
+                                       pos_server_alert_interval=0.05)
+        server: PosServer = await server_factory(cfg, startup_grace=0.5)
+        a = await FakeBot(sim, server, "a").start()
+        await a.trade("BUY", "0.01", report=False)  # a drift the server will try to correct
+        await sim.set_faults(fail_paths=["/v1/me/sendchildorder"])  # every order POST fails (-208)
+        await wait_for(lambda: hook.texts("correction_failed"), what="the failed correction alert")
+        assert "correcting order SELL 0.01" in hook.texts("correction_failed")[0] and "failed: OverloadError" in hook.texts("correction_failed")[0]
+        assert hook.texts("correction") == []  # a correction that worked is not in the default kinds
+        await sim.set_faults(fail_paths=[])
+        await a.close()
