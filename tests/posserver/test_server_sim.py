@@ -156,7 +156,9 @@ async def test_e_no_correction_while_stopped_or_in_maintenance(sim: SimServer, s
     assert _net(sim) == Decimal("0.01")
     # Trading again: the drift is judged afresh and corrected.
     await sim.set_faults(maintenance=False)
-    await wait_for(lambda: _net(sim) == Decimal(0), what="correction after the reopen")
+    # The fill can show before the server has read the order's reply (and counted it): wait for both.
+    await wait_for(lambda: _net(sim) == Decimal(0) and server.counters["corrections"] >= 1,
+                   what="correction after the reopen")
     assert server.counters["corrections"] == 1
     await a.close()
 
