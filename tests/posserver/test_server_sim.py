@@ -197,6 +197,10 @@ async def test_f_corrections_deaths_duplicates_and_stops_are_alerted(sim: SimSer
         await b.vanish()  # dies holding +0.02
         await wait_for(lambda: hook.texts("bot_died"), what="the dead bot alert")
         assert "bot b went silent" in hook.texts("bot_died")[0] and "holding 0.02" in hook.texts("bot_died")[0]
+        c = await FakeBot(sim, server, "c").start()
+        await c.close()  # a clean stop, flat: its last report says so
+        await wait_for(lambda: "c" not in server.registry.bots, what="the stopped bot evicted")
+        assert not [t for t in hook.texts() if "bot c " in t]  # routine: no alert
         await sim.set_faults(health="STOP")
         await wait_for(lambda: hook.texts("health_stop"), what="the health STOP alert")
         await sim.set_faults(health=None)

@@ -425,6 +425,21 @@ class PosServer:
                 total += b.profit
         return total
 
+    def _alert_eviction(self, b: BotState) -> None:
+        """A bot that stopped flat after saying so is routine (no alert); any other eviction is told:
+        a bot gone silent without a last report died (``bot_died`` when it held a position)."""
+        after = f"{self.config.pos_server_evict_after:.0f} s"
+        if b.final and not b.position:
+            return
+        if b.final:
+            self.alert("eviction", f"bot {b.bot} stopped holding {b.position} on {b.market} and was evicted after "
+                                   f"{after}: its position is drift now")
+        elif b.position:
+            self.alert("bot_died", f"bot {b.bot} went silent for {after} holding {b.position} on {b.market}: evicted, "
+                                   "its position is drift now")
+        else:
+            self.alert("eviction", f"bot {b.bot} went silent for {after} (flat on {b.market}): evicted")
+
     def _alert_over_limits(self) -> None:
         """One ``over_limit`` alert per -1 pause, the server's own or any bot's (their reports)."""
         now = time.time()
@@ -712,12 +727,7 @@ class PosServer:
                 self.counters["evictions"] += 1
                 log.warning("bot %s evicted after %.0f s of silence, holding %s on %s: its position now counts as "
                             "drift", b.bot, self.config.pos_server_evict_after, b.position, b.market)
-                if b.position:
-                    self.alert("bot_died", f"bot {b.bot} went silent for {self.config.pos_server_evict_after:.0f} s "
-                                           f"holding {b.position} on {b.market}: evicted, its position is drift now")
-                else:
-                    self.alert("eviction", f"bot {b.bot} went silent for {self.config.pos_server_evict_after:.0f} s "
-                                           f"(flat on {b.market}): evicted")
+                self._alert_eviction(b)
         except Exception:
             self._log_once_exception("eviction", "evicting silent bots failed")
         try:
