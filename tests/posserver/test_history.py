@@ -62,3 +62,27 @@ async def test_market_history_feeds_the_chart_its_left_edge(tmp_path: Path) -> N
     # The full hour is drawn (not zoomed to the last 10 minutes), starting at the carried-in -0.03.
     assert fig.axes[1].get_xlim()[0] * 86400 == pytest.approx(NOW - 3600)
     assert xs[0] == pytest.approx(NOW - 3600) and ys[0] == pytest.approx(-0.03)
+
+
+async def test_account_samples_round_trip_survive_a_reopen_and_are_pruned(tmp_path: Path) -> None:
+    from bfsx.reporting.samples import AccountSample
+
+    path = tmp_path / "history.db"
+    history = History(path)
+    await history.open()
+    try:
+        await history.record_account(AccountSample(NOW - 100 * 3600, 1e7, 0.0, 0.0, None, None, 0.0))  # old
+        await history.record_account(AccountSample(NOW - 60, 2_000_000.0, -1500.0, 2_500_000.0, 0.7994, -2200.0,
+                                                   -1800.0))
+        await history.record_account(AccountSample(NOW, 2_000_000.0, 0.0, 0.0, None, None, 0.0))
+    finally:
+        await history.close()
+    history = History(path)  # a restart keeps the account chart's history
+    await history.open()
+    try:
+        got = await history.account_samples(NOW - 3600)
+        assert [(s.ts, s.keep_rate, s.pnl_today) for s in got] == [(NOW - 60, 0.7994, -2200.0), (NOW, None, None)]
+        await history.prune(NOW)  # past the horizon (48 h): gone
+        assert len(await history.account_samples(0)) == 2
+    finally:
+        await history.close()

@@ -113,7 +113,7 @@ async def test_keep_rate_warn_one_alert_then_close_only_hold_and_its_release(
     assert server.controls.held(FX)
     await hooks.set_account(KEY, collateral_for(sim, 1.2))
     await eventually(lambda: not server.controls.held(FX), what="the hold released")
-    assert "released" in hook.texts("keep_rate_close_only")[-1]
+    await eventually(lambda: "released" in hook.texts("keep_rate_close_only")[-1], what="the release alert")
     status = server.status()["margin"]
     assert status["keep_rate"] == pytest.approx(1.2, abs=1e-6) and status["holds"] == []
     assert status["collateral"] == account(sim)["collateral"]["collateral"]
@@ -157,7 +157,8 @@ async def test_max_daily_loss_holds_every_bot_and_a_withdrawal_is_no_loss(
     assert pnl is not None and pnl < -50
     history = await rest.get_collateral_history(count=100)
     assert pnl == pytest.approx(sum(r["change"] for r in history if r["reason_code"] == "CLEARING_COLL"))
-    assert hook.texts("daily_loss") and "until the next JST day" in hook.texts("daily_loss")[0]
+    await eventually(lambda: hook.texts("daily_loss"), what="the daily loss alert")
+    assert "until the next JST day" in hook.texts("daily_loss")[0]
     assert server.status()["margin"]["pnl_gap"] == pytest.approx(pnl)  # no bot reports it: all of it is the gap
     # An operator's resume (bfsx ctl releases the hold) holds for the rest of the day.
     assert server.controls.release(DAILY_LOSS_HOLD)

@@ -174,6 +174,8 @@ async def test_keep_rate_in_influx_the_account_chart_and_the_console(
     keep, collateral, _gap = _influx_account(influxd)
     assert keep > 1 and collateral > 0
     await wait_for(lambda: (charts / "account.png").exists(), what="the account chart")
+    saved = await s.history.account_samples(0)  # what a restart draws the account chart from
+    assert saved and any(a.keep_rate is not None and a.keep_rate > 1 for a in saved)
     assert (charts / "account.png").read_bytes().startswith(PNG)
     out = RichConsole(record=True, width=200)
     out.print(Console(s, live=True).render())

@@ -1,4 +1,5 @@
-"""The position server's history in SQLite (WAL): per-check market and bot samples, market bases.
+"""The position server's history in SQLite (WAL): per-check market and bot samples, market bases,
+and the account's margin samples (one per margin poll).
 
 A restart keeps the charts (and the last known ``base_position`` of every market). All SQLite work
 runs on one dedicated thread, off the event loop; the connection is never touched elsewhere.
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from bfsx.reporting.samples import BotSample, MarketSample
+from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
 
 T = TypeVar("T")
 
@@ -34,6 +35,11 @@ CREATE TABLE IF NOT EXISTS bot_samples (
 );
 CREATE INDEX IF NOT EXISTS bot_samples_ts ON bot_samples (ts);
 CREATE TABLE IF NOT EXISTS markets (market TEXT PRIMARY KEY, base REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS account_samples (
+    ts REAL NOT NULL, collateral REAL NOT NULL, open_pnl REAL NOT NULL, require_collateral REAL NOT NULL,
+    keep_rate REAL, pnl_today REAL, bots_pnl REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS account_samples_ts ON account_samples (ts);
 """
 
 
@@ -106,6 +112,30 @@ class History:
             db.execute("BEGIN")
             db.execute("DELETE FROM market_samples WHERE ts < ?", (edge,))
             db.execute("DELETE FROM bot_samples WHERE ts < ?", (edge,))
+            db.execute("DELETE FROM account_samples WHERE ts < ?", (edge,))
+
+    async def record_account(self, sample: AccountSample) -> None:
+        """One margin poll (pruned with the rest)."""
+        row = (sample.ts, sample.collateral, sample.open_pnl, sample.require_collateral, sample.keep_rate,
+               sample.pnl_today, sample.bots_pnl)
+
+        def _write() -> None:
+            with self._conn() as db:
+                db.execute("INSERT INTO account_samples VALUES (?,?,?,?,?,?,?)", row)
+
+        await self._run(_write)
+
+    async def account_samples(self, since: float, limit: int = 20_000) -> list[AccountSample]:
+        """Margin samples from ``since`` on, oldest first, at most ``limit`` (the newest kept)."""
+        rows = await self._run(lambda: self._conn().execute(
+            "SELECT ts, collateral, open_pnl, require_collateral, keep_rate, pnl_today, bots_pnl "
+            "FROM account_samples WHERE ts >= ? ORDER BY ts", (since,)).fetchall())
+        step = max(1, -(-len(rows) // limit))
+        kept = rows[::step]
+        if rows and kept[-1] is not rows[-1]:
+            kept[-1] = rows[-1]
+        return [AccountSample(ts=r[0], collateral=r[1], open_pnl=r[2], require_collateral=r[3], keep_rate=r[4],
+                              pnl_today=r[5], bots_pnl=r[6]) for r in kept]
 
     async def prune(self, now: float) -> None:
         """Drop rows older than the horizon now (also done every few records)."""

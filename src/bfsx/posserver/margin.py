@@ -26,7 +26,8 @@ It acts on its readings, never on a missing one (invariant 3):
   gone with equity below that ratio of the position held at the last reading) → a ``loss_cut``
   alert, and the ``keep_rate`` hold when close-only is on.
 
-Readers: the console, status, InfluxDB and the charts (:attr:`MarginWatch.samples`, bounded).
+Readers: the console and status; every reading goes to :attr:`MarginWatch.on_sample` (the server
+writes InfluxDB and the history the charts read).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,8 +60,6 @@ HISTORY_PAGE = 500
 MAX_HISTORY_PAGES = 20
 #: Failed polls in a row before a ``margin_unknown`` alert.
 UNKNOWN_AFTER = 3
-#: Samples kept for the charts (a day at a 5 s poll).
-MAX_SAMPLES = 20_000
 
 
 class MarginSettings(Protocol):
@@ -139,8 +137,7 @@ class MarginWatch:
         self.polls = 0
         self.failures = 0  # in a row
         self.last_error = ""
-        self.samples: deque[AccountSample] = deque(maxlen=MAX_SAMPLES)
-        self.on_sample: Callable[[AccountSample], None] | None = None  # the server: InfluxDB
+        self.on_sample: Callable[[AccountSample], None] | None = None  # the server: InfluxDB, history
         # Today's collateral history, summed (never kept row by row: a busy day has many fills).
         self.day: int | None = None
         self.realized_today = 0.0
@@ -373,6 +370,5 @@ class MarginWatch:
         sample = AccountSample(
             ts=r.at, collateral=r.collateral, open_pnl=r.open_pnl, require_collateral=r.require_collateral,
             keep_rate=r.keep_rate, pnl_today=self.pnl_today, bots_pnl=self.bots_pnl())
-        self.samples.append(sample)
         if self.on_sample is not None:
             self.on_sample(sample)

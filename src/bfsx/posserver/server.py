@@ -993,6 +993,14 @@ class PosServer:
     def _account_sample(self, sample: AccountSample) -> None:
         if self.influx is not None:  # only queues: the writer's thread does the network
             self.influx.write_account([sample])
+        self._spawn(self._save_account(sample), "account-sample")
+
+    async def _save_account(self, sample: AccountSample) -> None:
+        try:
+            await self.history.record_account(sample)
+        except Exception as e:  # the history is for the charts: never worth stopping the watch
+            if self._first_time("history", "account"):
+                log.warning("history: saving the margin sample failed: %s (logged once)", e)
 
     def keep_rate_lines(self) -> list[tuple[str, float]]:
         """The keep-rate thresholds to draw on the account chart (the ones that are on)."""
@@ -1002,9 +1010,9 @@ class PosServer:
         lines = [("warn", c.pos_server_keep_rate_warn), ("close-only", c.pos_server_keep_rate_close_only)]
         return [(n, v) for n, v in lines if v > 0] + [("loss-cut", LOSS_CUT_RATIO)]
 
-    def account_history(self, since: float) -> list[AccountSample]:
-        """The margin samples from ``since`` on (for the charts; in memory, bounded)."""
-        return [s for s in self.margin.samples if s.ts >= since]
+    async def account_history(self, since: float) -> list[AccountSample]:
+        """The margin samples from ``since`` on (for the charts; kept across restarts)."""
+        return await self.history.account_samples(since)
 
     @staticmethod
     def _bot_sample(b: BotState, ts: float) -> BotSample:

@@ -485,7 +485,7 @@ MarketHistory = Callable[
     [float], Mapping[str, Sequence[MarketSample]] | Awaitable[Mapping[str, Sequence[MarketSample]]]
 ]
 BotSnapshot = Callable[[], Sequence[BotSample] | Awaitable[Sequence[BotSample]]]
-AccountHistory = Callable[[float], Sequence[AccountSample]]
+AccountHistory = Callable[[float], Sequence[AccountSample] | Awaitable[Sequence[AccountSample]]]
 Thresholds = Callable[[], Sequence[tuple[str, float]]]
 
 
@@ -544,7 +544,9 @@ class DiscordReporter(_PeriodicPoster):
         ]
         if s.bitflyer_color and history:
             jobs.append(("pnl_total.png", _bind_total(history, s.period_hours, at)))
-        account = list(self._account_history(at - s.period_hours * 3600.0)) if self._account_history else []
+        account: list[AccountSample] = []
+        if self._account_history is not None:
+            account = list(await _maybe_await(self._account_history(at - s.period_hours * 3600.0)))
         if account:
             lines_of = list(self._account_thresholds()) if self._account_thresholds else []
             jobs.append(("account.png", _bind_account(account, s.period_hours, at, lines_of)))
