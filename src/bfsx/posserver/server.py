@@ -216,7 +216,9 @@ class PosServer:
         self.alerts: Any = None  # reporting.alerts.Alerts when pos_server_discord is set
         self.alerts_logged = 0
         #: The account's margin, polled once for the account (margin.py).
-        self.margin = MarginWatch(self.rest, lambda: self.config, self.controls, self.alert, self.bots_cfd_pnl)
+        # Late-bound (not self.alert itself): tools and tests that wrap alert() see the margin's too.
+        self.margin = MarginWatch(self.rest, lambda: self.config, self.controls,
+                                  lambda kind, text: self.alert(kind, text), self.bots_cfd_pnl)
         self.margin.on_sample = self._account_sample
         self._health_stopped: set[str] = set()  # markets whose STOP / NO ORDER was alerted
         self._over_limit_alerted: dict[str, float] = {}  # bot id ("" = the server) → paused, alerted
