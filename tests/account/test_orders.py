@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -380,3 +381,168 @@ def test_known_ids_are_exactly_the_open_and_done_orders() -> None:
     assert "JRF20260923-033127-000001" in known and "JRF20260923-033127-000002" in known
     assert "JRF20260923-033127-000003" not in known  # the lost order: never excluded
     assert len(known) == 2 and sorted(known) == ["JRF20260923-033127-000001", "JRF20260923-033127-000002"]
+
+
+# ---------------------------------------------------------------------------------------------- found by mutation
+# Each test below kills mutants that survived the first mutation runs (docs/mutation-survivors.md).
+def test_a_refused_or_failed_order_carries_the_time_it_ended() -> None:
+    before = time.time()
+    refused, failed = Order.new(P, "BUY", 0.01), Order.new(P, "SELL", 0.01, 100.0)
+    refused.updated = failed.updated = 0.0
+    refused.refuse("close-only mode")
+    failed.fail("-205: Margin amount is insufficient for this order.")
+    assert refused.updated >= before and failed.updated >= before
+
+
+def test_a_recently_accepted_cancel_is_not_sent_again_until_repeat_after() -> None:
+    clock = Clock()
+    t = OrderTracker(P, clock=clock)
+    acc = "JRF20260923-033127-000001"
+    assert not t.cancel_recently_sent(acc, 3.0)
+    t.cancel_accepted(acc)
+    clock.t += 2.5
+    assert t.cancel_recently_sent(acc, 3.0)
+    assert not t.cancel_recently_sent("JRF20260923-033127-000002", 3.0)  # another order's cancel
+    clock.t += 0.5
+    assert not t.cancel_recently_sent(acc, 3.0)  # exactly repeat_after: send it again
+
+
+def test_pending_cancels_are_bounded_at_10_000() -> None:
+    clock = Clock()
+    t = OrderTracker(P, clock=clock)
+    for i in range(10_000):
+        t.cancel_accepted(f"JRF20260923-033127-{i:06d}")
+    assert t.cancel_recently_sent("JRF20260923-033127-009999", 3.0)
+    t.cancel_accepted("JRF20260923-033127-010000")  # the 10,001st: not remembered
+    assert not t.cancel_recently_sent("JRF20260923-033127-010000", 3.0)
+
+
+def test_stuck_orders_are_the_unconfirmed_and_the_uncancelled_ones() -> None:
+    """The order audit: an order with no ORDER event ``audit_after`` s after it was sent, or still
+    open ``audit_after`` s after a cancel was accepted, is stuck; a resting order with no news, a
+    fresh order and a fresh cancel are not. Cancel sends older than ``repeat_after`` are forgotten,
+    fresher ones kept."""
+    clock = Clock()
+    t = OrderTracker(P, clock=clock)
+    old_pending = placed(t, "JRF20260923-033127-000001")
+    old_pending.created -= 11.0  # sent 11 s ago, never confirmed
+    fresh_pending = placed(t, "JRF20260923-033127-000002")
+    resting = placed(t, "JRF20260923-033127-000003")
+    resting.created -= 100.0
+    t.apply_event(order_ev("JRF20260923-033127-000003"))  # ACTIVE: on the book, no news is fine
+    cancelled = placed(t, "JRF20260923-033127-000004")
+    cancelled.created -= 100.0
+    t.apply_event(order_ev("JRF20260923-033127-000004"))
+    t.cancel_accepted("JRF20260923-033127-000004")
+    assert fresh_pending.state is OrderState.PENDING and resting.state is OrderState.ACTIVE
+    clock.t += 1.0
+    assert t.stuck_orders(10.0, 3.0) == ["JRF20260923-033127-000001"]
+    assert t.cancel_recently_sent("JRF20260923-033127-000004", 3.0)  # 1 s old: kept by the audit
+    clock.t += 9.0
+    assert t.stuck_orders(10.0, 3.0) == ["JRF20260923-033127-000001"]  # exactly 10 s: not yet
+    assert not t.cancel_recently_sent("JRF20260923-033127-000004", 3.0)
+    clock.t += 0.5
+    assert t.stuck_orders(10.0, 3.0) == ["JRF20260923-033127-000001", "JRF20260923-033127-000004"]
+    # The cancelled order ends: its cancel is forgotten, and it is not stuck any more.
+    t.apply_event(simple_ev("JRF20260923-033127-000004", "CANCEL"))
+    assert t.stuck_orders(10.0, 3.0) == ["JRF20260923-033127-000001"]
+    assert t._cancel_asked == {}
+
+
+def test_a_full_park_drops_the_oldest_ids_first() -> None:
+    """Another bot's events fill the park: the ids parked first go, not the one just parked (whose
+    HTTP reply may be a moment away)."""
+    t = OrderTracker(P, max_parked_events=2)
+    t.apply_event(exec_ev("JRF20260923-033199-000001", 1, 0.01, 0.0))
+    t.apply_event(exec_ev("JRF20260923-033199-000002", 2, 0.01, 0.0))
+    mine = "JRF20260923-033127-000001"
+    t.apply_event(exec_ev(mine, 3, 0.01, 0.02))
+    assert t.parked == 2 and t.foreign_dropped == 1
+    order = Order.new(P, "BUY", 0.03, 100.0)
+    order.acceptance_id = mine
+    assert [f.exec_id for f in t.accepted(order)] == [3]
+
+
+def test_expired_parked_events_free_their_room() -> None:
+    """An id parked ``park_ttl`` s ago expires, and its events no longer count toward
+    ``max_parked_events``: the park keeps room for what comes next."""
+    clock = Clock()
+    t = OrderTracker(P, park_ttl=30.0, max_parked_events=3, clock=clock)
+    t.apply_event(order_ev("JRF20260923-033199-000001"))
+    t.apply_event(exec_ev("JRF20260923-033199-000001", 1, 0.01, 0.0))
+    clock.t += 30.0  # exactly the TTL: expired
+    mine = ["JRF20260923-033127-000001", "JRF20260923-033127-000002", "JRF20260923-033127-000003"]
+    t.apply_event(exec_ev(mine[0], 10, 0.01, 0.02))
+    assert t.parked == 1 and t.foreign_dropped == 2
+    for n, acc in enumerate(mine[1:], 1):
+        t.apply_event(exec_ev(acc, 10 + n, 0.01, 0.02))
+    assert t.parked == 3 and t.foreign_dropped == 2  # nothing of this bot's was dropped
+    for n, acc in enumerate(mine):
+        order = Order.new(P, "BUY", 0.03, 100.0)
+        order.acceptance_id = acc
+        assert [f.exec_id for f in t.accepted(order)] == [10 + n]
+
+
+def test_an_execution_event_keeps_commission_sfd_order_id_and_falls_back_to_the_order_side() -> None:
+    t = OrderTracker(P)
+    acc = "JRF20260923-033127-000001"
+    placed(t, acc, side="SELL")
+    fill, _ = t.apply_event(exec_ev(acc, 5, 0.01, 0.02, side="SELL", commission=0.5, sfd=-12.0))
+    assert fill is not None and (fill.commission, fill.sfd) == (0.5, -12.0)
+    assert fill.child_order_id == "JFX20260923-033127-000001F"
+    no_side = dict(exec_ev(acc, 6, 0.01, 0.01))
+    del no_side["side"]
+    fill, _ = t.apply_event(no_side)  # type: ignore[arg-type]
+    assert fill is not None and fill.side == "SELL"
+    for _ in range(2):
+        assert t.apply_event(exec_ev(acc, 5, 0.01, 0.02, side="SELL")) == (None, None)
+    assert t.duplicates == 2
+
+
+def test_a_missing_fill_of_an_open_order_settles_when_the_order_fills() -> None:
+    """A ``getchildorders`` row shows more executed size than counted while the order is still
+    open; the fills then arrive over the socket and complete it: nothing is left missing or
+    unsettled, and no error is raised."""
+    t = OrderTracker(P)
+    acc = "JRF20260923-033127-000001"
+    o = placed(t, acc)
+    t.reconcile([row(acc, "ACTIVE", 0.02)], [])
+    assert t.missing_fills() == [acc] and t.unsettled_orders == [o]
+    t.apply_event(exec_ev(acc, 1, 0.02, 0.01))
+    assert t.missing_fills() == []
+    t.apply_event(exec_ev(acc, 2, 0.01, 0.0))
+    assert o.state is OrderState.FILLED and t.missing_fills() == [] and t.unsettled_orders == []
+    # A row read while the exchange was finishing the order: still ACTIVE, everything executed.
+    acc = "JRF20260923-033127-000002"
+    o = placed(t, acc)
+    t.apply_event(exec_ev(acc, 3, 0.01, 0.02))
+    t.reconcile([row(acc, "ACTIVE", 0.03)], [])
+    assert t.missing_fills() == [acc]
+    t.apply_event(exec_ev(acc, 4, 0.02, 0.0))  # the last execution completes it
+    assert o.state is OrderState.FILLED and t.missing_fills() == [] and t.unsettled_orders == []
+
+
+def test_done_orders_are_remembered_up_to_max_done_newest_kept() -> None:
+    """Beyond ``max_done`` the oldest finished order is forgotten, with its unsettled and missing
+    entries (a row for it could never settle it any more); the newest ones stay known."""
+    t = OrderTracker(P, max_done=2)
+    a, b, c, d = (placed(t, f"JRF20260923-033127-00000{i}") for i in (1, 2, 3, 4))
+    t.apply_event(simple_ev("JRF20260923-033127-000001", "CANCEL"))
+    t.reconcile([row("JRF20260923-033127-000001", "CANCELED", 0.01)], [])  # a fill of a was lost
+    assert t.missing_fills() == ["JRF20260923-033127-000001"] and t.unsettled_orders == [b, c, d, a]
+    t.apply_event(exec_ev("JRF20260923-033127-000002", 1, 0.03, 0.0))  # b fills: done, settled
+    t.apply_event(exec_ev("JRF20260923-033127-000003", 2, 0.03, 0.0))  # c fills: a is forgotten
+    assert t.get("JRF20260923-033127-000001") is None
+    assert t.get("JRF20260923-033127-000002") is b and t.get("JRF20260923-033127-000003") is c
+    assert t.missing_fills() == [] and t.unsettled_orders == [d]
+    t.apply_event(exec_ev("JRF20260923-033127-000004", 3, 0.03, 0.0))  # d fills: b is forgotten
+    assert t.get("JRF20260923-033127-000002") is None and t.get("JRF20260923-033127-000004") is d
+    assert sorted(t.known_ids()) == ["JRF20260923-033127-000003", "JRF20260923-033127-000004"]
+
+
+def test_unsettled_orders_are_bounded_newest_kept() -> None:
+    t = OrderTracker(P, max_unsettled=2)
+    orders = [placed(t, f"JRF20260923-033127-00000{i}") for i in (1, 2, 3)]
+    for o in orders:
+        t.apply_event(simple_ev(o.acceptance_id or "", "CANCEL"))
+    assert t.unsettled_orders == orders[1:]
