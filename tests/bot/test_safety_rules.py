@@ -11,10 +11,15 @@ import logging
 import time
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from bfsx.account.journal import Journal
-from bfsx.account.orders import Fill, OrderState, OrderTracker
+from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
 from bfsx.account.position import Position
+from bfsx.bitflyer.errors import ApiError, BitflyerError
+from bfsx.bitflyer.products import get_product
+from bfsx.bot.desk import OrderDesk
 from bfsx.bot.listeners import Listener
 from bfsx.bot.resync import Reconciler
 from bfsx.bot.strategy import Strategy
@@ -133,3 +138,106 @@ def test_only_the_journals_new_fills_move_the_position(tmp_path: Path) -> None:
         assert rec.fills_applied == 3 and [len(h) for h in handed] == [2, 1]
     finally:
         journal.close()
+
+
+# ---------------------------------------------------------------------------------------------- the desk alone
+# Found by mutating ``bot/desk.py`` (docs/mutation-survivors.md): the desk against stand-ins for the
+# REST client, the feed and the health poller, so that one rule of the desk is the only thing tested.
+class _Rest:
+    def __init__(self) -> None:
+        self.cancels: list[str] = []
+        self.orders: list[tuple[str, float, float | None]] = []
+        self.fail_cancel: BitflyerError | None = None
+
+    async def cancel_child_order(self, product: str, *, acceptance_id: str) -> None:
+        self.cancels.append(acceptance_id)
+        if self.fail_cancel is not None:
+            raise self.fail_cancel
+
+    async def send_child_order(self, product: str, side: str, size: float, price: float | None,
+                               **kw: object) -> str:
+        self.orders.append((side, size, price))
+        return f"JRF20260923-033127-{len(self.orders):06d}"
+
+
+class _Reconciler:
+    def touch(self) -> None:
+        pass
+
+    def journal_and_count(self, fills: object, orders: object, intent_id: str | None = None) -> int:
+        return 0
+
+
+def _desk(tmp_path: Path, position: float = 0.0, **strategy: Any) -> tuple[OrderDesk, _Rest]:
+    connected = asyncio.Event()
+    connected.set()
+    spec = get_product("FX_BTC_JPY")
+    assert spec is not None  # min_size 0.001
+    rest = _Rest()
+    journal = Journal(tmp_path / "journal.db")
+    desk = OrderDesk(
+        product="FX_BTC_JPY", spec=spec, rest=rest,  # type: ignore[arg-type]
+        realtime=SimpleNamespace(connected=connected),  # type: ignore[arg-type]
+        health=SimpleNamespace(health="NORMAL", state="RUNNING"),  # type: ignore[arg-type]
+        feed=SimpleNamespace(book=SimpleNamespace(ready=True, mid_price=10_000_000.0)),  # type: ignore[arg-type]
+        budget=SimpleNamespace(can_order=lambda size: True, private_remaining=500),  # type: ignore[arg-type]
+        tracker=OrderTracker("FX_BTC_JPY"), journal=journal,
+        position=SimpleNamespace(size=position),  # type: ignore[arg-type]
+        reconciler=_Reconciler(),  # type: ignore[arg-type]
+        trade=SimpleNamespace(trade_health="SUPER BUSY"),  # type: ignore[arg-type]
+        strategy_config=StrategyConfig(**strategy), log=logging.getLogger("test"),
+    )
+    return desk, rest
+
+
+async def test_a_cancel_is_sent_once_reports_failures_and_needs_an_id(tmp_path: Path) -> None:
+    """A second cancel of the same order within ``CANCEL_REPEAT_AFTER`` is not sent again (its
+    CANCEL event is on the way) but still answers True; a cancel the exchange refused answers
+    False; an order without an acceptance id (refused locally, never sent) cannot be cancelled."""
+    desk, rest = _desk(tmp_path)
+    acc = "JRF20260923-033127-000001"
+    assert await desk.cancel_order(acc) is True
+    assert await desk.cancel_order(acc) is True
+    assert rest.cancels == [acc]
+    other = "JRF20260923-033127-000002"
+    rest.fail_cancel = ApiError(status=-111, message="Order not found", http_status=400)
+    assert await desk.cancel_order(other) is False
+    assert await desk.cancel_order(other) is False  # a refused cancel is not "recently sent"
+    assert rest.cancels == [acc, other, other]
+    refused = Order.new("FX_BTC_JPY", "BUY", 0.01)
+    refused.refuse("close-only mode")
+    assert await desk.cancel_order(refused) is False
+    assert rest.cancels == [acc, other, other]
+    desk.journal.close()
+
+
+async def test_a_position_of_exactly_the_minimum_size_is_closed(tmp_path: Path) -> None:
+    """The smallest position a bot can hold (one minimum order) is not "flat": ``close_position``
+    flattens it (a long with a SELL, a short with a BUY), as a closing order that passes close-only
+    and a stopping bot."""
+    for pos, side in ((0.001, "SELL"), (-0.001, "BUY")):
+        desk, rest = _desk(tmp_path, pos, close_position=True)
+        desk.stopping = True
+        order = await desk.close_position()
+        assert order is not None and order.acceptance_id, order and order.reason
+        assert rest.orders == [(side, 0.001, None)]
+        desk.journal.close()
+    desk, rest = _desk(tmp_path, 0.0009)  # below the minimum: nothing can be sent
+    assert await desk.close_position() is None and rest.orders == []
+    desk.journal.close()
+
+
+def test_default_risk_limits_are_100_and_1000_minimum_sizes(tmp_path: Path) -> None:
+    """Without ``max_order_size`` / ``max_position`` the limits are 100 and 1000 minimum order
+    sizes (docs/config.md); an order of exactly the limit passes, one step more is refused."""
+    desk, _ = _desk(tmp_path)
+    assert desk.refusal("BUY", 0.1) is None
+    assert "max_order_size" in (desk.refusal("BUY", 0.101) or "")
+    desk.position.size = 0.95  # type: ignore[misc]
+    assert desk.refusal("BUY", 0.05) is None  # 0.95 + 0.05: exactly the position limit
+    assert "max_position" in (desk.refusal("BUY", 0.051) or "")
+    desk.journal.close()
+    desk, _ = _desk(tmp_path, max_order_size=0.05, max_position=0.2)
+    assert desk.refusal("SELL", 0.05) is None  # exactly max_order_size
+    assert "max_order_size" in (desk.refusal("SELL", 0.051) or "")
+    desk.journal.close()
