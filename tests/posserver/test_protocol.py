@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import time
 
 import orjson
 import pytest
@@ -203,3 +204,104 @@ def test_documented_example_header() -> None:
     )
     assert data[28:-32] == b'{"id":"a","market":""}'
     assert data[-32:] == hmac.new(SECRET.encode(), data[:-32], hashlib.sha256).digest()
+
+
+# ---------------------------------------------------------------------------------------------- found by mutation
+# Each test below kills mutants that survived the first mutation runs (docs/mutation-survivors.md).
+def _signed(body: dict[str, object], mtype: int = 1, *, seq: int = 1, now: float | None = None) -> bytes:
+    t = time.time() if now is None else now
+    payload = p.HEADER.pack(p.MAGIC, p.VERSION, mtype, 1, seq, int(t * 1e6)) + orjson.dumps(body)
+    return payload + hmac.new(SECRET.encode(), payload, hashlib.sha256).digest()
+
+
+_OK_REPORT = {"id": "b", "market": "FX_BTC_JPY", "pos": 1.0, "base": 0, "profit": 0, "realized": 0, "pid": 1}
+
+
+def test_every_decoded_message_carries_its_signed_header() -> None:
+    """The server answers a query with ``re`` = the query's seq and judges a report by its boot:
+    the header must come with every message type, not only with reports."""
+    s = p.Sender(SECRET, boot=42)
+    assert s.boot == 42  # a given boot id is kept
+    msgs: list[p.Message] = [
+        _report(), p.BudgetQuery(bot="b"), p.BudgetReply(re=1, remaining=5, advice="trade", bots=1),
+        p.StatusQuery(client="tool"), p.StatusReply(re=2, status={}),
+    ]
+    types = [p.MsgType.REPORT, p.MsgType.BUDGET_QUERY, p.MsgType.BUDGET_REPLY, p.MsgType.STATUS_QUERY,
+             p.MsgType.STATUS_REPLY]
+    for n, (m, mtype) in enumerate(zip(msgs, types, strict=True), 1):
+        out = p.decode(s.encode(m, now=1_000.5), SECRET, now=1_000.0)
+        assert out == m
+        assert out.header == p.Header(mtype, 42, n, 1_000.5), m
+
+
+def test_replies_name_the_server_as_documented() -> None:
+    """docs/protocol.md: a budget reply and a status reply carry ``"id": "pos-server"``."""
+    for m in (p.BudgetReply(re=1, remaining=5, advice="slow", bots=1, budget=None), p.StatusReply(re=2, status={})):
+        body = orjson.loads(p.Sender(SECRET).encode(m)[p.HEADER.size:-p.MAC_SIZE])
+        assert body["id"] == p.SERVER_ID == "pos-server"
+        assert body.get("budget", None) is None
+
+
+def test_boot_ids_are_the_start_time_in_microseconds_with_a_random_low_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted sender has a larger boot id (its start time); two started in the same
+    microsecond still differ (the random low byte)."""
+    before = time.time_ns() // 1000
+    boot = p.Sender(SECRET).boot
+    after = time.time_ns() // 1000
+    assert before - 255 <= boot <= after + 255
+    monkeypatch.setattr(p.time, "time_ns", lambda: 1_700_000_000_123_456_000)
+    boots = {p.Sender(SECRET).boot for _ in range(64)}
+    assert len(boots) > 1 and {b >> 8 for b in boots} == {1_700_000_000_123_456 >> 8}
+
+
+def test_bounds_are_exact() -> None:
+    """Each limit accepts its documented largest value and refuses one past it: an id of 64
+    characters, a position just inside 10^9 minimum sizes, a pid below 2^32, a message or frame
+    of exactly the size limit, a message exactly ``max_age`` old."""
+    bound = p.max_position("FX_BTC_JPY")
+    inside = {**_OK_REPORT, "id": "x" * p.MAX_ID_LEN, "pos": bound * (1 - 1e-12), "pid": p.MAX_PID - 1}
+    assert isinstance(p.decode(_signed(inside), SECRET), p.Report)
+    for bad in ({**_OK_REPORT, "pos": bound}, {**_OK_REPORT, "base": -bound}, {**_OK_REPORT, "pid": p.MAX_PID},
+                {**_OK_REPORT, "pid": True}, {**_OK_REPORT, "pid": "1"}, {**_OK_REPORT, "pid": 1.0},
+                {**_OK_REPORT, "market": ""}):
+        assert _reason(_signed(bad)) == "malformed", bad
+    data = _signed(inside)
+    assert isinstance(p.decode(data, SECRET, max_size=len(data)), p.Report)
+    assert p.read_frame_length(struct.pack("!I", p.MAX_DATAGRAM), p.MAX_DATAGRAM) == p.MAX_DATAGRAM
+    old = _signed(_OK_REPORT, now=1_000.0)
+    assert isinstance(p.decode(old, SECRET, now=1_030.0), p.Report)  # exactly DEFAULT_MAX_AGE
+    assert _reason(old, now=1_030.001) == "stale"
+
+
+def test_reports_and_queries_of_one_bot_are_guarded_apart() -> None:
+    """One counter serves a bot's UDP reports and TCP queries, and the two channels may reorder:
+    a query that overtakes a report must not turn the report into a replay."""
+    guard = p.ReplayGuard()
+    s = p.Sender(SECRET)
+    report, query = s.encode(_report(bot="bot-a")), s.encode(p.BudgetQuery(bot="bot-a"))
+    assert isinstance(p.decode(query, SECRET, guard=guard), p.BudgetQuery)
+    assert isinstance(p.decode(report, SECRET, guard=guard), p.Report)
+    assert _reason(report, guard=guard) == "replay"
+
+
+def test_a_full_replay_guard_forgets_the_least_recent_run() -> None:
+    """Beyond ``max_senders`` the run seen least recently is forgotten, never the one just
+    seen (its replay would pass); the default bound is 10,000 runs."""
+    guard = p.ReplayGuard(max_senders=2)
+    for i in range(3):
+        guard.check(f"r:{i}", p.Header(p.MsgType.REPORT, 1, 5, 0.0))
+    with pytest.raises(p.ProtocolError):
+        guard.check("r:2", p.Header(p.MsgType.REPORT, 1, 5, 0.0))
+    guard.check("r:0", p.Header(p.MsgType.REPORT, 1, 5, 0.0))  # forgotten: accepted again
+    default = p.ReplayGuard()
+    for i in range(10_001):
+        default.check(f"r:{i}", p.Header(p.MsgType.REPORT, 1, 1, 0.0))
+    assert len(default) == 10_000
+
+
+def test_a_receiver_started_now_refuses_a_message_sent_a_second_before() -> None:
+    start = 1_700_000_000.25
+    guard = p.ReplayGuard(not_before=start)
+    s = p.Sender(SECRET)
+    assert _reason(s.encode(_report(), now=start - 1.0), guard=guard, now=start) == "replay"
+    assert isinstance(p.decode(s.encode(_report(), now=start), SECRET, now=start, guard=guard), p.Report)
