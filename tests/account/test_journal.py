@@ -305,3 +305,40 @@ def test_an_order_row_round_trips_every_field(tmp_path: Path) -> None:
         _, orders, _ = j.load()
         assert j.get_order(market.acceptance_id or "") == market
     assert sorted(orders, key=lambda o: o.acceptance_id or "") == [market, limit]
+
+
+# ---------------------------------------------------------------------------------------------- found by mutation
+# Each test below kills mutants of the first full mutation run of journal.py (docs/mutation-survivors.md).
+def test_the_highest_compacted_exec_id_stays_rejected(tmp_path: Path) -> None:
+    """A fill folded into the snapshot is counted there: the exec id at the very top of the folded
+    ones, replayed (a late event, a resync), must not be journaled and counted a second time."""
+    with Journal(tmp_path / "j.db") as j:
+        for eid in (1, 2, 3):
+            j.record_fill(mkfill(eid, t=NOON - 2 * DAY))
+        j.record_fill(mkfill(4))
+        assert j.compact(keep_days=1, now=NOON) == 3
+        assert j.record_fill(mkfill(3)) is False
+        assert j.record_fill(mkfill(5)) is True
+
+
+def test_compact_without_a_time_uses_the_clock(tmp_path: Path) -> None:
+    """The runtime calls ``compact(keep_days=...)`` with no ``now``: it must use the current time."""
+    with Journal(tmp_path / "j.db") as j:
+        j.record_fill(mkfill(1, t=time.time() - 30 * DAY))
+        j.record_fill(mkfill(2, t=time.time()))
+        assert j.compact(keep_days=7) == 1 and j.fill_count() == 1
+
+
+def test_a_fresh_journal_in_a_new_folder_has_no_exec_cursor(tmp_path: Path) -> None:
+    """No fill journaled, none compacted: ``load`` gives no ``last_exec_id`` (not a made-up 1)."""
+    with Journal(tmp_path / "new" / "sub" / "j.db") as j:  # missing parent folders are created
+        assert "last_exec_id" not in j.load()[2]
+
+
+def test_a_flush_after_close_writes_nothing_and_does_not_raise(tmp_path: Path) -> None:
+    """An order event can arrive while the bot stops, after the journal closed: its deferred row is
+    dropped (the restart's resync settles it from the exchange), never an error on a closed db."""
+    j = Journal(tmp_path / "j.db")
+    j.close()
+    assert j.defer_orders([mkorder("JRF20260923-030000-000001")]) is True
+    j.flush()

@@ -111,3 +111,15 @@ def test_an_intent_closed_with_an_acceptance_id_keeps_it(tmp_path: Path) -> None
     with Journal(tmp_path / "j.db") as j:
         assert j.intent_outcome(intent.intent_id) == (IntentState.UNKNOWN, ACC)
         assert j.open_intents() == []
+
+
+def test_open_intents_of_one_product(tmp_path: Path) -> None:
+    """Found by mutation (docs/mutation-survivors.md): a restart looks up the open intents of its
+    own product; the product filter must select them, and only them."""
+    with Journal(tmp_path / "j.db") as j:
+        fx, spot = OrderIntent.new(P, "BUY", 0.01, None), OrderIntent.new("BTC_JPY", "SELL", 0.01, None)
+        j.record_intent(fx)
+        j.record_intent(spot)
+        assert j.open_intents(P) == [fx]
+        assert j.open_intents("BTC_JPY") == [spot]
+        assert j.open_intents() == [fx, spot]
