@@ -342,3 +342,19 @@ def test_a_flush_after_close_writes_nothing_and_does_not_raise(tmp_path: Path) -
     j.close()
     assert j.defer_orders([mkorder("JRF20260923-030000-000001")]) is True
     j.flush()
+
+
+def test_compact_can_fold_every_fill(tmp_path: Path) -> None:
+    """A bot that has not traded for days: every fill is older than the window and none belongs to
+    an open order, so the whole fills table folds into the snapshot."""
+    with Journal(tmp_path / "j.db") as j:
+        live = Position()
+        for eid in (1, 2):
+            f = mkfill(eid, t=NOON - 10 * DAY)
+            j.record_fill(f)
+            live.apply_fill(f)
+        assert j.compact(keep_days=1, now=NOON) == 2 and j.fill_count() == 0
+        fills, _, kv = j.load()
+        rebuilt = Position()
+        rebuilt.rebuild(fills, kv)
+        assert fills == [] and rebuilt.snapshot() == live.snapshot() and kv["last_exec_id"] == "2"
