@@ -242,16 +242,21 @@ def test_replies_name_the_server_as_documented() -> None:
         assert body.get("budget", None) is None
 
 
-def test_boot_ids_are_the_start_time_in_microseconds_with_a_random_low_byte(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A restarted sender has a larger boot id (its start time); two started in the same
-    microsecond still differ (the random low byte)."""
+def test_boot_ids_are_the_start_time_in_microseconds_above_random_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted sender has a larger boot id (its start time in µs, above 12 random bits); senders
+    created in the same microsecond still get different ones."""
     before = time.time_ns() // 1000
     boot = p.Sender(SECRET).boot
     after = time.time_ns() // 1000
-    assert before - 255 <= boot <= after + 255
-    monkeypatch.setattr(p.time, "time_ns", lambda: 1_700_000_000_123_456_000)
-    boots = {p.Sender(SECRET).boot for _ in range(64)}
-    assert len(boots) > 1 and {b >> 8 for b in boots} == {1_700_000_000_123_456 >> 8}
+    assert before <= boot >> 12 <= after + 1
+    start = after + 2  # later than every boot made so far
+    stamps = iter(range(start, start + 160, 10))
+    monkeypatch.setattr(p.time, "time_ns", lambda: next(stamps) * 1000)
+    boots = [p.Sender(SECRET).boot for _ in range(16)]
+    assert [b >> 12 for b in boots] == list(range(start, start + 160, 10))  # the start time, in µs
+    assert len({b & 0xFFF for b in boots}) > 1  # above random low bits, not a fixed pattern
+    monkeypatch.setattr(p.time, "time_ns", lambda: (start + 200) * 1000)  # one frozen microsecond
+    assert len({p.Sender(SECRET).boot for _ in range(64)}) == 64
 
 
 def test_bounds_are_exact() -> None:
