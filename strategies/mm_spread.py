@@ -6,8 +6,6 @@ Every parameter is documented in ``mm_spread.yaml`` and reloads live.
 
 from __future__ import annotations
 
-import time
-
 import bfsx
 
 
@@ -45,7 +43,7 @@ class MyStrategy(bfsx.Strategy):
             if want_bid is not None and want_ask is not None and want_bid >= want_ask:
                 want_bid, want_ask = round(bid - skew), round(ask - skew)
 
-        now = time.monotonic()
+        now = self.time()
         keep: dict[str, bool] = {"BUY": False, "SELL": False}
         cancels = []
         for order in self.open_orders:
@@ -67,7 +65,7 @@ class MyStrategy(bfsx.Strategy):
             return
         order = await (self.buy(size, price) if side == "BUY" else self.sell(size, price))
         if order.acceptance_id:
-            self._quoted_at[order.acceptance_id] = time.monotonic()
+            self._quoted_at[order.acceptance_id] = self.time()
             if len(self._quoted_at) > 1000:  # bounded: forget the oldest quotes
                 for key in list(self._quoted_at)[:500]:
                     del self._quoted_at[key]

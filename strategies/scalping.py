@@ -7,7 +7,6 @@ Every parameter is documented in ``scalping.yaml`` and reloads live.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import bfsx
@@ -49,10 +48,10 @@ class MyStrategy(bfsx.Strategy):
             self._entry_order = await self.sell(lot, bid if take else ask)
         else:
             return
-        self._entry_at = time.monotonic()
+        self._entry_at = self.time()
 
     async def manage(self) -> None:
-        now = time.monotonic()
+        now = self.time()
         pos = self.position
         # An entry that did not fill quickly is no longer a good entry.
         if abs(pos) < 0.001:

@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "bfsx"
 
 FLOORS: dict[str, int] = {
-    "errors": 0, "aio": 0, "net": 0, "logs": 0,
+    "errors": 0, "aio": 0, "net": 0, "logs": 0, "clock": 0,
     "bitflyer": 1,
     "market": 2, "account": 2, "reporting": 2, "config": 2,
     "bot": 3, "posserver": 3, "sim": 3, "record": 3,

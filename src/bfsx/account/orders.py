@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Set
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from bfsx import clock as bfsx_clock
 from bfsx.bitflyer import states, timestamps
 from bfsx.bitflyer.messages import ChildOrder, ChildOrderEvent, PrivateExecution, Side
 
@@ -75,7 +75,7 @@ class Order:
     filled_size: float = 0.0
     average_price: float = 0.0
     state: OrderState = OrderState.PENDING
-    created: float = field(default_factory=time.time)
+    created: float = field(default_factory=lambda: bfsx_clock.time())
     updated: float = 0.0
     reason: str = ""
 
@@ -84,7 +84,7 @@ class Order:
         """A not-yet-sent order (state PENDING); LIMIT when ``price`` is given, else MARKET."""
         if side not in ("BUY", "SELL"):
             raise ValueError(f"side must be BUY or SELL, not {side!r}")
-        now = time.time()
+        now = bfsx_clock.time()
         return cls(
             product=product, side=side, size=size, price=price,
             order_type="MARKET" if price is None else "LIMIT", created=now, updated=now,
@@ -111,13 +111,13 @@ class Order:
         """Mark as refused locally (never sent); a result for the strategy, not an exception."""
         self.state = OrderState.REFUSED
         self.reason = reason
-        self.updated = time.time()
+        self.updated = bfsx_clock.time()
 
     def fail(self, reason: str) -> None:
         """Mark as failed (rejected by the exchange, or a POST whose outcome is unknown)."""
         self.state = OrderState.FAILED
         self.reason = reason
-        self.updated = time.time()
+        self.updated = bfsx_clock.time()
 
     def _add_fill(self, price: float, size: float) -> None:
         prev = Decimal(repr(self.filled_size))
@@ -174,7 +174,7 @@ class OrderIntent:
     @classmethod
     def new(cls, product: str, side: Side, size: float, price: float | None) -> OrderIntent:
         """A fresh intent (random local id, sent now); LIMIT when ``price`` is given, else MARKET."""
-        return cls(uuid.uuid4().hex, product, side, "MARKET" if price is None else "LIMIT", size, price, time.time())
+        return cls(uuid.uuid4().hex, product, side, "MARKET" if price is None else "LIMIT", size, price, bfsx_clock.time())
 
 
 class _Parked:
@@ -222,14 +222,14 @@ class OrderTracker:
         max_done: int = 10_000,
         max_unsettled: int = 2_000,
         max_seen: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.product = product
         self.park_ttl = park_ttl
         self.max_parked_events = max_parked_events
         self.max_done = max_done
         self.max_unsettled = max_unsettled
-        self._clock = clock
+        self._clock = clock if clock is not None else bfsx_clock.monotonic  # the runtime's clock
         self._open: dict[str, Order] = {}
         self._done: OrderedDict[str, Order] = OrderedDict()
         self._unsettled: OrderedDict[str, Order] = OrderedDict()
@@ -346,7 +346,7 @@ class OrderTracker:
         suspect. Also forgets cancels of orders that ended and cancel sends older than
         ``repeat_after``, so both maps stay bounded."""
         now = self._clock()
-        wall = time.time()
+        wall = bfsx_clock.time()
         stuck = []
         for o in self._open.values():
             acc = o.acceptance_id
@@ -469,7 +469,7 @@ class OrderTracker:
                 order.order_type = ev["child_order_type"]
             if order.state is OrderState.PENDING:
                 order.state = OrderState.ACTIVE
-            order.updated = time.time()
+            order.updated = bfsx_clock.time()
             return None, order
         if kind == "ORDER_FAILED":
             if not was_open:
@@ -550,7 +550,7 @@ class OrderTracker:
                 if order.state not in OPEN_STATES and target is not None:
                     self._unsettled.pop(acc, None)  # the exchange's final word matches our count
             if order.state is not before:
-                order.updated = time.time()
+                order.updated = bfsx_clock.time()
                 changed[acc] = order
         return fills, list(changed.values())
 
@@ -559,7 +559,7 @@ class OrderTracker:
         self._mark_seen(fill.exec_id)
         self._bump_cursor(fill.exec_id)
         order._add_fill(fill.price, fill.size)
-        order.updated = time.time()
+        order.updated = bfsx_clock.time()
 
     def _check_missing(self, order: Order) -> None:
         acc = order.acceptance_id or ""
@@ -571,7 +571,7 @@ class OrderTracker:
 
     def _after(self, order: Order, was_open: bool) -> None:
         """Bookkeeping after a state change: move a finished order out of the open set."""
-        order.updated = time.time()
+        order.updated = bfsx_clock.time()
         if not was_open or order.state in OPEN_STATES:
             return
         acc = order.acceptance_id or ""

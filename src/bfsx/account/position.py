@@ -24,7 +24,6 @@ Accounting rules (documented here because PnL figures are only comparable when t
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -32,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from bfsx import clock
 from bfsx.account.orders import Fill
 from bfsx.bitflyer.products import get_product
 
@@ -187,7 +187,7 @@ class Position:
 
     def realized_today(self, now: float | None = None) -> float:
         """Realized PnL of the current JST day (of ``now``, default the clock)."""
-        return float(self._daily.get(jst_day(time.time() if now is None else now), _ZERO))
+        return float(self._daily.get(jst_day(clock.time() if now is None else now), _ZERO))
 
     def realized_on(self, day: int) -> float:
         """Realized PnL of JST day number ``day`` (see :func:`jst_day`), if still kept."""

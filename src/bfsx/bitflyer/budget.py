@@ -18,12 +18,12 @@ position server combines the bots' :class:`BudgetSnapshot` readings into an acco
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from bfsx import clock
 from bfsx.bitflyer import endpoints, limits
 
 Advice = Literal["trade", "slow", "pause"]
@@ -208,7 +208,7 @@ class ApiBudget:
         back to :meth:`on_headers` with its reply (0 for a public request, which is not counted)."""
         if not path.startswith(endpoints.PRIVATE_PREFIX):
             return 0
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         self._seq += 1
         seq = self._seq
         self.private.request(seq, t)
@@ -240,7 +240,7 @@ class ApiBudget:
         value :meth:`on_request` returned for this request, so requests still in flight stay counted."""
         if not private:
             return
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         seq = self._seq if request_seq is None else request_seq
         r = limits.read_private(headers)
         if r is not None:
@@ -251,7 +251,7 @@ class ApiBudget:
 
     def on_over_limit(self, now: float | None = None) -> None:
         """The exchange answered -1 (over the limit): pause new orders for ``pause_seconds``."""
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         self.over_limit_count += 1
         self.paused_until = max(self.paused_until, t + self.pause_seconds)
 
@@ -259,7 +259,7 @@ class ApiBudget:
         """Honour an account-wide view (from the position server): from now on the remaining counts
         are the lower of our own and the account's minus what we sent since receiving it."""
         self._account = snapshot
-        self._account_at = time.time() if now is None else now
+        self._account_at = clock.time() if now is None else now
         self._account_private_sent = self.private.sent
         self._account_order_sent = self.orders.sent
         self._account_small_sent = self._small_sent
@@ -287,7 +287,7 @@ class ApiBudget:
 
     def private_left(self, now: float | None = None) -> int:
         """Private requests left (the lower of our own and the applied account-wide view)."""
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         left = self.private.remaining(t)
         a = self._account_view(t)
         if a is not None and not (a.private_reset and t >= a.private_reset):
@@ -296,7 +296,7 @@ class ApiBudget:
 
     def order_left(self, now: float | None = None) -> int:
         """Order requests left (the lower of our own and the applied account-wide view)."""
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         left = self.orders.remaining(t)
         a = self._account_view(t)
         if a is not None and not (a.order_reset and t >= a.order_reset):
@@ -305,7 +305,7 @@ class ApiBudget:
 
     def small_orders(self, now: float | None = None) -> int:
         """Small orders counted in the last minute (account-wide when an account view is applied)."""
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         self._prune_small(t)
         n = len(self._small)
         a = self._account_view(t)
@@ -328,13 +328,13 @@ class ApiBudget:
         return self.small_orders()
 
     def paused(self, now: float | None = None) -> bool:
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         return t < self.paused_until
 
     def can_order(self, size: float, now: float | None = None) -> bool:
         """True when a new order of ``size`` fits: not paused, both buckets above their reserve and,
         for a small order, the per-minute count (or the penalty count) not exceeded."""
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         if t < self.paused_until:
             return False
         if self.private_left(t) <= self.reserve or self.order_left(t) <= self.order_reserve:
@@ -354,7 +354,7 @@ class ApiBudget:
     def advice(self, now: float | None = None) -> Advice:
         """"pause" when no new order may be sent, "slow" when a bucket is below ``slow_below`` of its
         limit (or in the small-order penalty hour), else "trade"."""
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         p, o = self.private_left(t), self.order_left(t)
         if t < self.paused_until or p <= self.reserve or o <= self.order_reserve:
             return "pause"
@@ -369,7 +369,7 @@ class ApiBudget:
 
     def snapshot(self, now: float | None = None) -> BudgetSnapshot:
         """The current readings (own view, not including an applied account view)."""
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         self._prune_small(t)
         return BudgetSnapshot(
             at=t,
@@ -443,7 +443,7 @@ class ApiBudget:
         the latest of any bot.
         """
         snaps = list(snapshots)
-        t = time.time() if now is None else now
+        t = clock.time() if now is None else now
         p_rem, p_since, p_reset, p_meas = cls._combine_bucket(
             [(s.private_remaining, s.private_since, s.private_reset, s.private_measured) for s in snaps],
             private_limit, t,

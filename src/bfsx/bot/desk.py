@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections import deque
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
+from bfsx import clock
 from bfsx.account.orders import IntentState, Order, OrderIntent, OrderTracker
 from bfsx.bitflyer.errors import ApiError, BitflyerError
 from bfsx.bitflyer.messages import Side
@@ -141,7 +141,7 @@ class OrderDesk:
         band = cfg.price_band
         if price is not None and abs(price - ref) > band * ref:
             return f"price {price:g} outside price_band {band:g} of the market {ref:g}"
-        now = time.monotonic()
+        now = clock.monotonic()
         sent = self._sent_at
         while sent and now - sent[0] >= 1.0:
             sent.popleft()
@@ -190,7 +190,7 @@ class OrderDesk:
         self.journal.record_intent(intent)
         tracker = self.tracker
         tracker.sending()
-        self._sent_at.append(time.monotonic())
+        self._sent_at.append(clock.monotonic())
         self.reconciler.touch()
         tif = opts.get("time_in_force", "GTC")
         mte = opts.get("minute_to_expire", self.strategy_config.minute_to_expire)

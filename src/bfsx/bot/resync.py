@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from bfsx import clock
 from bfsx.account.drift import SELF_HEAL_SECONDS
 from bfsx.account.orders import Fill, IntentState, Order, OrderIntent, OrderTracker
 from bfsx.bitflyer.errors import BitflyerError
@@ -66,13 +66,13 @@ class Reconciler:
         self.fills_applied = 0
         self.fills_recovered = 0  # of which found by a resync (their events were lost)
         self.last_activity = 0.0  # monotonic time of this bot's latest order or fill
-        self._last_settled = time.monotonic()
+        self._last_settled = clock.monotonic()
         self._intents_next = 0.0  # monotonic time of the next lookup round for intents
         self._resolving = False
 
     def touch(self) -> None:
         """This bot just traded (an order went out): the drift check waits for quiet."""
-        self.last_activity = time.monotonic()
+        self.last_activity = clock.monotonic()
 
     # ----------------------------------------------------------------- private events
     def on_child_events(self, events: list[dict[str, Any]]) -> None:
@@ -109,7 +109,7 @@ class Reconciler:
             self.position.apply_fill(fill)
         if new:
             self.fills_applied += len(new)
-            self.last_activity = time.monotonic()
+            self.last_activity = clock.monotonic()
             self._on_new_fills(new)
         return len(new)
 
@@ -134,7 +134,7 @@ class Reconciler:
                 recovered += self._reconcile([], own)
         except BitflyerError as e:
             self.log.warning("resync of missing fills failed (%s)", e)
-        self._last_settled = time.monotonic()
+        self._last_settled = clock.monotonic()
         if recovered:
             self.fills_recovered += recovered
             self.log.warning("resync recovered %d missed fill(s); position %s", recovered, self.position.size)
@@ -200,13 +200,13 @@ class Reconciler:
                 await self._resolve_intent(intent)
         finally:
             self._resolving = False
-            self._intents_next = time.monotonic() + INTENT_RETRY
+            self._intents_next = clock.monotonic() + INTENT_RETRY
 
     async def _resolve_intent(self, intent: OrderIntent) -> None:
         rest, tracker = self.rest, self.tracker
         what = f"{intent.side} {intent.size} @ {intent.price or 'MARKET'}"
         sent, busy = tracker.sends, tracker.in_flight
-        looked_at = time.time()
+        looked_at = clock.time()
         try:
             lookup = await rest.find_lost_order(
                 intent.product, intent.side, intent.size, intent.price, sent_at=intent.sent_at,
@@ -239,7 +239,7 @@ class Reconciler:
     def _adopt(self, intent: OrderIntent, acc: str) -> None:
         order = Order(
             product=intent.product, side=intent.side, size=intent.size, price=intent.price,
-            order_type=intent.order_type, acceptance_id=acc, created=intent.sent_at, updated=time.time(),
+            order_type=intent.order_type, acceptance_id=acc, created=intent.sent_at, updated=clock.time(),
         )
         fills = self.tracker.accepted(order)  # its events parked since the restart apply now
         self.tracker.drop_intent(intent.intent_id)
@@ -255,7 +255,7 @@ class Reconciler:
         a reconnect: the bot's position stays right, so no correcting order is needed."""
         while not stopping():
             await asyncio.sleep(ORDER_AUDIT_INTERVAL)
-            now = time.monotonic()
+            now = clock.monotonic()
             if self.tracker.intents and now >= self._intents_next:
                 await self.resolve_intents()
             stuck = self.tracker.stuck_orders(ORDER_AUDIT_AFTER, CANCEL_REPEAT_AFTER)
@@ -279,8 +279,8 @@ class Reconciler:
     async def final_word(self, timeout_s: float) -> list[str]:
         """At stop: once orders were cancelled, wait up to ``timeout_s`` for their events, then ask
         the exchange about any still open. Returns the acceptance ids still open after that."""
-        deadline = time.monotonic() + timeout_s
-        while self.tracker.open_orders and time.monotonic() < deadline:
+        deadline = clock.monotonic() + timeout_s
+        while self.tracker.open_orders and clock.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.tracker.open_orders:
             # Events may be lost: ask the exchange for the final word on each order.

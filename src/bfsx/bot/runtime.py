@@ -15,14 +15,13 @@ import contextlib
 import functools
 import logging
 import signal
-import time
 from collections import deque
 from collections.abc import Awaitable
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bfsx import aio
+from bfsx import aio, clock
 from bfsx.account.drift import DriftCheck, run_drift_loop
 from bfsx.account.journal import Journal
 from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
@@ -85,8 +84,15 @@ class BotRuntime:
         trade_path: str | None = None,
         strategy_py_path: str | None = None,
         strategy_yaml_path: str | None = None,
+        rest: RestClient | None = None,
+        realtime: RealtimeClient | None = None,
     ) -> None:
+        # ``rest`` / ``realtime``: another transport with the same methods (a backtest's, which
+        # talks to an in-process matching engine); the default is the exchange's over the network.
         self._trade = trade
+        #: The clock every timer, order age, candle and no-trade window of this bot runs on: the
+        #: process's clock (bfsx.clock) when the runtime is built, the wall clock live.
+        self.clock = clock.current()
         self._strategy_config = strategy_config
         self.strategy = strategy
         self.product = trade.product
@@ -103,9 +109,9 @@ class BotRuntime:
             from bfsx.posserver.lease_client import FedHealth, LeaseClient, runtime_settler
         budget_cls = LeasedBudget if trade.pos_server else ApiBudget  # leases: the server sizes what we may send
         self.budget = budget_cls(reserve=trade.api_reserve, pause_seconds=trade.over_limit_pause)
-        self.rest = RestClient(trade.endpoint, key, secret, budget=self.budget)
+        self.rest = rest if rest is not None else RestClient(trade.endpoint, key, secret, budget=self.budget)
         silence = trade.ws_silence_timeout
-        self.realtime = RealtimeClient(
+        self.realtime = realtime if realtime is not None else RealtimeClient(
             trade.ws_endpoint, key, secret,
             silence_timeout={channels.executions(self.product): silence} if silence else None,
         )
@@ -301,7 +307,7 @@ class BotRuntime:
             if basetime is None:
                 await asyncio.sleep(interval)
             else:
-                now = time.time()
+                now = clock.time()
                 nxt = (now - basetime) // interval * interval + interval + basetime
                 await asyncio.sleep(max(0.0, nxt - now))
             if not self._stopping:
@@ -312,7 +318,7 @@ class BotRuntime:
         position server); :func:`~bfsx.account.drift.run_drift_loop` runs it every interval."""
         if not self.trade.adjust_position_with_api or self._stopping:
             return
-        quiet = self.tracker.in_flight == 0 and time.monotonic() - self.reconciler.last_activity > QUIET_SECONDS
+        quiet = self.tracker.in_flight == 0 and clock.monotonic() - self.reconciler.last_activity > QUIET_SECONDS
         actual: Decimal | None
         try:
             actual = await self.rest.net_position(self.product) - Decimal(str(self.trade.base_position))
@@ -348,7 +354,7 @@ class BotRuntime:
 
         while not self._stopping:
             charts.record(BotSample(
-                ts=time.time(), bot=self.bot_name, market=self.product, position=self.position.size,
+                ts=clock.time(), bot=self.bot_name, market=self.product, position=self.position.size,
                 profit=self.realized_today() + self.unrealized(), api_remaining=self.budget.private_remaining,
             ))
             await asyncio.sleep(CHART_SAMPLE_SECONDS)
@@ -356,7 +362,7 @@ class BotRuntime:
     async def _on_connect(self, reconnected: bool) -> None:
         if reconnected:
             self.log.warning("realtime reconnected: resyncing orders and fills")
-            self._note_reconnect(time.monotonic())
+            self._note_reconnect(clock.monotonic())
         await self.resync()
 
     # ----------------------------------------------------------------- alerts (strategy webhook)
@@ -384,7 +390,7 @@ class BotRuntime:
         """Looks for a new -1 pause (an over-limit answer) every ``alert_check_interval_s``."""
         while not self._stopping:
             until = self.budget.paused_until
-            now = time.time()
+            now = clock.time()
             # One alert per pause: every further -1 during it extends the same pause.
             paused, was = until > now, self._paused
             self._paused = paused
@@ -520,13 +526,13 @@ class BotRuntime:
         self.log.info("stopped: position %s, realized today %.0f", self.position.size, self.realized_today())
 
     async def _cancel_and_confirm(self) -> None:
-        deadline = time.monotonic() + STOP_CANCEL_TIMEOUT
+        deadline = clock.monotonic() + STOP_CANCEL_TIMEOUT
         if self.tracker.intents:  # an order of unknown outcome may be live: find it, so it is cancelled too
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_CANCEL_TIMEOUT / 2):
                     await self.reconciler.resolve_intents()
         await self.desk.cancel_all()
-        left = await self.reconciler.final_word(deadline - time.monotonic())
+        left = await self.reconciler.final_word(deadline - clock.monotonic())
         if left:
             self.log.error("orders still open after stop: %s", ", ".join(left))
 
@@ -534,8 +540,8 @@ class BotRuntime:
         order = await self.close_position()
         if order is None or order.state in (OrderState.REFUSED, OrderState.FAILED):
             return
-        deadline = time.monotonic() + STOP_CANCEL_TIMEOUT
-        while abs(self.position.size) >= float(self.spec.min_size) and time.monotonic() < deadline:
+        deadline = clock.monotonic() + STOP_CANCEL_TIMEOUT
+        while abs(self.position.size) >= float(self.spec.min_size) and clock.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from bfsx.bitflyer.timestamps import JST
 
 if TYPE_CHECKING:
     from bfsx.account.orders import Order
@@ -43,8 +46,9 @@ class Strategy:
 
     # ----------------------------------------------------------------- registration
     def every(self, interval: float, callback: Callback, basetime: float | None = None) -> None:
-        """Call ``callback()`` every ``interval`` seconds; with ``basetime`` the calls are aligned to
-        wall-clock multiples of ``interval`` offset by ``basetime`` (e.g. every 60 s at :05)."""
+        """Call ``callback()`` every ``interval`` seconds of the runtime's clock; with ``basetime``
+        the calls are aligned to multiples of ``interval`` (epoch seconds) offset by ``basetime``
+        (e.g. every 60 s at :05)."""
         self._rt.add_timer(interval, callback, basetime)
 
     def candles(self, timescale: float, num_of_candle: int, callback: Callback | None = None) -> CandleBuilder:
@@ -84,6 +88,18 @@ class Strategy:
     async def close_position(self) -> Order | None:
         """Flatten this bot's position with a market order; None when already flat."""
         return await self._rt.desk.close_position()
+
+    # ----------------------------------------------------------------- time (the runtime's clock)
+    def time(self) -> float:
+        """Now in epoch seconds on the runtime's clock: the wall clock live, the replay's virtual
+        clock in a backtest. Use it (never ``time.time()`` / ``time.monotonic()``) for ages and
+        timeouts, so the strategy behaves the same in both."""
+        return self._rt.clock.time()
+
+    @property
+    def now(self) -> datetime:
+        """Now as an aware JST datetime on the runtime's clock (see :meth:`time`)."""
+        return datetime.fromtimestamp(self._rt.clock.time(), JST)
 
     # ----------------------------------------------------------------- state (read-only, local)
     @property

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from bfsx import clock
 from bfsx.bitflyer.timestamps import JST
 from bfsx.config.base import (
     Hours,
@@ -153,7 +154,7 @@ class StrategyConfig(_Model):
         """True when ``now`` (default: the current time) is inside any ``no_trade`` window."""
         if not self.no_trade:
             return False
-        when = now if now is not None else datetime.now(JST)
+        when = now if now is not None else clock.now_jst()  # the runtime's clock (virtual in a backtest)
         return any(w.contains(when) for w in self.no_trade)
 
     def discord_webhook_value(self) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from bfsx import clock
 from bfsx.bitflyer import channels
 from bfsx.bitflyer.messages import Board, Execution, Ticker
 from bfsx.market.book import OrderBook
@@ -196,7 +196,7 @@ class MarketFeed:
 
     def tick(self, now: float | None = None) -> None:
         """Confirm candles whose bucket ended more than ``candle_grace`` seconds before ``now``."""
-        t = (time.time() if now is None else now) - self.candle_grace
+        t = (clock.time() if now is None else now) - self.candle_grace
         for builder in self.candle_builders:
             builder.advance(t)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from bfsx import clock
 from bfsx.bitflyer.messages import BoardState
 from bfsx.bitflyer.states import health_rank
 
@@ -57,7 +57,7 @@ class HealthPoller:
         self.timeout = timeout if timeout is not None else max(interval, 10.0)
         self._health = UNKNOWN
         self._state = UNKNOWN
-        #: ``time.monotonic()`` of the last successful poll (0.0: never).
+        #: ``clock.monotonic()`` of the last successful poll (0.0: never).
         self.updated_at = 0.0
         #: One line describing the last failure, None after a success.
         self.last_error: str | None = None
@@ -69,7 +69,7 @@ class HealthPoller:
 
     # ------------------------------------------------------------------ readings
     def _fresh(self) -> bool:
-        return self.updated_at > 0 and time.monotonic() - self.updated_at <= self.stale_after
+        return self.updated_at > 0 and clock.monotonic() - self.updated_at <= self.stale_after
 
     @property
     def health(self) -> str:
@@ -110,7 +110,7 @@ class HealthPoller:
         if self.last_error is not None:
             log.info("board state of %s back: %s / %s", self.product, health, state)
         self.last_error = None
-        self.updated_at = time.monotonic()
+        self.updated_at = clock.monotonic()
         self._set(health, state)
 
     def _set(self, health: str, state: str) -> None:
@@ -125,9 +125,9 @@ class HealthPoller:
 
     async def _run(self) -> None:
         while True:
-            started = time.monotonic()
+            started = clock.monotonic()
             await self.poll_once()
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, self.interval - (clock.monotonic() - started)))
 
     async def start(self) -> None:
         """Poll once now (so readings exist when this returns), then every ``interval`` in a task."""

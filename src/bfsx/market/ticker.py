@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import time
 
+from bfsx import clock
 from bfsx.bitflyer.messages import Ticker
 
 _INF = math.inf
@@ -18,7 +18,7 @@ class TickerState:
     def __init__(self) -> None:
         #: The newest ticker as received (None before the first).
         self.ticker: Ticker | None = None
-        #: ``time.monotonic()`` when it arrived (0.0 before the first).
+        #: ``clock.monotonic()`` when it arrived (0.0 before the first).
         self.received_at = 0.0
         self.count = 0
 
@@ -27,7 +27,7 @@ class TickerState:
         if type(msg) is not dict:
             return
         self.ticker = msg
-        self.received_at = time.monotonic()
+        self.received_at = clock.monotonic()
         self.count += 1
 
     def _get(self, key: str) -> float:
@@ -67,4 +67,4 @@ class TickerState:
         """Seconds since the last ticker (infinity before the first)."""
         if self.ticker is None:
             return float("inf")
-        return (time.monotonic() if now is None else now) - self.received_at
+        return (clock.monotonic() if now is None else now) - self.received_at
