@@ -29,7 +29,7 @@ FLOORS: dict[str, int] = {
     "bitflyer": 1,
     "market": 2, "account": 2, "reporting": 2, "config": 2,
     "bot": 3, "posserver": 3, "sim": 3, "record": 3,
-    "demo": 4,
+    "demo": 4, "backtest": 4,
     "cli": 5,
 }
 ROOT_FLOOR = 6  # bfsx/__init__.py: the public names a strategy imports (re-exports only)

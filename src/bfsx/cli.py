@@ -1,4 +1,4 @@
-"""``bfsx`` command line: trade, pos-server, sim, record, demo, bench.
+"""``bfsx`` command line: trade, pos-server, sim, record, backtest, demo, bench.
 
 Each subcommand imports its module lazily so ``bfsx sim`` starts fast. A user mistake exits non-zero
 with one line on stderr, never a traceback.
@@ -50,6 +50,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds between flushes: what a crash can lose")
     r.add_argument("--queue-mb", type=float, default=64.0, metavar="MB", help="write queue bound; beyond it frames drop")
 
+    b = sub.add_parser("backtest", help="replay a strategy: bfsx backtest STRATEGY_PY STRATEGY_YAML "
+                                        "(--data FILE_OR_DIR ... | --synthetic HOURS)")
+    b.add_argument("strategy_py", metavar="STRATEGY_PY")
+    b.add_argument("strategy_yaml", metavar="STRATEGY_YAML")
+    b.add_argument("--data", nargs="+", default=None, metavar="FILE_OR_DIR", help="recordings (bfsx record) to replay")
+    b.add_argument("--synthetic", type=float, default=None, metavar="HOURS", help="the simulator's synthetic market")
+    b.add_argument("--seed", type=int, default=1, help="seed of the synthetic market (default 1)")
+    b.add_argument("--latency-ms", type=float, default=None, metavar="MS",
+                   help="order entry and response latency each (default: the recorded feed latency; synthetic 30)")
+    b.add_argument("--product", default="FX_BTC_JPY", help="product code (default FX_BTC_JPY)")
+    b.add_argument("--queue", default="risk_averse", help="queue model: risk_averse (default) or probabilistic")
+    b.add_argument("--adverse-seconds", type=float, default=5.0, metavar="S",
+                   help="the report's adverse move: mid this many seconds after each fill (default 5)")
+    b.add_argument("--grid", nargs="+", default=None, metavar="KEY=V1,V2",
+                   help="sweep: every combination of these parameters, in parallel processes")
+    b.add_argument("--workers", type=int, default=None, metavar="N", help="processes of a sweep (default: CPUs)")
+    b.add_argument("--out", default=None, metavar="DIR", help="folder for report.json and the charts")
+
     d = sub.add_parser("demo", help="the whole system on the embedded simulator")
     d.add_argument("--minutes", type=float, default=None, help="stop after N minutes (default: until Ctrl+C)")
     d.add_argument("--out", default="demo-out", help="folder for charts and the summary")
@@ -83,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 retention_days=args.retention_days, status_s=args.status_seconds,
                 flush_s=args.flush_seconds, queue_mb=args.queue_mb,
             )
+        if args.command == "backtest":
+            from bfsx.backtest.command import run_backtest_command, settings_from_args
+
+            settings = settings_from_args(
+                args.strategy_py, args.strategy_yaml, data=args.data, synthetic=args.synthetic, seed=args.seed,
+                latency_ms=args.latency_ms, product=args.product, queue=args.queue, adverse_s=args.adverse_seconds,
+            )
+            return run_backtest_command(settings, args.out, args.grid, workers=args.workers)
         if args.command == "demo":
             from bfsx.demo import run_demo
 

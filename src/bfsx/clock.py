@@ -40,16 +40,19 @@ class WallClock:
 class VirtualClock:
     """A clock that moves only when told (:meth:`advance_to`): a backtest's replay time.
 
-    ``monotonic`` counts seconds from the start of the replay (small numbers keep float steps exact
-    far below a nanosecond, which the virtual event loop relies on); ``time`` is the epoch second
-    of the same instant.
+    ``monotonic`` counts seconds from :data:`MONO_START_S` at the start of the replay (small numbers
+    keep float steps far below a nanosecond, which the virtual event loop relies on); ``time`` is
+    the epoch second of the same instant.
     """
 
     __slots__ = ("epoch_start_s", "mono_s", "now_s")
 
+    #: ``monotonic()`` at the start: not 0.0, which several readers take for "never happened".
+    MONO_START_S = 1.0
+
     def __init__(self, epoch_start_s: float) -> None:
         self.epoch_start_s = epoch_start_s
-        self.mono_s = 0.0
+        self.mono_s = self.MONO_START_S
         self.now_s = epoch_start_s
 
     def time(self) -> float:
@@ -62,7 +65,7 @@ class VirtualClock:
         """Move to ``mono_s`` seconds after the start; a time in the past is ignored."""
         if mono_s > self.mono_s:
             self.mono_s = mono_s
-            self.now_s = self.epoch_start_s + mono_s
+            self.now_s = self.epoch_start_s + (mono_s - self.MONO_START_S)
 
 
 WALL = WallClock()

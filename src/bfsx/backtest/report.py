@@ -1,0 +1,276 @@
+"""The backtest's report: what it measures while the replay runs, and how it is shown.
+
+Owns :class:`Collector` (the bot's orders as the desk answered them, its fills with maker / taker
+and the mid ``adverse_s`` seconds later, a sample of position and PnL every ``sample_interval_s``),
+:func:`build_report` (the numbers, a plain dict: ``report.json``), :func:`render_text` (the
+terminal summary) and :func:`write_charts` (PNG files in the style of the position server's,
+``reporting.charts``). Every number comes from the virtual clock and the seeded / recorded inputs:
+the same inputs give the same ``report.json``, byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from bfsx import clock
+from bfsx.account.orders import Fill, Order, OrderState
+from bfsx.bitflyer.timestamps import JST
+
+if TYPE_CHECKING:
+    from bfsx.bot.runtime import BotRuntime
+
+REPORT_FORMAT = "bfsx-backtest-report"
+REPORT_VERSION = 1
+MAX_CHART_POINTS = 2000
+_NUMBER = re.compile(r"[-+]?\d[\d.,]*(?:e[-+]?\d+)?")
+
+
+@dataclass(slots=True)
+class FillRecord:
+    """One of the bot's fills as the report needs it."""
+
+    t: float
+    side: str
+    price: float
+    size: float
+    commission_jpy: float
+    maker: bool | None
+    acceptance_id: str
+    mid_later: float | None = None
+
+
+@dataclass(slots=True)
+class Sample:
+    t: float
+    position: float
+    realized: float
+    unrealized: float
+    mid: float | None
+
+
+@dataclass
+class Collector:
+    """Watches one runtime during a backtest (read-only: it never changes what the bot does)."""
+
+    adverse_s: float
+    sample_interval_s: float
+    mid: Callable[[], float | None]
+    maker_of: Callable[[int], bool | None]
+    fills: list[FillRecord] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    orders_asked: int = 0
+    orders_accepted: int = 0
+    orders_refused: int = 0
+    orders_failed: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    filled_orders: set[str] = field(default_factory=set)
+    on_sample: Callable[[float], None] | None = None
+
+    def attach(self, rt: BotRuntime, loop: asyncio.AbstractEventLoop) -> None:
+        """Count every order result the desk gives the strategy, every fill, and sample."""
+        self._rt = rt
+        send = rt.desk.send_order
+
+        async def counted(*args: Any, **kwargs: Any) -> Order:
+            order = await send(*args, **kwargs)
+            self._count(order)
+            return order
+
+        rt.desk.send_order = counted  # type: ignore[method-assign]  # the same desk, counted
+        rt.add_listener("fill", self._on_fill)
+        self._loop = loop
+        self._t0 = loop.time()
+        loop.call_at(self._t0, self._sample, 0)
+
+    def _count(self, order: Order) -> None:
+        self.orders_asked += 1
+        if order.state == OrderState.REFUSED:
+            self.orders_refused += 1
+            key = _NUMBER.sub("N", order.reason)
+            self.refusals[key] = self.refusals.get(key, 0) + 1
+        elif order.state == OrderState.FAILED:
+            self.orders_failed += 1
+        else:
+            self.orders_accepted += 1
+
+    def _on_fill(self, fill: Fill) -> None:
+        commission_jpy = fill.commission * fill.price if fill.product and not fill.product.startswith("FX_") else (
+            fill.commission)
+        rec = FillRecord(clock.time(), fill.side, fill.price, fill.size, commission_jpy, self.maker_of(fill.exec_id),
+                         fill.acceptance_id)
+        self.fills.append(rec)
+        self.filled_orders.add(fill.acceptance_id)
+        self._loop.call_later(self.adverse_s, self._mid_later, rec)
+
+    def _mid_later(self, rec: FillRecord) -> None:
+        rec.mid_later = self.mid()
+
+    def _sample(self, k: int) -> None:
+        rt = self._rt
+        mid = self.mid()
+        pos = rt.position
+        self.samples.append(Sample(clock.time(), pos.size, pos.realized_pnl, pos.unrealized(mid) if mid else 0.0, mid))
+        if self.on_sample is not None:
+            self.on_sample(self._loop.time() - self._t0)
+        self._loop.call_at(self._t0 + (k + 1) * self.sample_interval_s, self._sample, k + 1)
+
+
+def _r(x: float, nd: int = 2) -> float:
+    """Rounded for the report (and -0.0 folded to 0.0, so identical runs print identical bytes)."""
+    v = round(x, nd)
+    return 0.0 if v == 0 else v
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, JST).isoformat(timespec="seconds")
+
+
+def build_report(col: Collector, rt: BotRuntime, *, meta: dict[str, Any], model: dict[str, Any],
+                 start_s: float, end_s: float) -> dict[str, Any]:
+    """The report as a plain dict (``report.json``)."""
+    pos = rt.position
+    mid = col.mid()
+    realized = pos.realized_pnl
+    unrealized = pos.unrealized(mid) if mid else 0.0
+    fees = pos.commission
+    equity = [s.realized + s.unrealized for s in col.samples] + [realized + unrealized]
+    peak, max_dd = -math.inf, 0.0
+    for e in equity:
+        peak = max(peak, e)
+        max_dd = max(max_dd, peak - e)
+    fills = col.fills
+    maker = sum(1 for f in fills if f.maker)
+    taker = sum(1 for f in fills if f.maker is False)
+    moves = [(f.mid_later - f.price) * (1 if f.side == "BUY" else -1) for f in fills if f.mid_later is not None]
+    per_hour: dict[str, dict[str, float]] = {}
+    for f in fills:
+        h = datetime.fromtimestamp(f.t, JST).strftime("%Y-%m-%d %H:00")
+        row = per_hour.setdefault(h, {"fills": 0, "volume": 0.0, "fees": 0.0, "pnl": 0.0})
+        row["fills"] += 1
+        row["volume"] += f.size
+        row["fees"] += f.commission_jpy
+    last: dict[str, float] = {}
+    for s in col.samples:  # PnL per hour: equity at the hour's last sample minus at the previous hour's
+        last[datetime.fromtimestamp(s.t, JST).strftime("%Y-%m-%d %H:00")] = s.realized + s.unrealized
+    prev = 0.0
+    for h in sorted(last):
+        per_hour.setdefault(h, {"fills": 0, "volume": 0.0, "fees": 0.0, "pnl": 0.0})["pnl"] = last[h] - prev
+        prev = last[h]
+    positions = [s.position for s in col.samples] or [0.0]
+    return {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        **meta,
+        "model": model,
+        "period": {"start": _iso(start_s), "end": _iso(end_s), "seconds": _r(end_s - start_s, 3)},
+        "pnl": {
+            "total": _r(realized + unrealized), "realized": _r(realized), "unrealized": _r(unrealized),
+            "fees": _r(fees), "max_drawdown": _r(max_dd),
+        },
+        "position": {"final": _r(pos.size, 8), "max_long": _r(max(positions), 8), "max_short": _r(min(positions), 8)},
+        "orders": {
+            "asked": col.orders_asked, "accepted": col.orders_accepted, "refused": col.orders_refused,
+            "failed": col.orders_failed, "refusals": dict(sorted(col.refusals.items())),
+            "filled": len(col.filled_orders),
+            "fill_rate": _r(len(col.filled_orders) / col.orders_accepted, 4) if col.orders_accepted else 0.0,
+        },
+        "fills": {
+            "count": len(fills), "volume": _r(sum(f.size for f in fills), 8), "maker": maker, "taker": taker,
+            "adverse_after_s": col.adverse_s,
+            "adverse_move_mean_jpy": _r(-sum(moves) / len(moves)) if moves else 0.0,
+        },
+        "per_hour": [
+            {"hour": h, "fills": int(v["fills"]), "volume": _r(v["volume"], 8), "fees": _r(v["fees"]), "pnl": _r(v["pnl"])}
+            for h, v in sorted(per_hour.items())
+        ],
+    }
+
+
+def report_bytes(report: dict[str, Any]) -> bytes:
+    """``report.json``: sorted keys, indented, newline-terminated (byte-identical for equal reports)."""
+    return orjson.dumps(report, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The terminal summary."""
+    p, o, f, m = report["pnl"], report["orders"], report["fills"], report["model"]
+    lines = [
+        f"backtest {report['strategy']} on {report['product']}  {report['period']['start']} .. "
+        f"{report['period']['end']} ({report['period']['seconds'] / 3600:.2f} h)",
+        f"  PnL {p['total']:+,.0f} JPY (realized {p['realized']:+,.0f}, unrealized {p['unrealized']:+,.0f}), "
+        f"fees {p['fees']:,.0f}, max drawdown {p['max_drawdown']:,.0f}",
+        f"  orders {o['asked']} asked, {o['accepted']} accepted, {o['refused']} refused, {o['failed']} failed; "
+        f"fill rate {o['fill_rate']:.1%}",
+        f"  fills {f['count']} ({f['maker']} maker / {f['taker']} taker), volume {f['volume']:g}, "
+        f"adverse move after {f['adverse_after_s']:g} s {f['adverse_move_mean_jpy']:+,.1f} JPY",
+        f"  position final {report['position']['final']:+g}, max long {report['position']['max_long']:+g}, "
+        f"max short {report['position']['max_short']:+g}",
+    ]
+    for reason, n in o["refusals"].items():
+        lines.append(f"  refused {n}x: {reason}")
+    lines.append(f"  model: {m['market']} market, queue {m['queue']}, {m['latency']}, fees {m['fees']}")
+    if report["per_hour"]:
+        lines.append("  hour (JST)          fills     volume          PnL")
+        for row in report["per_hour"]:
+            lines.append(f"  {row['hour']}  {row['fills']:>6} {row['volume']:>10.4f} {row['pnl']:>+12,.0f}")
+    return "\n".join(lines)
+
+
+def write_charts(col: Collector, report: dict[str, Any], out: Path) -> list[str]:
+    """``pnl.png`` (position and PnL, the bot chart of ``reporting.charts``) and ``per_hour.png``."""
+    from bfsx.reporting.charts import render_bot_chart
+    from bfsx.reporting.samples import BotSample
+
+    step = max(1, len(col.samples) // MAX_CHART_POINTS)
+    samples = [
+        BotSample(ts=s.t, bot=f"backtest {report['strategy']}", market=report["product"], position=s.position,
+                  profit=s.realized + s.unrealized)
+        for s in col.samples[::step]
+    ]
+    names = []
+    if samples:
+        hours = max((samples[-1].ts - samples[0].ts) / 3600, 1 / 60)
+        (out / "pnl.png").write_bytes(render_bot_chart(samples[0].bot, samples, hours, now=samples[-1].ts))
+        names.append("pnl.png")
+    if report["per_hour"]:
+        (out / "per_hour.png").write_bytes(_per_hour_png(report))
+        names.append("per_hour.png")
+    return names
+
+
+def _per_hour_png(report: dict[str, Any]) -> bytes:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from bfsx.reporting.charts import GAIN, GRID, INK, LOSS, MUTED
+
+    rows = report["per_hour"]
+    fig = Figure(figsize=(12, 8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_pnl, ax_fills = fig.subplots(2, 1, sharex=True)
+    x = list(range(len(rows)))
+    pnl = [r["pnl"] for r in rows]
+    ax_pnl.bar(x, pnl, color=[GAIN if v >= 0 else LOSS for v in pnl])
+    ax_pnl.axhline(0, color=MUTED, linewidth=1.2)
+    ax_pnl.set_ylabel("PnL (JPY)", color=INK, fontsize=16)
+    ax_pnl.set_title(f"backtest {report['strategy']} · {report['product']} · per hour (JST)", color=INK, fontsize=20)
+    ax_fills.bar(x, [r["fills"] for r in rows], color=MUTED)
+    ax_fills.set_ylabel("fills", color=INK, fontsize=16)
+    ax_fills.set_xticks(x, [r["hour"][11:13] for r in rows])
+    for ax in (ax_pnl, ax_fills):
+        ax.grid(True, color=GRID)
+        ax.set_axisbelow(True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
