@@ -2,7 +2,7 @@
 
 Owns what the user sees: the argument checks (one line, exit 2, via :class:`~bfsx.errors.UserError`),
 the progress bar (rich, on stderr, only on a terminal), the terminal summary, and the files in
-``--out`` (``report.json``, ``pnl.png``, ``per_hour.png``; ``sweep.json`` for a ``--grid``).
+``--out`` (``report.json``, ``fills.csv``, ``pnl.png``, ``per_hour.png``; ``sweep.json`` for a ``--grid``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bfsx.backtest.market import QUEUE_MODELS, QueueModel
-from bfsx.backtest.report import render_text, report_bytes, write_charts
+from bfsx.backtest.report import fills_csv, render_text, report_bytes, write_charts
 from bfsx.backtest.runner import BacktestSettings, run_backtest
 from bfsx.backtest.sweep import parse_grid, run_sweep
 from bfsx.bitflyer.products import get_product
@@ -99,6 +99,7 @@ def run_backtest_command(settings: BacktestSettings, out: str | None, grid: Sequ
     if out_dir is not None:
         report["charts"] = write_charts(result.collector, report, out_dir)
         (out_dir / "report.json").write_bytes(report_bytes(report))
+        (out_dir / "fills.csv").write_bytes(fills_csv(result.collector))
     print(render_text(report))
     if out_dir is not None:
         print(f"  written: {out_dir / 'report.json'}" + "".join(f", {out_dir / c}" for c in report["charts"]))

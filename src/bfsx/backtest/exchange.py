@@ -146,7 +146,7 @@ class BacktestRest:
         self.orders_rejected = 0
         self.cancels_sent = 0
         self.public_sink: Callable[[str, list[dict[str, Any]]], None] = lambda product, rows: None
-        engine.listener = self  # type: ignore[assignment]  # the engine reports to us (EngineListener)
+        engine.listener = self  # the engine reports to us (EngineListener)
         self._private = channels.CHILD_ORDER_EVENTS
 
     # ----------------------------------------------------------------- latency

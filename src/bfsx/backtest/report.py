@@ -38,7 +38,8 @@ _NUMBER = re.compile(r"[-+]?\d[\d.,]*(?:e[-+]?\d+)?")
 class FillRecord:
     """One of the bot's fills as the report needs it."""
 
-    t: float
+    t: float  # when the bot learnt of it (virtual clock)
+    exec_t: float  # the exchange's execution time (the event's date)
     side: str
     price: float
     size: float
@@ -105,7 +106,7 @@ class Collector:
     def _on_fill(self, fill: Fill) -> None:
         commission_jpy = fill.commission * fill.price if fill.product and not fill.product.startswith("FX_") else (
             fill.commission)
-        rec = FillRecord(clock.time(), fill.side, fill.price, fill.size, commission_jpy, self.maker_of(fill.exec_id),
+        rec = FillRecord(clock.time(), fill.time, fill.side, fill.price, fill.size, commission_jpy, self.maker_of(fill.exec_id),
                          fill.acceptance_id)
         self.fills.append(rec)
         self.filled_orders.add(fill.acceptance_id)
@@ -198,6 +199,15 @@ def build_report(col: Collector, rt: BotRuntime, *, meta: dict[str, Any], model:
 def report_bytes(report: dict[str, Any]) -> bytes:
     """``report.json``: sorted keys, indented, newline-terminated (byte-identical for equal reports)."""
     return orjson.dumps(report, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def fills_csv(col: Collector) -> bytes:
+    """``fills.csv``: one line per fill (exchange time, side, price, size, fee in JPY, maker)."""
+    lines = ["exec_time,side,price,size,fee_jpy,maker,acceptance_id"]
+    for f in col.fills:
+        maker = "" if f.maker is None else ("maker" if f.maker else "taker")
+        lines.append(f"{f.exec_t:.6f},{f.side},{f.price:g},{f.size:.8g},{f.commission_jpy:.4f},{maker},{f.acceptance_id}")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def render_text(report: dict[str, Any]) -> str:

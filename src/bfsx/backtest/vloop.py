@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVarTuple, Unpack
 
 from bfsx.clock import VirtualClock
+
+_Ts = TypeVarTuple("_Ts")
 
 
 class BacktestStalled(RuntimeError):
@@ -53,7 +56,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self.clock.mono_s
 
-    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts) -> None:
         # A backtest is stopped by its data ending (or by KeyboardInterrupt from the process's
         # default handler), never through the self-pipe, which this loop does not poll.
         raise NotImplementedError("signals are not handled in a backtest loop")
