@@ -63,12 +63,17 @@ class BacktestEngine(Engine):
     maker fills (exec id → True) for the report's maker / taker split."""
 
     def __init__(self, config: SimConfig) -> None:
+        self._now_s = -1.0
+        self._now_dt = datetime.fromtimestamp(0, UTC)
         super().__init__(config)
         self.clock = clock.monotonic
         self.maker_fills: dict[int, bool] = {}
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(clock.time(), UTC)
+        t = clock.time()
+        if t != self._now_s:  # many engine calls share one virtual instant: one datetime for them
+            self._now_s, self._now_dt = t, datetime.fromtimestamp(t, UTC)
+        return self._now_dt
 
     def _trade(self, mkt: Market, taker: Order, maker: Order, price: int, size: int, when: datetime) -> None:
         super()._trade(mkt, taker, maker, price, size, when)

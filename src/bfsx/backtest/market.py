@@ -61,6 +61,8 @@ class SyntheticMarket:
         self._ch_board = channels.board(product)
         self._ch_snapshot = channels.board_snapshot(product)
         self._ch_ticker = channels.ticker(product)
+        self._pending: list[tuple[str, Any]] = []  # frames published at _pending_t, on their way
+        self._pending_t = -1.0
 
     def feed_latency(self) -> float:
         return self.feed_latency_s
@@ -78,13 +80,28 @@ class SyntheticMarket:
             self._deliver(self._ch_exec, rows)
 
     def _deliver(self, channel: str, message: Any) -> None:
+        """Publish one frame: it reaches the bot ``feed_latency_s`` later. Frames of one instant
+        travel together (one timer for all of them: the feed latency is constant)."""
         self.frames += 1
-        asyncio.get_running_loop().call_later(self.feed_latency_s, self.realtime.dispatch, channel, message)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now != self._pending_t:
+            self._pending, self._pending_t = [], now
+            loop.call_later(self.feed_latency_s, self._arrive, self._pending)
+        self._pending.append((channel, message))
+
+    def _arrive(self, frames: list[tuple[str, Any]]) -> None:
+        dispatch = self.realtime.dispatch
+        for channel, message in frames:
+            dispatch(channel, message)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         cfg = self.cfg
-        self._every(loop, cfg.step_seconds, self._step)
-        self._every(loop, cfg.diff_interval, self._diff)
+        if cfg.diff_interval == cfg.step_seconds:  # the default: one timer per step for both
+            self._every(loop, cfg.step_seconds, self._step_and_diff)
+        else:
+            self._every(loop, cfg.step_seconds, self._step)
+            self._every(loop, cfg.diff_interval, self._diff)
         self._every(loop, cfg.snapshot_interval, self._snapshot, first=0.0)
         if self.realtime.handlers.get(self._ch_ticker):
             self._every(loop, cfg.ticker_interval, self._ticker)
@@ -94,7 +111,7 @@ class SyntheticMarket:
         """``fn`` at ``first`` (default one interval) and every ``interval_s`` after, on exact
         multiples (no drift), until the end; the step chain calls :attr:`on_end` there."""
         start = loop.time() + (interval_s if first is None else first)
-        is_step = fn == self._step
+        is_step = fn in (self._step, self._step_and_diff)
 
         def fire(k: int) -> None:
             t = start + k * interval_s
@@ -110,6 +127,10 @@ class SyntheticMarket:
     def _step(self) -> None:
         self.flow.step()
         self.engine.expire_due()
+
+    def _step_and_diff(self) -> None:
+        self._step()
+        self._diff()
 
     def _diff(self) -> None:
         diff = views.take_diff(self.engine, self.product)
