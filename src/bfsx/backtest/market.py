@@ -35,7 +35,7 @@ from bfsx.sim import views
 from bfsx.sim.book import Book, Level
 from bfsx.sim.config import MarketConfig
 from bfsx.sim.flow import SyntheticFlow
-from bfsx.sim.model import BUY, SELL, SIDE_OF, Order, to_sats
+from bfsx.sim.model import BUY, SAT, SELL, SIDE_OF, Order, to_sats
 
 QueueModel = Literal["risk_averse", "probabilistic"]
 QUEUE_MODELS: tuple[QueueModel, ...] = ("risk_averse", "probabilistic")
@@ -336,16 +336,25 @@ class ReplayMarket:
 
     def _levels(self, msg: dict[str, Any], *, snapshot: bool) -> None:
         when = self.engine.now()
+        set_level = self._set_level
         for side, key in ((BUY, "bids"), (SELL, "asks")):
-            rows = msg[key]
-            target = {int(r["price"]): to_sats(r["size"]) for r in rows}
-            if snapshot and target:
-                lo, hi = min(target), max(target)
-                m = self.book.side(side)
-                for p in [p for p in m.irange(lo, hi) if p not in target]:
-                    self._set_level(side, p, 0, m[p], when)
-            for p, size in target.items():
-                self._set_level(side, p, size, self.book.side(side).get(p), when)
+            m = self.book.side(side)
+            get = m.get
+            if snapshot:
+                target = {int(r["price"]): round(r["size"] * SAT) for r in msg[key]}
+                if target:  # levels the snapshot's range no longer shows are gone
+                    for p in [p for p in m.irange(min(target), max(target)) if p not in target]:
+                        set_level(side, p, 0, m[p], when)
+                items: Any = target.items()
+            else:
+                items = ((int(r["price"]), round(r["size"] * SAT)) for r in msg[key])
+            for p, size in items:
+                lvl = get(p)
+                if lvl is not None:
+                    orders = lvl.orders
+                    if len(orders) == 1 and orders[0].remaining == size and orders[0].account is None:
+                        continue  # unchanged (most levels of a snapshot): nothing to do
+                set_level(side, p, size, lvl, when)
 
     def _clear_mirror(self) -> None:
         for side in (BUY, SELL):
