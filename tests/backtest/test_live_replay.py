@@ -1,9 +1,10 @@
 """A recording of a live run replays into a backtest whose fills match the live ones.
 
-The strategy trades live on the in-process simulator while ``bfsx record``'s recorder records the
-public feed; then ``bfsx backtest`` (a real process) replays that recording with the same file.
+Two strategies trade live on the in-process simulator (two accounts) while ``bfsx record``'s
+recorder records the public feed; then ``bfsx backtest`` (real processes) replays that recording
+with each strategy file unchanged.
 
-The strategy sends one 0.01 BTC market order at every whole second of its clock (BUY on even
+Taker: the test strategy sends one 0.01 BTC market order at every whole second of its clock (BUY on even
 seconds, SELL on odd ones), so a live order and a backtest order of the same second meet the same
 market: the live one the simulator's book a few ms after the second, the backtest one the
 recorded book at the same instant. Tolerance, per second traded in both: the same side and size,
@@ -15,6 +16,15 @@ fills one to three levels away from where it filled live. A wrong queue, a wrong
 book, a missing latency or a clock that is not the recording's would be off by the spread (200+
 JPY) or by a whole second's move, and the counts would differ. (On an idle machine every
 second matches to the yen, partial fills included; the tolerance is for a loaded one.)
+
+Maker: the test maker cancels and quotes 0.01 one yen inside each touch at every whole second
+(+0.5 s), so its live and replayed quotes rest at the same prices over the same instants. The
+replayed quote queues behind the live one (the recording's level sizes include it), so a print of
+just the live quote's size does not reach it; but the taker that made that print usually went on
+to the next price, and a print beyond the quote's price trades through it. So the replay fills
+about as much as live: over the seconds both ran, observed equal to the 0.0001 BTC in most runs.
+Tolerance: 0.5-1.5x the live volume, for a few seconds holding only a handful of fills (one more
+or less is 10-20 %). A queue model that never fills, or fills quotes no print reached, fails it.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bfsx.account.orders import Fill
 from bfsx.bot.loader import load_strategy_class
@@ -37,7 +48,8 @@ from bfsx.sim.server import SimServer
 
 FX = "FX_BTC_JPY"
 PRICE_TOLERANCE_JPY = 150.0
-LIVE_SECONDS = 8.0
+MAKER_VOLUME_RANGE = (0.5, 1.5)
+LIVE_SECONDS = 7.0
 
 STRATEGY = '''
 import bfsx
@@ -56,6 +68,27 @@ class MyStrategy(bfsx.Strategy):
             await self.buy(0.01)
         else:
             await self.sell(0.01)
+'''
+
+MAKER = '''
+import bfsx
+
+
+class MyStrategy(bfsx.Strategy):
+    """At every whole second of the clock: cancel, then quote 0.01 one yen inside each touch."""
+
+    def initialize(self) -> None:
+        self.every(1.0, self.tick, basetime=0.5)
+
+    async def tick(self) -> None:
+        await self.cancel_all()
+        bid, ask = self.best_bid, self.best_ask
+        if not bid or not ask or ask - bid < 3:
+            return
+        if self.position < 0.03:
+            await self.buy(0.01, bid + 1)
+        if self.position > -0.03:
+            await self.sell(0.01, ask - 1)
 '''
 
 STRATEGY_YAML = """
@@ -77,42 +110,61 @@ def _by_second(rows: list[tuple[float, str, float, float]]) -> dict[int, tuple[s
     return result
 
 
-async def test_a_live_run_recorded_replays_with_the_same_fills(sim: SimServer, tmp_path: Path) -> None:
-    py, yaml_path = tmp_path / "taker.py", tmp_path / "taker.yaml"
-    py.write_text(STRATEGY)
-    yaml_path.write_text(STRATEGY_YAML)
-    recorder = Recorder(sim.ws_url, [FX], Store(DayFiles(tmp_path / "rec"), flush_s=0.1), backoff_s=(0.05, 0.2))
-    await recorder.start()
-    await eventually(lambda: recorder.frames > 20, what="the recorder receives the feed")
-
-    trade = TradeConfig.model_validate(dict(
-        apikey="demo-key-1", secret="demo-secret-1", endpoint=sim.url, ws_endpoint=sim.ws_url,
-        log_folder=str(tmp_path / "live"), console_output=False, health_interval=0.2, bot_name="live",
-    ))
-    rt = BotRuntime(trade, load_strategy_config(yaml_path), load_strategy_class(py)())
-    live: list[tuple[float, str, float, float]] = []
-    rt.add_listener("fill", lambda f: live.append((f.time, f.side, f.price, f.size)) if isinstance(f, Fill) else None)
-    task = asyncio.create_task(rt.run())
-    await asyncio.sleep(LIVE_SECONDS)
-    rt.request_stop()
-    assert await asyncio.wait_for(task, 30) == 0
-    await asyncio.sleep(0.3)
-    await recorder.stop()
-
-    out = tmp_path / "out"
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bfsx.cli", "backtest", str(py), str(yaml_path), "--data", str(tmp_path / "rec" / FX),
-         "--out", str(out)],
+def _backtest(py: Path, yaml_path: Path, data: Path, out: Path) -> tuple[dict[str, Any], list[tuple[float, str, float, float]]]:
+    """``bfsx backtest`` in its own process; its report and fills."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bfsx.cli", "backtest", str(py), str(yaml_path), "--data", str(data), "--out", str(out)],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
+    with (out / "fills.csv").open() as fh:
+        fills = [(float(r["exec_time"]), r["side"], float(r["price"]), float(r["size"])) for r in csv.DictReader(fh)]
+    return report, fills
+
+
+def _live_bot(sim: SimServer, tmp_path: Path, n: int, py: Path, yaml_path: Path,
+              fills: list[tuple[float, str, float, float]]) -> BotRuntime:
+    trade = TradeConfig.model_validate(dict(
+        apikey=f"demo-key-{n}", secret=f"demo-secret-{n}", endpoint=sim.url, ws_endpoint=sim.ws_url,
+        log_folder=str(tmp_path / f"live{n}"), console_output=False, health_interval=0.2, bot_name=f"live{n}",
+    ))
+    rt = BotRuntime(trade, load_strategy_config(yaml_path), load_strategy_class(py)())
+    rt.add_listener("fill", lambda f: fills.append((f.time, f.side, f.price, f.size)) if isinstance(f, Fill) else None)
+    return rt
+
+
+async def test_a_live_run_recorded_replays_with_the_same_fills(sim: SimServer, tmp_path: Path) -> None:
+    taker_py, taker_yaml = tmp_path / "taker.py", tmp_path / "taker.yaml"
+    taker_py.write_text(STRATEGY)
+    taker_yaml.write_text(STRATEGY_YAML)
+    mm_py, mm_yaml = tmp_path / "maker.py", tmp_path / "maker.yaml"
+    mm_py.write_text(MAKER)
+    mm_yaml.write_text(STRATEGY_YAML)
+    recorder = Recorder(sim.ws_url, [FX], Store(DayFiles(tmp_path / "rec"), flush_s=0.1), backoff_s=(0.05, 0.2))
+    await recorder.start()
+    await eventually(lambda: recorder.frames > 20, what="the recorder receives the feed")
+
+    live: list[tuple[float, str, float, float]] = []
+    live_mm: list[tuple[float, str, float, float]] = []
+    bots = [_live_bot(sim, tmp_path, 1, taker_py, taker_yaml, live), _live_bot(sim, tmp_path, 2, mm_py, mm_yaml, live_mm)]
+    tasks = [asyncio.create_task(rt.run()) for rt in bots]
+    await asyncio.sleep(LIVE_SECONDS)
+    for rt in bots:
+        rt.request_stop()
+    assert [await asyncio.wait_for(t, 30) for t in tasks] == [0, 0]
+    await asyncio.sleep(0.3)
+    await recorder.stop()
+
+    data = tmp_path / "rec" / FX
+    (report, replayed), (mm_report, mm_replayed) = await asyncio.gather(
+        asyncio.to_thread(_backtest, taker_py, taker_yaml, data, tmp_path / "out"),
+        asyncio.to_thread(_backtest, mm_py, mm_yaml, data, tmp_path / "out-mm"),
+    )
     assert report["model"]["market"] == "replay" and report["model"]["queue"] == "risk_averse"
     assert "recorded feed latency" in report["model"]["latency"]
-    with (out / "fills.csv").open() as fh:
-        replayed = [(float(r["exec_time"]), r["side"], float(r["price"]), float(r["size"])) for r in csv.DictReader(fh)]
 
+    # the taker: second by second
     live_s, replay_s = _by_second(live), _by_second(replayed)
     common = sorted(set(live_s) & set(replay_s))
     assert len(live_s) >= LIVE_SECONDS - 3, live_s  # the live bot traded nearly every second
@@ -124,3 +176,16 @@ async def test_a_live_run_recorded_replays_with_the_same_fills(sim: SimServer, t
         assert (l_side, l_size) == (r_side, r_size), sec
         assert abs(l_px - r_px) <= PRICE_TOLERANCE_JPY, (sec, l_side, l_px, r_px)
     assert report["fills"]["taker"] == report["fills"]["count"] == len(replayed)
+
+    # the maker: resting quotes filled by the recorded prints, about as often as live, over the
+    # seconds both traded (the replay starts before the live bots did and ends after they stopped)
+    first, last = common[0], common[-1] + 1
+
+    def volume(fills: list[tuple[float, str, float, float]]) -> float:
+        return sum(f[3] for f in fills if first <= f[0] < last)
+
+    live_volume, replay_volume = volume(live_mm), volume(mm_replayed)
+    assert live_volume >= 0.03, live_mm  # a busy market fills quotes inside the spread every few seconds
+    assert mm_report["fills"]["maker"] == mm_report["fills"]["count"] >= 1
+    assert MAKER_VOLUME_RANGE[0] * live_volume <= replay_volume <= MAKER_VOLUME_RANGE[1] * live_volume, (
+        live_volume, replay_volume)
