@@ -167,6 +167,7 @@ class ReplayMarket:
         self._lookahead: tuple[float, float, Record] | None = None
         self._exhausted = False
         self._ended = False
+        self._queue_unknown = False  # set by a gap until the next snapshot
         self._latency_s: float | None = None
         self.frames = 0
         self.prints = 0
@@ -301,6 +302,7 @@ class ReplayMarket:
                 self._levels(msg, snapshot=False)
             elif kind == 2:
                 self._levels(msg, snapshot=True)
+                self._queue_unknown = False
         except (KeyError, TypeError, ValueError):
             pass  # a malformed recorded frame changes nothing more than it already did
         book = self.book
@@ -361,6 +363,9 @@ class ReplayMarket:
             m = self.book.side(side)
             for p in list(m.keys()):
                 self._set_level(side, p, 0, m[p])
+        # What traded or queued while unseen is unknown: the next snapshot's sizes go ahead of
+        # the bot's resting orders (risk-averse), not behind them.
+        self._queue_unknown = True
 
     def _set_level(self, side: int, price: int, target: int, lvl: Level | None, when: Any = None) -> None:
         """Make the mirrored (synthetic) size at ``price`` equal ``target``, the bot's orders untouched."""
@@ -380,7 +385,11 @@ class ReplayMarket:
         current = sum(o.remaining for o in orders if o.account is None)
         delta = target - current
         if delta > 0:  # new size joins the back of the queue, behind the bot's orders
-            book.add(self.engine.new_synthetic(self.product, side, price, delta, when or self.engine.now()))
+            order = self.engine.new_synthetic(self.product, side, price, delta, when or self.engine.now())
+            book.add(order)
+            if self._queue_unknown:  # after a gap: ahead of them
+                orders.remove(order)
+                orders.appendleft(order)
             return
         if delta == 0:
             return
