@@ -49,7 +49,7 @@ from bfsx.sim.server import SimServer
 FX = "FX_BTC_JPY"
 PRICE_TOLERANCE_JPY = 150.0
 MAKER_VOLUME_RANGE = (0.5, 1.5)
-LIVE_SECONDS = 7.0
+LIVE_SECONDS = 6.0
 
 STRATEGY = '''
 import bfsx
