@@ -169,3 +169,20 @@ def test_the_command_writes_the_report_and_charts(tmp_path: Path) -> None:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (out / "fills.csv").read_text().splitlines()
     assert lines[0].startswith("exec_time,side,price") and len(lines) == report["fills"]["count"] + 1
+
+
+def test_the_report_is_bounded_and_its_figures_do_not_depend_on_the_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bfsx.backtest import report as report_mod
+
+    full = run_backtest(_settings(MM_PY, MM_YAML, 0.03))
+    monkeypatch.setattr(report_mod, "MAX_SAMPLES", 40)
+    monkeypatch.setattr(report_mod, "MAX_FILL_ROWS", 10)
+    monkeypatch.setattr(report_mod, "FILLED_ORDERS_WINDOW", 1000)
+    small = run_backtest(_settings(MM_PY, MM_YAML, 0.03))
+    assert len(full.collector.samples) == 108 and len(small.collector.samples) < 40
+    assert full.report["fills"]["count"] > 10 and len(small.collector.fills) == 10
+    assert small.report["fills"]["csv_rows_left_out"] == small.report["fills"]["count"] - 10
+    for key in ("pnl", "position", "orders", "per_hour"):
+        assert small.report[key] == full.report[key], key
+    assert {k: v for k, v in small.report["fills"].items() if k != "csv_rows_left_out"} == {
+        k: v for k, v in full.report["fills"].items() if k != "csv_rows_left_out"}

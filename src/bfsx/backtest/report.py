@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 REPORT_FORMAT = "bfsx-backtest-report"
 REPORT_VERSION = 1
 MAX_CHART_POINTS = 2000
+MAX_SAMPLES = 100_000  # chart samples kept (then halved): a month at 1 s is 2.6 M
+MAX_FILL_ROWS = 200_000  # fills.csv rows kept
+FILLED_ORDERS_WINDOW = 100_000  # recent filled orders remembered, for the fill rate
 _NUMBER = re.compile(r"[-+]?\d[\d.,]*(?:e[-+]?\d+)?")
 
 
@@ -60,21 +64,41 @@ class Sample:
 
 @dataclass
 class Collector:
-    """Watches one runtime during a backtest (read-only: it never changes what the bot does)."""
+    """Watches one runtime during a backtest (read-only: it never changes what the bot does).
+
+    Bounded whatever the length of the run: the figures are kept as running sums (per JST hour at
+    most), the fill rows for ``fills.csv`` up to :data:`MAX_FILL_ROWS` (then counted as left out),
+    the samples for the charts up to :data:`MAX_SAMPLES` (then every other one is dropped and the
+    interval doubles), the orders already filled in a window of :data:`FILLED_ORDERS_WINDOW` ids.
+    """
 
     adverse_s: float
     sample_interval_s: float
     mid: Callable[[], float | None]
     maker_of: Callable[[int], bool | None]
     fills: list[FillRecord] = field(default_factory=list)
+    fill_rows_left_out: int = 0
     samples: list[Sample] = field(default_factory=list)
     orders_asked: int = 0
     orders_accepted: int = 0
     orders_refused: int = 0
     orders_failed: int = 0
+    orders_filled: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
-    filled_orders: set[str] = field(default_factory=set)
+    fill_count: int = 0
+    fill_volume: float = 0.0
+    maker: int = 0
+    taker: int = 0
+    adverse_sum_jpy: float = 0.0
+    adverse_count: int = 0
+    per_hour: dict[str, list[float]] = field(default_factory=dict)  # hour -> [fills, volume, fees, equity at end]
+    peak_equity: float = -math.inf
+    max_drawdown: float = 0.0
+    max_long: float = 0.0
+    max_short: float = 0.0
     on_sample: Callable[[float], None] | None = None
+    end_mono_s: float = math.inf  # no sample at or after the market's end (shutdown is not trading)
+    _filled: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def attach(self, rt: BotRuntime, loop: asyncio.AbstractEventLoop) -> None:
         """Count every order result the desk gives the strategy, every fill, and sample."""
@@ -90,6 +114,7 @@ class Collector:
         rt.add_listener("fill", self._on_fill)
         self._loop = loop
         self._t0 = loop.time()
+        self._interval_s = self.sample_interval_s
         loop.call_at(self._t0, self._sample, 0)
 
     def _count(self, order: Order) -> None:
@@ -103,23 +128,71 @@ class Collector:
         else:
             self.orders_accepted += 1
 
+    def _hour(self, t: float) -> list[float]:
+        h = datetime.fromtimestamp(t, JST).strftime("%Y-%m-%d %H:00")
+        row = self.per_hour.get(h)
+        if row is None:
+            prev = next(reversed(self.per_hour.values()))[3] if self.per_hour else 0.0
+            row = self.per_hour[h] = [0, 0.0, 0.0, prev]
+        return row
+
     def _on_fill(self, fill: Fill) -> None:
-        commission_jpy = fill.commission * fill.price if fill.product and not fill.product.startswith("FX_") else (
-            fill.commission)
-        rec = FillRecord(clock.time(), fill.time, fill.side, fill.price, fill.size, commission_jpy, self.maker_of(fill.exec_id),
-                         fill.acceptance_id)
-        self.fills.append(rec)
-        self.filled_orders.add(fill.acceptance_id)
+        spot = bool(fill.product) and not fill.product.startswith("FX_")
+        commission_jpy = fill.commission * fill.price if spot else fill.commission
+        maker = self.maker_of(fill.exec_id)
+        now = clock.time()
+        rec = FillRecord(now, fill.time, fill.side, fill.price, fill.size, commission_jpy, maker, fill.acceptance_id)
+        if len(self.fills) < MAX_FILL_ROWS:
+            self.fills.append(rec)
+        else:
+            self.fill_rows_left_out += 1
+        self.fill_count += 1
+        self.fill_volume += fill.size
+        if maker:
+            self.maker += 1
+        elif maker is False:
+            self.taker += 1
+        row = self._hour(now)
+        row[0] += 1
+        row[1] += fill.size
+        row[2] += commission_jpy
+        filled = self._filled
+        if fill.acceptance_id not in filled:
+            self.orders_filled += 1
+            filled[fill.acceptance_id] = None
+            if len(filled) > FILLED_ORDERS_WINDOW:
+                filled.popitem(last=False)
         self._loop.call_later(self.adverse_s, self._mid_later, rec)
 
     def _mid_later(self, rec: FillRecord) -> None:
-        rec.mid_later = self.mid()
+        mid = rec.mid_later = self.mid()
+        if mid is not None:
+            self.adverse_sum_jpy += (rec.price - mid) * (1 if rec.side == "BUY" else -1)
+            self.adverse_count += 1
+
+    def observe_equity(self, equity: float, position: float, t: float) -> None:
+        """One reading of total PnL and position: drawdown, extremes, the hour's closing equity."""
+        self.peak_equity = max(self.peak_equity, equity)
+        self.max_drawdown = max(self.max_drawdown, self.peak_equity - equity)
+        self.max_long = max(self.max_long, position)
+        self.max_short = min(self.max_short, position)
+        self._hour(t)[3] = equity
 
     def _sample(self, k: int) -> None:
+        if self._loop.time() >= self.end_mono_s:
+            return
         rt = self._rt
         mid = self.mid()
         pos = rt.position
-        self.samples.append(Sample(clock.time(), pos.size, pos.realized_pnl, pos.unrealized(mid) if mid else 0.0, mid))
+        now = clock.time()
+        sample = Sample(now, pos.size, pos.realized_pnl, pos.unrealized(mid) if mid else 0.0, mid)
+        self.observe_equity(sample.realized + sample.unrealized, sample.position, now)
+        samples = self.samples
+        if k % round(self._interval_s / self.sample_interval_s) == 0:
+            samples.append(sample)
+            if len(samples) >= MAX_SAMPLES:  # halve the chart's resolution, keep its span
+                del samples[1::2]
+                self._interval_s *= 2
         if self.on_sample is not None:
             self.on_sample(self._loop.time() - self._t0)
         self._loop.call_at(self._t0 + (k + 1) * self.sample_interval_s, self._sample, k + 1)
@@ -142,31 +215,7 @@ def build_report(col: Collector, rt: BotRuntime, *, meta: dict[str, Any], model:
     mid = col.mid()
     realized = pos.realized_pnl
     unrealized = pos.unrealized(mid) if mid else 0.0
-    fees = pos.commission
-    equity = [s.realized + s.unrealized for s in col.samples] + [realized + unrealized]
-    peak, max_dd = -math.inf, 0.0
-    for e in equity:
-        peak = max(peak, e)
-        max_dd = max(max_dd, peak - e)
-    fills = col.fills
-    maker = sum(1 for f in fills if f.maker)
-    taker = sum(1 for f in fills if f.maker is False)
-    moves = [(f.mid_later - f.price) * (1 if f.side == "BUY" else -1) for f in fills if f.mid_later is not None]
-    per_hour: dict[str, dict[str, float]] = {}
-    for f in fills:
-        h = datetime.fromtimestamp(f.t, JST).strftime("%Y-%m-%d %H:00")
-        row = per_hour.setdefault(h, {"fills": 0, "volume": 0.0, "fees": 0.0, "pnl": 0.0})
-        row["fills"] += 1
-        row["volume"] += f.size
-        row["fees"] += f.commission_jpy
-    last: dict[str, float] = {}
-    for s in col.samples:  # PnL per hour: equity at the hour's last sample minus at the previous hour's
-        last[datetime.fromtimestamp(s.t, JST).strftime("%Y-%m-%d %H:00")] = s.realized + s.unrealized
-    prev = 0.0
-    for h in sorted(last):
-        per_hour.setdefault(h, {"fills": 0, "volume": 0.0, "fees": 0.0, "pnl": 0.0})["pnl"] = last[h] - prev
-        prev = last[h]
-    positions = [s.position for s in col.samples] or [0.0]
+    col.observe_equity(realized + unrealized, pos.size, end_s - 1e-6)  # the end, in the last hour
     return {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
@@ -175,25 +224,31 @@ def build_report(col: Collector, rt: BotRuntime, *, meta: dict[str, Any], model:
         "period": {"start": _iso(start_s), "end": _iso(end_s), "seconds": _r(end_s - start_s, 3)},
         "pnl": {
             "total": _r(realized + unrealized), "realized": _r(realized), "unrealized": _r(unrealized),
-            "fees": _r(fees), "max_drawdown": _r(max_dd),
+            "fees": _r(pos.commission), "max_drawdown": _r(col.max_drawdown),
         },
-        "position": {"final": _r(pos.size, 8), "max_long": _r(max(positions), 8), "max_short": _r(min(positions), 8)},
+        "position": {"final": _r(pos.size, 8), "max_long": _r(col.max_long, 8), "max_short": _r(col.max_short, 8)},
         "orders": {
             "asked": col.orders_asked, "accepted": col.orders_accepted, "refused": col.orders_refused,
             "failed": col.orders_failed, "refusals": dict(sorted(col.refusals.items())),
-            "filled": len(col.filled_orders),
-            "fill_rate": _r(len(col.filled_orders) / col.orders_accepted, 4) if col.orders_accepted else 0.0,
+            "filled": col.orders_filled,
+            "fill_rate": _r(col.orders_filled / col.orders_accepted, 4) if col.orders_accepted else 0.0,
         },
         "fills": {
-            "count": len(fills), "volume": _r(sum(f.size for f in fills), 8), "maker": maker, "taker": taker,
+            "count": col.fill_count, "volume": _r(col.fill_volume, 8), "maker": col.maker, "taker": col.taker,
             "adverse_after_s": col.adverse_s,
-            "adverse_move_mean_jpy": _r(-sum(moves) / len(moves)) if moves else 0.0,
+            "adverse_move_mean_jpy": _r(col.adverse_sum_jpy / col.adverse_count) if col.adverse_count else 0.0,
+            "csv_rows_left_out": col.fill_rows_left_out,
         },
-        "per_hour": [
-            {"hour": h, "fills": int(v["fills"]), "volume": _r(v["volume"], 8), "fees": _r(v["fees"]), "pnl": _r(v["pnl"])}
-            for h, v in sorted(per_hour.items())
-        ],
+        "per_hour": _per_hour(col),
     }
+
+
+def _per_hour(col: Collector) -> list[dict[str, Any]]:
+    rows, prev = [], 0.0
+    for h, (fills, volume, fees, equity) in col.per_hour.items():  # in time order
+        rows.append({"hour": h, "fills": int(fills), "volume": _r(volume, 8), "fees": _r(fees), "pnl": _r(equity - prev)})
+        prev = equity
+    return rows
 
 
 def report_bytes(report: dict[str, Any]) -> bytes:

@@ -150,6 +150,7 @@ def run_backtest(settings: BacktestSettings, on_progress: Callable[[float, float
                             realtime=cast(RealtimeClient, realtime))
             collector = Collector(settings.adverse_s, settings.sample_interval_s, market.mid,
                                   lambda xid: engine.maker_fills.pop(xid, None))
+            collector.end_mono_s = market.end_mono_s
             total_s = market.end_mono_s - clock.monotonic()
             if on_progress is not None:
                 collector.on_sample = lambda done: on_progress(done, total_s)
