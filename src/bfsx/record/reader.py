@@ -1,4 +1,4 @@
-"""Reading recordings back: what the tests and the backtest (issue 14 item 3) replay.
+"""Reading recordings back: what the tests, ``bfsx backtest`` and ``bfsx sim --replay`` replay.
 
 Owns the decoding of the format in :mod:`bfsx.record.format`: zstd stream → lines → records. A file
 that ends without its ``close`` line (the recorder was killed, or is still writing it) yields
