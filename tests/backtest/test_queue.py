@@ -135,3 +135,51 @@ def test_a_gap_in_the_recording_is_a_reconnect_and_the_queue_ahead_is_unknown(tm
     assert report["model"]["gaps"] == 1 and report["reconnects"] == 1
     assert report["orders"]["accepted"] == 1  # the order rested through the gap (nothing cancelled it)
     assert report["fills"]["count"] == 0
+
+
+TAKE_TWICE = '''
+import bfsx
+
+
+class MyStrategy(bfsx.Strategy):
+    """A 0.5 market buy on each of the first two board updates after it started."""
+
+    def initialize(self) -> None:
+        self.sent = 0
+        self.on_board(self.take)
+
+    async def take(self, board) -> None:
+        if self.sent < 2 and self.best_ask:
+            self.sent += 1
+            await self.buy(0.5)
+'''
+
+
+def test_liquidity_the_bot_took_stays_taken_until_its_level_goes(tmp_path: Path) -> None:
+    """The recorded ask of 0.6 at 10,001,000 is re-stated by a later diff (someone else's activity):
+    the recorded market never saw the bot's first 0.5 go, so the second 0.5 finds only 0.1 there and
+    takes 0.4 from the next level, as the real book would have made it."""
+    t = T0_NS
+    snapshot = {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.0}],
+                "asks": [{"price": ASK, "size": 0.6}, {"price": ASK + 1000, "size": 1.0}]}
+    restated = {"mid_price": (BID + ASK) / 2, "bids": [], "asks": [{"price": ASK, "size": 0.6}]}
+    lines = [fmt.marker_line(t, fmt.MARK_OPEN, format=fmt.FORMAT, version=fmt.VERSION, product=FX, reason="start")]
+    for dt_s, ch, msg in [
+        (0.1, channels.board_snapshot(FX), snapshot),
+        (1.0, channels.board_snapshot(FX), snapshot),  # the first buy
+        (1.0, channels.board(FX), restated),  # the second buy
+        (5.0, channels.board(FX), {"mid_price": (BID + ASK) / 2, "bids": [], "asks": []}),
+    ]:
+        t += int(dt_s * fmt.NS_PER_S)
+        lines.append(orjson.dumps({"t": t, "ch": ch, "msg": msg}) + b"\n")
+    lines.append(fmt.marker_line(t, fmt.MARK_CLOSE))
+    (tmp_path / "rec").mkdir()
+    data = tmp_path / "rec" / fmt.file_name(fmt.jst_day(T0_NS))
+    data.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
+    py, yaml = tmp_path / "take.py", tmp_path / "take.yaml"
+    py.write_text(TAKE_TWICE)
+    yaml.write_text("subscribe: {ticker: false}\nmax_order_size: 1\nmax_position: 2\n")
+    result = run_backtest(BacktestSettings(strategy_py=py, strategy_yaml=yaml, data=[data], latency_ms=1.0))
+    fills = [(f.price, f.size) for f in result.collector.fills]
+    assert fills == [(ASK, 0.5), (ASK, 0.1), (ASK + 1000, 0.4)]
+    assert result.report["fills"]["taker"] == 3 and result.report["position"]["final"] == 1.0

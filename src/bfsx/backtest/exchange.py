@@ -60,7 +60,8 @@ class Latency:
 
 class BacktestEngine(Engine):
     """The simulator's engine on the virtual clock, remembering which of the account's fills were
-    maker fills (exec id → True) for the report's maker / taker split."""
+    maker fills (exec id → True) for the report's maker / taker split, and telling the market
+    source when the bot took the market's liquidity."""
 
     def __init__(self, config: SimConfig) -> None:
         self._now_s = -1.0
@@ -68,6 +69,8 @@ class BacktestEngine(Engine):
         super().__init__(config)
         self.clock = clock.monotonic
         self.maker_fills: dict[int, bool] = {}
+        #: ``on_taken(side, price, sats)``: the bot's order took mirrored liquidity (see market.py).
+        self.on_taken: Callable[[int, int, int], None] | None = None
 
     def now(self) -> datetime:
         t = clock.time()
@@ -81,6 +84,8 @@ class BacktestEngine(Engine):
             self.maker_fills[self.last_exec_id] = True
         elif taker.account is not None:
             self.maker_fills[self.last_exec_id] = False
+            if self.on_taken is not None:  # the bot took the market's liquidity (a replay remembers it)
+                self.on_taken(maker.side, price, size)
 
 
 def _api_error(e: EngineError, path: str) -> ApiError:

@@ -16,6 +16,9 @@ on the virtual loop, so market and bot interleave in time order.
   shrinks without a print is a cancel, taken from behind the bot's order (``risk_averse``: the
   queue ahead of it only shrinks by trades) or split in proportion to the squares of the sizes
   ahead and behind (``probabilistic``, hftbacktest's power-2 queue model, as an expectation).
+  What the bot's own takers took from a mirrored level stays taken (later recorded sizes there are
+  shown less it) until the level goes away, as in ``sim.upstream``: the recorded market never saw
+  it go and would not have refilled it for a second order.
 """
 
 from __future__ import annotations
@@ -168,6 +171,10 @@ class ReplayMarket:
         self._exhausted = False
         self._ended = False
         self._queue_unknown = False  # set by a gap until the next snapshot
+        # side -> price -> sats the bot's takers took from the mirrored level: the recorded market
+        # never saw them go, so its later sizes there are shown less this, until the level goes
+        self._taken: dict[int, dict[int, int]] = {BUY: {}, SELL: {}}
+        engine.on_taken = self._took
         self._latency_s: float | None = None
         self.frames = 0
         self.prints = 0
@@ -333,8 +340,14 @@ class ReplayMarket:
             stale = list(m.irange(maximum=price, inclusive=(True, False)))
         else:
             stale = list(m.irange(minimum=price, inclusive=(False, True)))
+        taken = self._taken[side]
         for p in stale:
             self._set_level(side, p, 0, m[p])
+            taken.pop(p, None)
+
+    def _took(self, side: int, price: int, sats: int) -> None:
+        taken = self._taken[side]
+        taken[price] = taken.get(price, 0) + sats
 
     def _levels(self, msg: dict[str, Any], *, snapshot: bool) -> None:
         when = self.engine.now()
@@ -342,15 +355,25 @@ class ReplayMarket:
         for side, key in ((BUY, "bids"), (SELL, "asks")):
             m = self.book.side(side)
             get = m.get
+            taken = self._taken[side]
             if snapshot:
                 target = {int(r["price"]): round(r["size"] * SAT) for r in msg[key]}
                 if target:  # levels the snapshot's range no longer shows are gone
                     for p in [p for p in m.irange(min(target), max(target)) if p not in target]:
                         set_level(side, p, 0, m[p], when)
+                for p in [p for p in taken if p not in target]:
+                    del taken[p]
                 items: Any = target.items()
             else:
                 items = ((int(r["price"]), round(r["size"] * SAT)) for r in msg[key])
             for p, size in items:
+                if taken:
+                    took = taken.get(p)
+                    if took is not None:
+                        if size <= 0:
+                            del taken[p]  # the level went: what the bot took from it is forgotten
+                        else:
+                            size = max(0, size - took)
                 lvl = get(p)
                 if lvl is not None:
                     orders = lvl.orders
@@ -366,6 +389,8 @@ class ReplayMarket:
         # What traded or queued while unseen is unknown: the next snapshot's sizes go ahead of
         # the bot's resting orders (risk-averse), not behind them.
         self._queue_unknown = True
+        for taken in self._taken.values():
+            taken.clear()
 
     def _set_level(self, side: int, price: int, target: int, lvl: Level | None, when: Any = None) -> None:
         """Make the mirrored (synthetic) size at ``price`` equal ``target``, the bot's orders untouched."""
