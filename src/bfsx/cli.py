@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--synthetic", type=float, default=None, metavar="HOURS", help="the simulator's synthetic market")
     b.add_argument("--seed", type=int, default=1, help="seed of the synthetic market (default 1)")
     b.add_argument("--latency-ms", type=float, default=None, metavar="MS",
-                   help="order entry and response latency each (default: the recorded feed latency; synthetic 30)")
+                   help="order entry latency, and response unless given (default: the recorded feed latency; synthetic 30)")
+    b.add_argument("--response-latency-ms", type=float, default=None, metavar="MS",
+                   help="response latency (the REST reply and the private events; default: as --latency-ms)")
     b.add_argument("--product", default="FX_BTC_JPY", help="product code (default FX_BTC_JPY)")
     b.add_argument("--queue", default="risk_averse", help="queue model: risk_averse (default) or probabilistic")
     b.add_argument("--adverse-seconds", type=float, default=5.0, metavar="S",
@@ -107,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from_args(
                 args.strategy_py, args.strategy_yaml, data=args.data, synthetic=args.synthetic, seed=args.seed,
                 latency_ms=args.latency_ms, product=args.product, queue=args.queue, adverse_s=args.adverse_seconds,
+                response_latency_ms=args.response_latency_ms,
             )
             return run_backtest_command(settings, args.out, args.grid, workers=args.workers)
         if args.command == "demo":

@@ -140,6 +140,7 @@ def test_a_sweep_runs_four_combinations_in_parallel_sorted_by_pnl(tmp_path: Path
     (["--synthetic", "1", "--product", "DOGE_JPY"], "--product: unknown product code"),
     (["--synthetic", "1", "--queue", "optimistic"], "--queue must be one of"),
     (["--synthetic", "1", "--latency-ms", "-5"], "--latency-ms must be between"),
+    (["--synthetic", "1", "--response-latency-ms", "1e9"], "--response-latency-ms must be between"),
     (["--synthetic", "1", "--grid", "lot"], "--grid wants KEY=V1,V2"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -186,3 +187,34 @@ def test_the_report_is_bounded_and_its_figures_do_not_depend_on_the_bounds(monke
         assert small.report[key] == full.report[key], key
     assert {k: v for k, v in small.report["fills"].items() if k != "csv_rows_left_out"} == {
         k: v for k, v in full.report["fills"].items() if k != "csv_rows_left_out"}
+
+
+TIMED = '''
+import bfsx
+
+WAITED: list[float] = []
+
+
+class MyStrategy(bfsx.Strategy):
+    def initialize(self) -> None:
+        self.every(1.0, self.tick)
+
+    async def tick(self) -> None:
+        if self.best_bid and not WAITED:
+            t0 = self.time()
+            await self.buy(0.01, self.best_bid - 5000)
+            WAITED.append(self.time() - t0)
+'''
+
+
+def test_order_entry_and_response_latency_are_separate(tmp_path: Path) -> None:
+    """A POST costs the entry latency on the way in and the response latency on the way back, in
+    the strategy's own clock; the report names both."""
+    py = tmp_path / "timed.py"
+    py.write_text(TIMED)
+    yaml = tmp_path / "timed.yaml"
+    yaml.write_text("subscribe: {ticker: false}\n")
+    report = run_backtest(_settings(py, yaml, 0.005, latency_ms=7.0, response_latency_ms=120.0)).report
+    waited = sys.modules["bfsx_user_strategy_timed"].WAITED
+    assert waited == [pytest.approx(0.127, abs=1e-6)]
+    assert report["model"]["latency"] == "order entry 7 ms, response 120 ms (constant)"

@@ -24,7 +24,7 @@ MAX_SYNTHETIC_HOURS = 24 * 31
 
 def settings_from_args(
     strategy_py: str, strategy_yaml: str, *, data: Sequence[str] | None, synthetic: float | None, seed: int,
-    latency_ms: float | None, product: str, queue: str, adverse_s: float,
+    latency_ms: float | None, product: str, queue: str, adverse_s: float, response_latency_ms: float | None = None,
 ) -> BacktestSettings:
     """Checked settings, or a one-line :class:`UserError` saying what is wrong."""
     py, yaml = Path(strategy_py), Path(strategy_yaml)
@@ -40,8 +40,9 @@ def settings_from_args(
     for p in paths:
         if not p.exists():
             raise UserError(f"--data: no such file or folder: {p}")
-    if latency_ms is not None and not 0 <= latency_ms <= 60_000:
-        raise UserError(f"--latency-ms must be between 0 and 60000, got {latency_ms:g}")
+    for flag, ms in (("--latency-ms", latency_ms), ("--response-latency-ms", response_latency_ms)):
+        if ms is not None and not 0 <= ms <= 60_000:
+            raise UserError(f"{flag} must be between 0 and 60000, got {ms:g}")
     if not 0 < adverse_s <= 3600 or not math.isfinite(adverse_s):
         raise UserError(f"--adverse-seconds must be more than 0 and at most 3600, got {adverse_s:g}")
     spec = get_product(product)
@@ -52,7 +53,8 @@ def settings_from_args(
     q: QueueModel = "probabilistic" if queue == "probabilistic" else "risk_averse"
     return BacktestSettings(
         strategy_py=py, strategy_yaml=yaml, data=paths, synthetic_hours=synthetic, seed=seed,
-        latency_ms=latency_ms, product=spec.code, queue=q, adverse_s=adverse_s,
+        latency_ms=latency_ms, response_latency_ms=response_latency_ms, product=spec.code, queue=q,
+        adverse_s=adverse_s,
     )
 
 

@@ -41,21 +41,19 @@ def backtest_account() -> AccountConfig:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """The latency model: order entry (bot → matching engine), response (engine → bot: the REST
-    reply and the private events) and feed (exchange → bot: public frames), in seconds.
+    """The latency model: order entry (bot → matching engine) and response (engine → bot: the REST
+    reply and the private events), in seconds; ``None`` follows the feed latency measured in the
+    recording (its current estimate at each order) instead of a constant."""
 
-    ``from_feed``: entry and response follow the feed latency measured in the recording (its
-    current estimate at each order) instead of the constants.
-    """
-
-    entry_s: float
-    response_s: float
-    from_feed: bool = False
+    entry_s: float | None
+    response_s: float | None
 
     def describe(self) -> str:
-        if self.from_feed:
-            return "order entry and response latency = the recorded feed latency at the time (EWMA)"
-        return f"order entry {self.entry_s * 1000:g} ms, response {self.response_s * 1000:g} ms (constant)"
+        def one(name: str, s: float | None) -> str:
+            return f"{name} = the recorded feed latency at the time (EWMA)" if s is None else f"{name} {s * 1000:g} ms"
+
+        constant = " (constant)" if self.entry_s is not None and self.response_s is not None else ""
+        return f"{one('order entry', self.entry_s)}, {one('response', self.response_s)}{constant}"
 
 
 class BacktestEngine(Engine):
@@ -161,10 +159,12 @@ class BacktestRest:
 
     # ----------------------------------------------------------------- latency
     def _entry_s(self) -> float:
-        return self._feed_latency_s() if self.latency.from_feed else self.latency.entry_s
+        s = self.latency.entry_s
+        return self._feed_latency_s() if s is None else s
 
     def _response_s(self) -> float:
-        return self._feed_latency_s() if self.latency.from_feed else self.latency.response_s
+        s = self.latency.response_s
+        return self._feed_latency_s() if s is None else s
 
     # ----------------------------------------------------------------- EngineListener
     def on_executions(self, product: str, rows: list[dict[str, Any]]) -> None:

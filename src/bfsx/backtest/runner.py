@@ -57,7 +57,8 @@ class BacktestSettings:
     data: list[Path] = field(default_factory=list)
     synthetic_hours: float | None = None
     seed: int = 1
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # order entry (and response, unless response_latency_ms); None: the feed's
+    response_latency_ms: float | None = None
     product: str = "FX_BTC_JPY"
     queue: QueueModel = "risk_averse"
     adverse_s: float = DEFAULT_ADVERSE_S
@@ -130,16 +131,19 @@ def run_backtest(settings: BacktestSettings, on_progress: Callable[[float, float
             engine = BacktestEngine(sim_cfg)
             realtime = BacktestRealtime()
             market: SyntheticMarket | ReplayMarket
+            entry_ms = settings.latency_ms
             if replay:
                 market = ReplayMarket(engine, spec.code, records, first_ns, realtime, settings.queue)
-                latency = (Latency(settings.latency_ms / 1000, settings.latency_ms / 1000) if settings.latency_ms
-                           is not None else Latency(0.0, 0.0, from_feed=True))
+                feed_s = None
             else:
-                ms = settings.latency_ms if settings.latency_ms is not None else DEFAULT_SYNTHETIC_LATENCY_MS
-                latency = Latency(ms / 1000, ms / 1000)
+                entry_ms = entry_ms if entry_ms is not None else DEFAULT_SYNTHETIC_LATENCY_MS
+                feed_s = entry_ms / 1000
                 hours = settings.synthetic_hours or 0.0
                 market = SyntheticMarket(engine, spec.code, settings.market, settings.seed, hours, realtime,
-                                         feed_latency_s=ms / 1000)
+                                         feed_latency_s=feed_s)
+            response_ms = settings.response_latency_ms if settings.response_latency_ms is not None else entry_ms
+            latency = Latency(None if entry_ms is None else entry_ms / 1000,
+                              None if response_ms is None else response_ms / 1000)
             rest = BacktestRest(engine, realtime, latency, market.feed_latency)
             rest.public_sink = market.public
             trade = TradeConfig(
