@@ -183,3 +183,17 @@ def test_liquidity_the_bot_took_stays_taken_until_its_level_goes(tmp_path: Path)
     fills = [(f.price, f.size) for f in result.collector.fills]
     assert fills == [(ASK, 0.5), (ASK, 0.1), (ASK + 1000, 0.4)]
     assert result.report["fills"]["taker"] == 3 and result.report["position"]["final"] == 1.0
+
+
+def test_a_recording_of_another_product_or_without_frames_is_one_line(tmp_path: Path) -> None:
+    from bfsx.errors import UserError
+
+    py, yaml = tmp_path / "join.py", tmp_path / "join.yaml"
+    py.write_text(JOIN)
+    yaml.write_text("subscribe: {ticker: false}\n")
+    data = _recording(tmp_path / "rec", through=False)
+    with pytest.raises(UserError, match=r"frames of lightning_board_snapshot_FX_BTC_JPY, not of BTC_JPY"):
+        run_backtest(BacktestSettings(strategy_py=py, strategy_yaml=yaml, data=[data], product="BTC_JPY"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no frames in"):
+        run_backtest(BacktestSettings(strategy_py=py, strategy_yaml=yaml, data=[tmp_path / "empty"]))

@@ -82,21 +82,25 @@ def _strategy_config(settings: BacktestSettings) -> StrategyConfig:
     return cfg.model_copy(update=update)
 
 
-def _records(settings: BacktestSettings) -> tuple[Iterator[Record], int]:
-    """The recording's records and the receive time of its first frame (ns)."""
+def _records(settings: BacktestSettings, product: str) -> tuple[Iterator[Record], int]:
+    """The recording's records and the receive time of its first frame (ns); a one-line
+    :class:`UserError` when it holds no frame, or the first ones are of another product."""
     def chain() -> Iterator[Record]:
         for path in settings.data:
             yield from read_recordings(path)
 
+    where = ", ".join(str(p) for p in settings.data)
     records = chain()
     head: list[Record] = []
     for rec in records:
         head.append(rec)
         if type(rec) is Frame:
+            if not rec.channel.endswith("_" + product):
+                raise UserError(f"--data {where}: frames of {rec.channel}, not of {product} (see --product)")
             return itertools.chain(head, records), rec.recv_ns
         if len(head) > 10_000:
             break
-    raise UserError(f"no frames in {', '.join(str(p) for p in settings.data)}")
+    raise UserError(f"no frames in {where} (give recording files or a product folder, e.g. recordings/{product})")
 
 
 def run_backtest(settings: BacktestSettings, on_progress: Callable[[float, float], None] | None = None
@@ -117,7 +121,7 @@ def run_backtest(settings: BacktestSettings, on_progress: Callable[[float, float
 
     replay = bool(settings.data)
     if replay:
-        records, first_ns = _records(settings)
+        records, first_ns = _records(settings, spec.code)
         epoch_start_s = first_ns / 1e9
     else:
         epoch_start_s = SYNTHETIC_START.timestamp()
