@@ -28,6 +28,7 @@ from bfsx.backtest.exchange import BacktestEngine, BacktestRealtime, BacktestRes
 from bfsx.backtest.market import QueueModel, ReplayMarket, SyntheticMarket
 from bfsx.backtest.report import Collector, build_report
 from bfsx.backtest.vloop import VirtualLoop
+from bfsx.bitflyer import channels
 from bfsx.bitflyer.products import get_product
 from bfsx.bitflyer.realtime import RealtimeClient
 from bfsx.bitflyer.rest import RestClient
@@ -95,7 +96,7 @@ def _records(settings: BacktestSettings, product: str) -> tuple[Iterator[Record]
     for rec in records:
         head.append(rec)
         if type(rec) is Frame:
-            if not rec.channel.endswith("_" + product):
+            if channels.split(rec.channel)[1] != product:
                 raise UserError(f"--data {where}: frames of {rec.channel}, not of {product} (see --product)")
             return itertools.chain(head, records), rec.recv_ns
         if len(head) > 10_000:
