@@ -44,3 +44,12 @@ def test_history_is_bounded() -> None:
 def test_bad_maxlen() -> None:
     with pytest.raises(ValueError):
         Executions(maxlen=0)
+
+
+def test_a_print_without_a_date_is_dropped_even_first_in_its_batch() -> None:
+    # The date check is skipped for a print with the same date as the one before it; a first print
+    # dated None once matched the loop's "no date yet" and reached the candles, which raised.
+    ex = Executions()
+    good = prints(2, "S")[0]
+    taken = ex.apply([{**prints(1, "B")[0], "exec_date": None}, good])
+    assert list(taken) == [good] and ex.count == 1 and ex.buy_volume == 0.0

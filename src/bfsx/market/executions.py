@@ -12,6 +12,7 @@ from bfsx.market.candles import epoch_second
 _INF = math.inf
 _SIDES = frozenset(("BUY", "SELL", ""))  # an unhashable side raises TypeError: caught
 _last_minute = ""  # the minute of the last exec_date found valid, parsed once
+_NO_STAMP = object()  # equal to no exec_date (None included: a None date must still be checked)
 
 
 def _stamp_ok(stamp: object) -> bool:
@@ -77,7 +78,7 @@ class Executions:
         if not isinstance(batch, list):
             return []
         buy = sell = volume = 0.0
-        last_stamp = None
+        last_stamp: object = _NO_STAMP
         good = False
         try:
             for e in batch:  # the totals' own loop checks each print: one pass on the hot path
