@@ -20,9 +20,18 @@ def rest_seconds(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+_ws_last: tuple[datetime | None, str] = (None, "")
+
+
 def ws(when: datetime) -> str:
     """Realtime ``exec_date`` / ``event_date``: 7 fractional digits and Z."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    global _ws_last
+    last, text = _ws_last
+    if when is last:  # the prints and events of one match share their datetime object: format once
+        return text
+    text = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    _ws_last = (when, text)
+    return text
 
 
 def parse(text: str) -> datetime:

@@ -15,8 +15,6 @@ import random
 from collections.abc import Iterable
 from datetime import datetime
 
-from sortedcontainers import SortedDict
-
 from bfsx.sim.book import Market
 from bfsx.sim.config import MarketConfig
 from bfsx.sim.engine import Engine
@@ -30,7 +28,10 @@ class Ladder:
 
     def __init__(self, side: int) -> None:
         self.side = side
-        self.quotes: SortedDict = SortedDict()  # price -> Order
+        # price -> Order. Every key is a grid price within [lo, hi], so what leaves the range is found
+        # by walking the grid between the old and new bounds: no sorted map needed (measured: a
+        # SortedDict cost ~20 % of the flow's time in a backtest).
+        self.quotes: dict[int, Order] = {}
         self.holes: set[int] = set()  # grid prices whose quote was taken, waiting to refill
         self.lo: int | None = None
         self.hi: int | None = None
@@ -164,14 +165,17 @@ class SyntheticFlow:
         """Move the ladder with the mid: pull quotes that left the range, quote the new grid prices."""
         lo, hi = self._range(mkt.fair_mid, ladder.side)
         q = ladder.quotes
-        while q and q.peekitem(0)[0] < lo:
-            self._pull(mkt, ladder, q.peekitem(0)[0])
-        while q and q.peekitem(-1)[0] > hi:
-            self._pull(mkt, ladder, q.peekitem(-1)[0])
-        ladder.holes = {p for p in ladder.holes if lo <= p <= hi}
         sp = self.cfg.level_spacing
         fill = self.cfg.level_fill_probability
         old_lo, old_hi = ladder.lo, ladder.hi
+        if old_lo is not None and old_hi is not None and (old_lo < lo or old_hi > hi):
+            # the grid prices that left the range, lowest first (the order a sorted map gave)
+            for price in itertools.chain(range(old_lo, min(lo, old_hi + sp), sp),
+                                         range(max(hi + sp, old_lo), old_hi + 1, sp)):
+                if price in q:
+                    self._pull(mkt, ladder, price)
+            if ladder.holes:
+                ladder.holes = {p for p in ladder.holes if lo <= p <= hi}
         if old_lo is None or old_hi is None:
             fresh: Iterable[int] = range(lo, hi + 1, sp)
         else:  # only the grid prices the move uncovered (all prices are multiples of sp)
