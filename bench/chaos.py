@@ -219,7 +219,12 @@ class Chaos:
         await self.wait_sim()
         state = self.folder / "state"
         common = {**fleet_trade_config(self.sim_port, self.pos_port), "console_output": False}
-        server_yaml = self._write("pos_server.yaml", {**common, "log_folder": str(state / "pos_server")})
+        # The hand trades go either way and a halved collateral may loss-cut: the reduce-only rule
+        # would freeze a market on half of them and leave it to an operator, so this soak corrects
+        # everything (BFS-X's rule) and measures the healing; tests/posserver/test_controls_processes.py
+        # covers the freeze.
+        server_yaml = self._write("pos_server.yaml", {**common, "log_folder": str(state / "pos_server"),
+                                                      "pos_server_correct_all": True})
         self.procs["pos-server"] = Proc("pos-server", ["pos-server", str(server_yaml)])
         self.spawn(self.procs["pos-server"])
         await self.wait_server()

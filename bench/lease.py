@@ -172,6 +172,10 @@ async def run_fleet(n_bots: int, seconds: float, folder: Path, *, scaled: bool =
             pos_server_secret=POS_SECRET, pos_server_check_interval=check_interval,
             pos_server_consecutive=consecutive, pos_server_evict_after=30.0, pos_server_report_interval=0.5,
             adjust_max_size=0.1, console_output=False,
+            # The injected drift's direction against the account's position is random here (the
+            # bots trade either way): correct it whatever it does to the exposure, as BFS-X did, so
+            # the run measures the leases and their one correction, not the reduce-only rule.
+            pos_server_correct_all=True,
         )).model_copy(update={"pos_server": ("127.0.0.1", 0)})
         server = PosServer(cfg, state_dir=folder / "server", console=False, startup_grace=1.0)
         if scaled:

@@ -1,5 +1,6 @@
-"""``bfsx demo`` end to end as a real process: simulator, position server, three bots, both faults,
-then a summary that finds invariant 1 holding on both markets (issue 7 item 4)."""
+"""``bfsx demo`` end to end as a real process: simulator, position server, three bots, the three
+faults (the third: a hand sale, the freeze and ``bfsx ctl adopt``), then a summary that finds
+invariant 1 holding on both markets, with the adopted base (issue 7 item 4, issue 11 item 7)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def test_demo_runs_faults_and_ends_with_invariant_1(tmp_path: Path) -> None:
     # The timeline shows both faults, and the position server corrected the unknown trade.
     assert "FAULT: simulator drops" in summary
     assert "behind the bots' backs" in summary
+    # The third fault: a hand sale is never bought back; the market froze and the operator adopted.
+    assert "sold by hand on BTC_JPY" in summary
+    assert "froze BTC_JPY instead of buying back" in summary
+    assert "OPERATOR: bfsx ctl adopt BTC_JPY -> adopted: BTC_JPY base" in summary
     assert "demo timing: the server checks every" in summary
     assert "heals a lost fill" not in proc.stdout + proc.stderr  # fast on purpose: said once, not warned
     table = summary.split("invariant 1 (|diff|", 1)[1].split("\n\n", 1)[0]

@@ -1,4 +1,4 @@
-"""``bfsx`` command line: trade, pos-server, sim, record, backtest, demo, bench.
+"""``bfsx`` command line: trade, pos-server, ctl, sim, record, backtest, demo, bench.
 
 Each subcommand imports its module lazily so ``bfsx sim`` starts fast. A user mistake exits non-zero
 with one line on stderr, never a traceback.
@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=None, metavar="N", help="processes of a sweep (default: CPUs)")
     b.add_argument("--out", default=None, metavar="DIR", help="folder for report.json and the charts")
 
+    c = sub.add_parser("ctl", help="the kill switch: bfsx ctl [TRADE_YAML] COMMAND [MARKET] (status, pause, "
+                                   "close-only, resume, flatten, freeze, unfreeze, adopt)")
+    c.add_argument("words", nargs="+", metavar="WORD", help="[TRADE_YAML] COMMAND [MARKET]")
+
     d = sub.add_parser("demo", help="the whole system on the embedded simulator")
     d.add_argument("--minutes", type=float, default=None, help="stop after N minutes (default: until Ctrl+C)")
     d.add_argument("--out", default="demo-out", help="folder for charts and the summary")
@@ -112,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 response_latency_ms=args.response_latency_ms,
             )
             return run_backtest_command(settings, args.out, args.grid, workers=args.workers)
+        if args.command == "ctl":
+            from bfsx.posserver.ctl import run_ctl
+
+            return run_ctl(list(args.words))
         if args.command == "demo":
             from bfsx.demo import run_demo
 

@@ -2,12 +2,16 @@
 
 A ``bfsx sim`` process, the position server in this process (its live table is the demo's screen)
 and three sample bots as real ``bfsx trade`` processes on one simulator account: market making and
-scalping on FX_BTC_JPY, market making on BTC_JPY. Mid-run two faults show the guards working:
+scalping on FX_BTC_JPY, market making on BTC_JPY. Mid-run three faults show the guards working:
 
 1. *lost private events*: the simulator silently drops a share of child_order_events for a while;
    the bots notice their stuck orders, ask the exchange and recover the fills themselves;
 2. *a trade no bot knows*: a market order placed on the account behind the bots' backs; the
-   position server sees exchange ≠ Σ bots + base for several checks and sends a capped correction.
+   position server sees exchange ≠ Σ bots + base for several checks and sends a capped correction;
+3. *an emergency sale by hand*: BTC sold on the account in the app; the server never buys back what
+   an outside trade took away: it freezes BTC_JPY, the bot there goes close-only, an alert goes
+   out, and the operator (the demo) runs ``bfsx ctl adopt BTC_JPY``: the exchange as it is becomes
+   the expected position (the adopted base).
 
 At the end (``--minutes`` or Ctrl+C) the bots stop cleanly, the position server settles, the charts
 are written to the output folder, and a summary checks invariant 1 per market:
@@ -41,6 +45,7 @@ from bfsx.config import TradeConfig, load_trade_config
 from bfsx.errors import UserError
 from bfsx.logs import setup_logging
 from bfsx.net import free_port
+from bfsx.posserver.client import PosServerUnavailable, send_ctl
 from bfsx.posserver.protocol import REASONS
 from bfsx.posserver.server import PosServer
 from bfsx.sim.hooks import SimHooks
@@ -80,6 +85,7 @@ class DemoTiming:
     drop_fraction: float = 0.5
     manual_at: float = 75.0
     manual_size: float = 0.03
+    hand_sale_size: float = 0.05  # BTC sold by hand after the foreign buy was corrected
     cycle: float = 300.0  # repeat the faults this often when running until Ctrl+C
 
     @classmethod
@@ -89,7 +95,7 @@ class DemoTiming:
         if minutes is None or minutes * 60 >= 150:
             return t
         total = minutes * 60
-        t.drop_at, t.drop_for, t.manual_at = 0.2 * total, 0.15 * total, 0.42 * total
+        t.drop_at, t.drop_for, t.manual_at = 0.2 * total, 0.15 * total, 0.38 * total
         # The check interval stays: the bots' order audit must heal lost events before the server
         # could judge a drift stable, or both would act on the same drift.
         return t
@@ -136,6 +142,7 @@ class Demo:
         self.events: list[str] = []
         self._stop = asyncio.Event()
         self._t0 = 0.0
+        self._sold = False  # a hand sale the operator has not adopted yet
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -211,18 +218,23 @@ class Demo:
             self.note("fault cleared: bots settle their stuck orders from the exchange")
             if not await self._sleep_until(base + self.t.manual_at):
                 return
+            corrections = self._corrections("BTC_JPY")
             await self._manual_trade()
+            if not await self._hand_sale(corrections):
+                return
             cycle += 1
 
     async def _manual_trade(self) -> None:
         """A trade on the account that no bot knows about: only the position server can see it.
 
-        The bots quote on the same account, so a market order may be refused as a self trade
-        (-159), as on bitFlyer; then try the other side, or again once the quotes moved."""
+        A buy: it adds exposure no bot asked for, which the server takes away (a sell would lower
+        the account's BTC, and the server never re-opens what an outside trade took away: it would
+        freeze the market instead). The bots quote on the same account, so a market order may be
+        refused as a self trade (-159), as on bitFlyer; then try again once the quotes moved."""
         last = ""
         async with RestClient(self.sim_url, API_KEY, API_SECRET) as rest:
-            for attempt in range(20):
-                side: Side = "BUY" if attempt % 2 == 0 else "SELL"
+            for _ in range(20):
+                side: Side = "BUY"
                 try:
                     await rest.send_child_order("BTC_JPY", side, self.t.manual_size)
                 except BitflyerError as e:
@@ -235,6 +247,69 @@ class Demo:
                 )
                 return
         self.note(f"manual trade failed: {last}")
+
+    def _corrections(self, market: str) -> int:
+        ms = self.server.registry.markets.get(market) if self.server is not None else None
+        return ms.corrections if ms is not None else 0
+
+    async def _until(self, cond: Any, timeout_s: float, *, stoppable: bool = True) -> bool:
+        """Wait for ``cond()`` (checked every 0.2 s); False when time runs out or (``stoppable``)
+        the demo stops."""
+        deadline = time.monotonic() + timeout_s
+        while not cond():
+            if (stoppable and self._stop.is_set()) or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    async def _hand_sale(self, corrections_before: int) -> bool:
+        """The third fault, once the foreign buy is corrected (two drifts at once would mix): BTC
+        sold by hand; the server freezes the market instead of buying it back; the operator adopts.
+        False when the demo is stopping."""
+        assert self.server is not None
+        server, t = self.server, self.t
+        patience = (t.consecutive + 6) * t.check_interval * 2
+        await self._until(lambda: self._corrections("BTC_JPY") > corrections_before, patience)
+        if self._stop.is_set():
+            return False
+        last = ""
+        async with RestClient(self.sim_url, API_KEY, API_SECRET) as rest:
+            for _ in range(20):  # a self trade with the bot's own quotes (-159): again once they moved
+                try:
+                    await rest.send_child_order("BTC_JPY", "SELL", t.hand_sale_size)
+                except BitflyerError as e:
+                    last = str(e)
+                    await asyncio.sleep(0.25)
+                    continue
+                last = ""
+                break
+        if last:
+            self.note(f"hand sale failed: {last}")
+            return True
+        self.note(f"FAULT: {t.hand_sale_size} BTC sold by hand on BTC_JPY (an emergency sale in the app); "
+                  "the position server must not buy it back")
+        self._sold = True
+        if not await self._until(lambda: server.controls.frozen_why("BTC_JPY") is not None, patience):
+            return not self._stop.is_set()
+        await self._resolve_freeze()
+        return not self._stop.is_set()
+
+    async def _resolve_freeze(self) -> None:
+        """Say the freeze, then act as the operator: ``bfsx ctl adopt BTC_JPY``."""
+        if self.server is not None and self.server.controls.frozen_why("BTC_JPY") is not None:
+            self.note("the position server froze BTC_JPY instead of buying back (ALERT in its log); "
+                      "mm_spot is close-only")
+        await self._adopt("BTC_JPY")
+
+    async def _adopt(self, market: str) -> None:
+        """The operator's ``bfsx ctl adopt MARKET``, over the same signed channel as the command."""
+        try:
+            reply = await send_ctl("127.0.0.1", self.pos_port, POS_SECRET, "adopt", market)
+        except PosServerUnavailable as e:
+            self.note(f"OPERATOR: bfsx ctl adopt {market} got no answer: {e}")
+            return
+        self._sold = self._sold and not reply.ok
+        self.note(f"OPERATOR: bfsx ctl adopt {market} -> {reply.text if reply.ok else 'refused: ' + reply.text}")
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
@@ -293,6 +368,10 @@ class Demo:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         codes = {b.name: await asyncio.to_thread(self._wait_exit, b.name, 30.0) for b in BOTS}
+        if self._sold:  # the run ended between the hand sale and the operator's adopt
+            await self._until(lambda: self.server is not None and self.server.controls.frozen_why("BTC_JPY") is not None,
+                              (cfg.pos_server_consecutive + 6) * cfg.pos_server_check_interval * 2, stoppable=False)
+            await self._resolve_freeze()
         self.note("waiting for the position server to settle")
         settled = await self._settle(cfg)
         charts = await self.server.write_charts()
@@ -341,10 +420,11 @@ class Demo:
         for m in status["markets"]:
             pos = acct["positions"].get(m["market"], {})
             exchange = float(pos.get("net", 0.0))
-            diff = exchange - m["total"] - m["base"]
+            base = m["base"] + m.get("base_adjust", 0.0)  # what bfsx ctl adopt added
+            diff = exchange - m["total"] - base
             ok = abs(diff) < _tolerance(m["market"])
             verdicts.append(ok)
-            lines.append(f"{m['market']:<11} {exchange:>10.5f} {m['total']:>10.5f} {m['base']:>8.3f} "
+            lines.append(f"{m['market']:<11} {exchange:>10.5f} {m['total']:>10.5f} {base:>8.3f} "
                          f"{diff:>+10.5f} {m['corrections']:>6}  {'OK' if ok else 'FAIL'}")
         c = status["counters"]
         lines += ["", f"reports {c.get('reports', 0)}, corrections {c.get('corrections', 0)}, "

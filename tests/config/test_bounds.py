@@ -40,7 +40,7 @@ def float_keys(model: type[BaseModel]) -> set[str]:
 SECONDS_KEYS = {
     "adjust_position_interval", "pos_server_check_interval", "pos_server_evict_after",
     "pos_server_report_interval", "pos_server_query_interval", "over_limit_pause", "health_interval",
-    "pos_server_margin_interval", "pos_server_alert_interval",
+    "pos_server_margin_interval", "pos_server_alert_interval", "pos_server_control_interval",
 }
 SECONDS_OR_OFF_KEYS = {"ws_silence_timeout", "status_interval"}
 TRADE_FLOATS = SECONDS_KEYS | SECONDS_OR_OFF_KEYS | {

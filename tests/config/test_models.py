@@ -75,6 +75,8 @@ TRADE_DEFAULTS = {
     "pos_server_max_daily_loss": 0.0,
     "pos_server_alerts": DEFAULT_ALERT_KINDS,
     "pos_server_alert_interval": 60.0,
+    "pos_server_correct_all": False,
+    "pos_server_control_interval": 0.5,
     "console_output": True,
     "log_level": "INFO",
     "close_on_exit": False,

@@ -57,6 +57,13 @@ messages: st.SearchStrategy[p.Message] = st.one_of(
               bots=u64, budget=st.none() | st.just(SNAP)),
     st.builds(p.StatusQuery, client=ids),
     st.builds(p.StatusReply, re=u64, status=json_objects),
+    st.builds(p.ControlQuery, bot=ids, market=markets),
+    st.builds(p.ControlReply, re=u64, mode=st.sampled_from(p.CONTROL_MODES), generation=u64,
+              reasons=st.lists(st.text(_printable, min_size=1, max_size=p.MAX_REASON_LEN).filter(str.isprintable),
+                               max_size=p.MAX_REASONS).map(tuple)),
+    st.builds(p.CtlCommand, client=ids, command=st.sampled_from(p.CTL_COMMANDS), market=st.just("") | markets),
+    st.builds(p.CtlReply, re=u64, ok=st.booleans(), controls=json_objects,
+              text=st.text(_printable, max_size=200).filter(str.isprintable)),
 )
 
 
@@ -161,9 +168,15 @@ _FIELDS = {
     p.MsgType.BUDGET_REPLY: ("id", "re", "remaining", "advice", "bots", "budget"),
     p.MsgType.STATUS_QUERY: ("id",),
     p.MsgType.STATUS_REPLY: ("id", "re", "status"),
+    p.MsgType.CONTROL_QUERY: ("id", "market"),
+    p.MsgType.CONTROL_REPLY: ("id", "re", "mode", "reasons", "gen"),
+    p.MsgType.CTL_COMMAND: ("id", "cmd", "market"),
+    p.MsgType.CTL_REPLY: ("id", "re", "ok", "text", "controls"),
 }
 _good = {"id": "bot", "market": "FX_BTC_JPY", "pos": 0.5, "base": 0.0, "profit": 1.0, "realized": 2.0, "pid": 1,
-         "budget": SNAP.to_dict(), "final": False, "re": 3, "remaining": 400, "advice": "trade", "bots": 2, "status": {}}
+         "budget": SNAP.to_dict(), "final": False, "re": 3, "remaining": 400, "advice": "trade", "bots": 2, "status": {},
+         "mode": "close-only", "reasons": ["frozen"], "gen": 4, "cmd": "pause", "ok": True, "text": "done",
+         "controls": {}}
 _weird = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | finite | st.text(_chars, max_size=80)
           | st.sampled_from(["nan", "inf", "-inf", "1e999", "", "\n", "trade"]) | json_values)
 

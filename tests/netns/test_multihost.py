@@ -96,6 +96,9 @@ def _configs(net: Any) -> dict[str, Path]:
     out = {"sim": sim, "pos": _yaml(folder / "pos" / "trade.yaml", {
         "apikey": KEY, "secret": KEY_SECRET, "endpoint": f"http://{pos_gw}:{sim_port}",
         "pos_server": [pos_addr, pos_port], "pos_server_bind": pos_addr, **timing,
+        # The hand trade's side depends on a self trade, and so whether it adds or removes
+        # exposure: correct it whatever it does (the reduce-only rule has its own tests).
+        "pos_server_correct_all": True,
         "console_output": False, "log_folder": str(folder / "pos" / "logs" / "x"), "log_level": "INFO"})}
     for role in ("bot1", "bot2"):
         gw = leaves[role].gw

@@ -87,6 +87,10 @@ class OrderDesk:
         self.log = log
         self.posclient: PosServerClient | None = None
         self.stopping = False
+        #: The mode the position server holds for this bot (``bfsx ctl``, a freeze, margin): "run",
+        #: "pause" (no new order), "close-only" or "flatten" (only orders that reduce the position).
+        self.control_mode = "run"
+        self.control_reasons: tuple[str, ...] = ()
         self._min_size = float(spec.min_size)
         self._max_size = float(spec.max_size)
         self._sent_at: deque[float] = deque()  # send times in the last second (bounded by the rate cap)
@@ -108,6 +112,11 @@ class OrderDesk:
             return f"exchange health {self.health.health} / {self.health.state}"
         if not closing:
             cfg = self.strategy_config
+            mode = self.control_mode
+            if mode == "pause":
+                return f"paused by the position server ({', '.join(self.control_reasons) or 'bfsx ctl'})"
+            if mode != "run" and not self.reduces(side, size):
+                return f"{mode} by the position server ({', '.join(self.control_reasons) or 'bfsx ctl'})"
             if cfg.close_position and not self.reduces(side, size):
                 return "close-only mode (close_position: true)"
             if cfg.in_no_trade():

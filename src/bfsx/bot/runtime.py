@@ -138,6 +138,7 @@ class BotRuntime:
                 report_interval=trade.pos_server_report_interval, query_interval=trade.pos_server_query_interval,
                 on_budget=self._on_account_budget,
                 budget=self.budget, health=self.health, settle=runtime_settler(lambda: self.reconciler),  # leases
+                control_interval=trade.pos_server_control_interval, on_control=self._on_control,
             )
 
         self.charts: BotChartReporter | None = None  # when the strategy yaml names a discord_webhook
@@ -176,6 +177,9 @@ class BotRuntime:
         self._stopping = False
         self._stop = asyncio.Event()
         self._watchers: list[ConfigWatcher[Any]] = []
+        self._flattening: asyncio.Task[None] | None = None
+        self._flatten_tried_m = -1e9  # monotonic: the last flatten attempt (bfsx ctl flatten)
+        self.flatten_orders = 0
 
     # ----------------------------------------------------------------- configs (live-reloadable)
     @property
@@ -232,9 +236,55 @@ class BotRuntime:
         realized = self.realized_today()
         profit = realized + self.unrealized()
         recovered = f" ({self.fills_recovered} recovered)" if self.fills_recovered else ""
+        mode = self.desk.control_mode
+        control = f" | mode {mode} ({', '.join(self.desk.control_reasons)})" if mode != "run" else ""
         return (f"status: position {size:+.8g}{at} | profit today {profit:+,.0f} JPY (realized {realized:+,.0f}) | "
                 f"open orders {len(self.tracker.open_orders)} | fills {self.fills_applied}{recovered} | "
-                f"API {self.budget.private_remaining} | health {self.health.health}")
+                f"API {self.budget.private_remaining} | health {self.health.health}{control}")
+
+    # ----------------------------------------------------------------- the server's controls (bfsx ctl)
+    def _on_control(self, reply: Any) -> None:
+        """The mode the position server holds for this bot: applied to the desk's refusal gate at
+        once, logged once per change; ``flatten`` also closes the position."""
+        mode, reasons = str(reply.mode), tuple(reply.reasons)
+        desk = self.desk
+        if (mode, reasons) != (desk.control_mode, desk.control_reasons):
+            why = f" ({', '.join(reasons)})" if reasons else ""
+            if mode == "run":
+                self.log.warning("position server: mode run: new orders allowed again")
+            else:
+                what = {"pause": "no new orders", "close-only": "only orders that reduce the position",
+                        "flatten": "closing the position, then close-only"}.get(mode, mode)
+                self.log.warning("position server: mode %s%s: %s", mode, why, what)
+            desk.control_mode, desk.control_reasons = mode, reasons
+        if mode == "flatten":
+            self._flatten_if_needed()
+
+    def _flatten_if_needed(self) -> None:
+        """``bfsx ctl flatten``: cancel this bot's orders and close its position at market; tried
+        again (every 4 control intervals) while a position is left."""
+        if self._stopping or (self._flattening is not None and not self._flattening.done()):
+            return
+        if abs(self.position.size) < float(self.spec.min_size) and not self.tracker.open_orders:
+            return
+        now = time.monotonic()
+        if now - self._flatten_tried_m < 4 * self.trade.pos_server_control_interval:
+            return
+        self._flatten_tried_m = now
+
+        async def flatten() -> None:
+            await self.desk.cancel_all()
+            order = await self.close_position()
+            if order is not None:
+                self.flatten_orders += 1
+                self.log.warning("position server flatten: %s %s at market: %s", order.side, order.size,
+                                 order.state.value + (f" ({order.reason})" if order.reason else ""))
+
+        task = asyncio.ensure_future(flatten())
+        task.set_name("ctl-flatten")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._flattening = task
 
     def api_remaining(self) -> int:
         """Private calls left: our own budget, which honours the account-wide view when a position

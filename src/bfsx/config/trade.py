@@ -173,6 +173,8 @@ class TradeConfig(_Model):
     pos_server_max_daily_loss: Jpy = 0.0
     pos_server_alerts: AlertKinds = DEFAULT_ALERT_KINDS
     pos_server_alert_interval: Seconds = 60.0
+    pos_server_correct_all: bool = False  # True: BFS-X's correct-everything (re-opens what a loss-cut closed)
+    pos_server_control_interval: Seconds = 0.5  # how often a bot asks its mode (bfsx ctl): well within 1 s
     # logs
     console_output: bool = True
     log_folder: str = ""
@@ -448,6 +450,7 @@ TRADE_LIVE_KEYS: frozenset[str] = frozenset(
         "over_limit_pause", "trade_health", "status_interval", "pos_server_margin_interval",
         "pos_server_keep_rate_warn", "pos_server_keep_rate_close_only", "pos_server_max_daily_loss",
         "pos_server_alerts", "pos_server_alert_interval",
+        "pos_server_correct_all",
     }
 )
 

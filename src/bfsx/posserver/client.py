@@ -263,3 +263,20 @@ async def query_status(
     if not isinstance(reply, p.StatusReply):
         raise PosServerUnavailable(f"unexpected reply {type(reply).__name__}")
     return reply.status
+
+
+async def send_ctl(
+    host: str, port: int, secret: str | bytes, command: str, market: str = "", *, client_id: str = "ctl",
+    timeout: float = 5.0,
+) -> p.CtlReply:
+    """One CTL_COMMAND (``bfsx ctl``) on a fresh connection; raises :class:`PosServerUnavailable`
+    (down, timeout, wrong secret: the server drops a badly signed frame without a word)."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    conn = _Connection(host, port, key, p.Sender(key), timeout)
+    try:
+        reply = await conn.request(p.CtlCommand(client=client_id, command=command, market=market))
+    finally:
+        await conn.close()
+    if not isinstance(reply, p.CtlReply):
+        raise PosServerUnavailable(f"unexpected reply {type(reply).__name__}")
+    return reply

@@ -123,15 +123,17 @@ class Console:
         """After every check: plain lines when there is no live table."""
         if self.live:
             return
-        if self.server.margin.polls or self.server.controls.holds:
+        if self.server.margin.polls or self.server.controls.scopes():  # holds, pauses, freezes (bfsx ctl)
             log.info("%s", self.margin_line().plain)
         for r in results:
             diff = r.exchange - r.expected if r.exchange is not None else None
             d = self.server._drift.get(r.market)
+            mode = self.server.controls.bot_control(r.market).mode  # what bfsx ctl, a freeze or a margin guard hold
             log.info(
-                "%s: Σ bots %s (%d) + base %s = %s | exchange %s | diff %s | streak %d | profit %s%s%s",
+                "%s: Σ bots %s (%d) + base %s = %s | exchange %s | diff %s | streak %d | profit %s%s%s%s",
                 r.market, _size(r.total), len(self.server.registry.bots_of(r.market)), _size(r.base),
                 _size(r.expected), _size(r.exchange), _size(diff), d.streak if d else 0, _jpy(r.profit),
+                f" | bots {mode}" if mode != "run" else "",
                 f" | skip: {r.skip_reason}" if r.skip_reason else "",
                 f" | CORRECTION {r.correction}" if r.correction else "",
             )
@@ -154,17 +156,21 @@ class Console:
                 Text(f"{age:.1f} s", style=style),
             )
         markets = Table(title="markets", expand=True, title_justify="left")
-        for col in ("market", "total", "base", "exchange", "diff", "consecutive", "profit", "status"):
-            markets.add_column(col, justify="left" if col in ("market", "status") else "right")
+        for col in ("market", "total", "base", "exchange", "diff", "consecutive", "profit", "bots", "status"):
+            markets.add_column(col, justify="left" if col in ("market", "bots", "status") else "right")
         for m, ms in sorted(s.registry.markets.items()):
             d = s._drift.get(m)
             streak = d.streak if d is not None else 0
             diff = ms.diff
+            control = s.controls.bot_control(m)
+            frozen = s.controls.frozen_why(m) is not None
+            mode = ("FROZEN, " if frozen else "") + control.mode
             markets.add_row(
-                Text(m), Text(_size(s.registry.total(m))), Text(_size(ms.base)), Text(_size(ms.exchange)),
+                Text(m), Text(_size(s.registry.total(m))), Text(_size(s.base_of(m))), Text(_size(ms.exchange)),
                 Text(_size(diff), style="red" if diff else ""),
                 Text(f"{streak}/{s.config.pos_server_consecutive}"),
                 Text(_jpy(s.registry.profit(m)), style="green" if s.registry.profit(m) >= 0 else "red"),
+                Text(mode, style="bold red" if frozen else ("yellow" if control.mode != "run" else "")),
                 Text(ms.skip_reason or ("ok" if ms.last_check else "waiting for the first check")),
             )
         budget, n = s.account_budget()

@@ -42,6 +42,10 @@ SETTLE_RETRY_S = 2.0
 OWN_HEALTH_INTERVAL_S = 15.0
 #: A fed health reading older than this (its age at the server included) is no reading.
 FEED_STALE_S = 20.0
+#: A server that refuses the control query this many times in a row while it grants leases is
+#: older than the controls: it is asked again only this often.
+CONTROL_LEGACY_AFTER = 2
+CONTROL_REPROBE_S = 30.0
 
 
 class FedHealth(HealthPoller):
@@ -111,8 +115,20 @@ class LeaseClient(PosServerClient):
 
     def __init__(self, host: str, port: int, secret: str | bytes, bot_id: str, market: str, *,
                  budget: LeasedBudget, health: HealthPoller | None = None,
-                 settle: Callable[[], Awaitable[bool]] | None = None, **kw: Any) -> None:
+                 settle: Callable[[], Awaitable[bool]] | None = None,
+                 control_interval: float = 0.5, on_control: Callable[[p.ControlReply], None] | None = None,
+                 **kw: Any) -> None:
+        """``control_interval``: seconds between two control queries (the bot's mode: ``bfsx
+        ctl``), asked on the lease connection between lease queries; ``on_control``: called with
+        every reply (the bot keeps its last mode while the server does not answer)."""
         super().__init__(host, port, secret, bot_id, market, **kw)
+        self.control_interval = control_interval
+        self.on_control = on_control
+        self.control: p.ControlReply | None = None  # the last control reply
+        self.control_errors = 0
+        self._control_failures = 0  # in a row
+        self._control_next = 0.0  # monotonic: the next control query is due
+        self._control_legacy = False
         self.budget = budget
         self.health = health
         self.settle = settle
@@ -154,6 +170,11 @@ class LeaseClient(PosServerClient):
             raise PosServerUnavailable(f"unexpected reply {type(reply).__name__}")
         self.grants += 1
         self.last_grant = reply
+        if self._control_failures >= CONTROL_LEGACY_AFTER and not self._control_legacy:
+            # Leases answered, control queries refused: an older server (it drops the unknown type).
+            self._control_legacy = True
+            log.warning("the position server does not answer control queries (an older version?): keeping "
+                        "the last mode, asking again every %.0f s", CONTROL_REPROBE_S)
         if reply.v == LEASE_VERSION:
             self.budget.apply_lease(reply.calls, valid_for_s=reply.until - reply.header.time,
                                     query_m=query_m, marks=marks, free=reply.free, bots=reply.bots)
@@ -226,12 +247,53 @@ class LeaseClient(PosServerClient):
                     log.warning("position server lease query failed (%s): a fallback share of the account "
                                 "until it answers", e)
                     warned = True
+            if not self.legacy:
+                await self._control_if_due()
             self._first_answer.set()
             self._wake.clear()
-            term = self._term()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, term - (time.monotonic() - started)))
+            lease_due = started + self._term()
+            # Between two lease queries, the control queries (short, so a bfsx ctl command is
+            # honoured within a second) on the same connection, from this one task: in order.
+            while not self._closing:
+                now = time.monotonic()
+                wait = lease_due - now
+                if not self.legacy:
+                    wait = min(wait, self._control_next - now)
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                if self._wake.is_set() or time.monotonic() >= lease_due:
+                    break
+                await self._control_if_due()
             await asyncio.sleep(max(0.0, MIN_QUERY_GAP_S - (time.monotonic() - started)))
+
+    async def _control_if_due(self) -> None:
+        if time.monotonic() < self._control_next:
+            return
+        try:
+            await self.query_control()
+        except PosServerUnavailable as e:
+            self.control_errors += 1
+            self._control_failures += 1
+            if self._control_failures == 1:
+                log.warning("position server control query failed (%s): keeping the last mode (%s)", e,
+                            self.control.mode if self.control is not None else "run")
+        else:
+            if self._control_failures:
+                log.info("position server control replies back")
+            self._control_failures, self._control_legacy = 0, False
+        gap = CONTROL_REPROBE_S if self._control_legacy else self.control_interval
+        self._control_next = time.monotonic() + max(gap, MIN_QUERY_GAP_S / 4)
+
+    async def query_control(self) -> p.ControlReply:
+        """Ask the bot's mode now and hand it to ``on_control``; raises :class:`PosServerUnavailable`."""
+        reply = await self._conn.request(p.ControlQuery(bot=self.bot_id, market=self.market))
+        if not isinstance(reply, p.ControlReply):
+            raise PosServerUnavailable(f"unexpected reply {type(reply).__name__}")
+        self.control = reply
+        if self.on_control is not None:
+            self.on_control(reply)
+        return reply
 
     def _term(self) -> float:
         """Seconds until the next regular query: half the lease term (a new one before it ends)."""

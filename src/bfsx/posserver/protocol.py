@@ -47,6 +47,9 @@ DEFAULT_MAX_AGE: Final = 30.0
 MAX_ID_LEN: Final = 64
 MAX_MARKET_LEN: Final = 32
 SERVER_ID: Final = "pos-server"
+#: Where a server listens when trade.yaml names no port (``pos_server_bind`` alone).
+DEFAULT_PORT: Final = 51000
+DEFAULT_HOST: Final = "localhost"
 #: A position or base larger than this many minimum order sizes of its product is refused
 #: (1e6 BTC, 1e8 XRP, 1e7 ETH): no bitFlyer account holds that much, so such a number is a bug
 #: or an attack, and a Decimal this large would overflow the drift check's 8-decimal arithmetic.
@@ -69,6 +72,10 @@ class MsgType(IntEnum):
     STATUS_REPLY = 5
     LEASE_QUERY = 6
     LEASE_GRANT = 7
+    CONTROL_QUERY = 8
+    CONTROL_REPLY = 9
+    CTL_COMMAND = 10
+    CTL_REPLY = 11
 
 
 class ProtocolError(Exception):
@@ -206,7 +213,59 @@ class LeaseGrant:
     header: Header | None = field(default=None, compare=False)
 
 
-Message = Report | BudgetQuery | BudgetReply | StatusQuery | StatusReply | LeaseQuery | LeaseGrant
+@dataclass(frozen=True, slots=True)
+class ControlQuery:
+    """A bot asks the mode the server holds for its market (TCP, on its lease connection)."""
+
+    bot: str
+    market: str
+    header: Header | None = field(default=None, compare=False)
+
+
+#: The bot modes of CONTROL_REPLY (docs/protocol.md).
+CONTROL_MODES: Final = ("run", "pause", "close-only", "flatten")
+#: Commands of CTL_COMMAND (``bfsx ctl``).
+CTL_COMMANDS: Final = ("status", "pause", "close-only", "resume", "flatten", "freeze", "unfreeze", "adopt")
+MAX_REASONS: Final = 16
+MAX_REASON_LEN: Final = 64
+MAX_TEXT_LEN: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReply:
+    """The bot's mode (one of :data:`CONTROL_MODES`), why, and the control generation."""
+
+    re: int
+    mode: str
+    reasons: tuple[str, ...]
+    generation: int
+    header: Header | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CtlCommand:
+    """An operator's command (``bfsx ctl``): one of :data:`CTL_COMMANDS`, for ``market`` ("" = all)."""
+
+    client: str
+    command: str
+    market: str = ""
+    header: Header | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CtlReply:
+    """The command's outcome: ``ok`` (False: refused, ``text`` says why), one line of text, and
+    the control state after it (plain JSON values)."""
+
+    re: int
+    ok: bool
+    text: str
+    controls: dict[str, Any]
+    header: Header | None = field(default=None, compare=False)
+
+
+Message = (Report | BudgetQuery | BudgetReply | StatusQuery | StatusReply | LeaseQuery | LeaseGrant
+           | ControlQuery | ControlReply | CtlCommand | CtlReply)
 
 
 # ---------------------------------------------------------------------------------------- encoding
@@ -225,6 +284,8 @@ def _num(x: float) -> float:
 def _body(msg: Message) -> tuple[MsgType, dict[str, Any]]:
     if isinstance(msg, LeaseQuery | LeaseGrant):
         return _lease_body(msg)
+    if isinstance(msg, ControlQuery | ControlReply | CtlCommand | CtlReply):
+        return _control_body(msg)
     if isinstance(msg, Report):
         body: dict[str, Any] = {
             "id": msg.bot, "market": msg.market, "pos": _num(msg.position), "base": _num(msg.base_position),
@@ -262,6 +323,18 @@ def _lease_body(msg: LeaseQuery | LeaseGrant) -> tuple[MsgType, dict[str, Any]]:
         "id": SERVER_ID, "re": msg.re, "v": int(msg.v), "until": _num(msg.until), "calls": _counts(msg.calls),
         "free": _counts(msg.free), "bots": int(msg.bots), "health": msg.health, "settle": int(msg.settle),
     }
+
+
+def _control_body(msg: ControlQuery | ControlReply | CtlCommand | CtlReply) -> tuple[MsgType, dict[str, Any]]:
+    if isinstance(msg, ControlQuery):
+        return MsgType.CONTROL_QUERY, {"id": msg.bot, "market": msg.market}
+    if isinstance(msg, ControlReply):
+        return MsgType.CONTROL_REPLY, {"id": SERVER_ID, "re": msg.re, "mode": msg.mode,
+                                       "reasons": list(msg.reasons), "gen": int(msg.generation)}
+    if isinstance(msg, CtlCommand):
+        return MsgType.CTL_COMMAND, {"id": msg.client, "cmd": msg.command, "market": msg.market}
+    return MsgType.CTL_REPLY, {"id": SERVER_ID, "re": msg.re, "ok": bool(msg.ok), "text": msg.text,
+                               "controls": msg.controls}
 
 
 def encode(msg: Message, secret: str | bytes, *, boot: int, seq: int, now: float | None = None) -> bytes:
@@ -371,6 +444,8 @@ def _message(h: Header, body: dict[str, Any]) -> Message:
     t = h.type
     if t in (MsgType.LEASE_QUERY, MsgType.LEASE_GRANT):
         return _lease_message(h, body)
+    if t in (MsgType.CONTROL_QUERY, MsgType.CONTROL_REPLY, MsgType.CTL_COMMAND, MsgType.CTL_REPLY):
+        return _control_message(h, body)
     if t == MsgType.REPORT:
         market = _market(body, "market")
         bound = max_position(market)
@@ -452,6 +527,32 @@ def _lease_message(h: Header, body: dict[str, Any]) -> LeaseQuery | LeaseGrant:
     )
 
 
+def _control_message(h: Header, body: dict[str, Any]) -> ControlQuery | ControlReply | CtlCommand | CtlReply:
+    if h.type == MsgType.CONTROL_QUERY:
+        return ControlQuery(bot=_str(body, "id", MAX_ID_LEN), market=_market(body, "market"), header=h)
+    if h.type == MsgType.CONTROL_REPLY:
+        mode = body.get("mode")
+        if mode not in CONTROL_MODES:
+            raise ProtocolError("malformed", "bad mode")
+        reasons = body.get("reasons")
+        if (not isinstance(reasons, list) or len(reasons) > MAX_REASONS
+                or not all(isinstance(r, str) and 0 < len(r) <= MAX_REASON_LEN and r.isprintable() for r in reasons)):
+            raise ProtocolError("malformed", "bad reasons")
+        return ControlReply(re=_int(body, "re"), mode=str(mode), reasons=tuple(reasons), generation=_int(body, "gen"),
+                            header=h)
+    if h.type == MsgType.CTL_COMMAND:
+        cmd = body.get("cmd")
+        if cmd not in CTL_COMMANDS:
+            raise ProtocolError("malformed", "unknown command")
+        return CtlCommand(client=_str(body, "id", MAX_ID_LEN), command=str(cmd),
+                          market=_market(body, "market", empty=True), header=h)
+    ok, controls = body.get("ok"), body.get("controls")
+    if not isinstance(ok, bool) or not isinstance(controls, dict):
+        raise ProtocolError("malformed", "bad ctl reply")
+    return CtlReply(re=_int(body, "re"), ok=ok, text=_str(body, "text", MAX_TEXT_LEN, empty=True), controls=controls,
+                    header=h)
+
+
 def decode(
     data: bytes,
     secret: str | bytes,
@@ -511,9 +612,9 @@ def sender_of(msg: Message) -> str:
     reports and TCP queries (one counter, two channels that may reorder) are checked apart."""
     if isinstance(msg, Report):
         return f"r:{msg.bot}"
-    if isinstance(msg, BudgetQuery | LeaseQuery):
+    if isinstance(msg, BudgetQuery | LeaseQuery | ControlQuery):
         return f"q:{msg.bot}"
-    if isinstance(msg, StatusQuery):
+    if isinstance(msg, StatusQuery | CtlCommand):
         return f"q:{msg.client}"
     return f"s:{SERVER_ID}"
 

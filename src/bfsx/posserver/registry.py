@@ -320,14 +320,17 @@ class Registry:
     # ------------------------------------------------------------------ checks
     def record_check(self, market: str, *, health: str, board_state: str, price: float | None,
                      exchange: Decimal | None, skip_reason: str, started: float, in_sync: bool,
-                     checked_at: float | None = None) -> None:
+                     checked_at: float | None = None, expected: Decimal | None = None) -> None:
         """One check of ``market``: what the exchange showed. ``started``: monotonic start of the
-        check; ``in_sync``: the exchange was known and within the minimum size of the expected."""
+        check; ``in_sync``: the exchange was known and within the minimum size of the expected.
+        ``expected``: what the check compared with (default :meth:`expected`; the server's differs
+        by an adopted base)."""
         ms = self.markets.get(market)
         if ms is None:
             return
         ms.health, ms.board_state, ms.price, ms.exchange = health, board_state, price, exchange
-        ms.diff = exchange - self.expected(market) if exchange is not None else None
+        want = self.expected(market) if expected is None else expected
+        ms.diff = exchange - want if exchange is not None else None
         ms.skip_reason = skip_reason
         ms.last_check = time.time() if checked_at is None else checked_at
         ms.in_sync_at = started if in_sync else None

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from bfsx import aio
-from bfsx.account.drift import DriftCheck, run_drift_loop
+from bfsx.account.drift import Correction, DriftCheck, run_drift_loop
 from bfsx.bitflyer.budget import ApiBudget, BudgetSnapshot
 from bfsx.bitflyer.errors import BitflyerError
-from bfsx.bitflyer.products import get_product
+from bfsx.bitflyer.products import PRODUCTS, get_product
 from bfsx.bitflyer.rest import RestClient
 from bfsx.bitflyer.states import health_rank
 from bfsx.config import (
@@ -54,18 +54,18 @@ from bfsx.config import (
 )
 from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
-from bfsx.posserver.controls import Controls
+from bfsx.posserver.controls import ALL, FLATTEN, FROZEN, OPERATOR, Controls
 from bfsx.posserver.history import History
 from bfsx.posserver.lease_budget import HostBudget
 from bfsx.posserver.lease_desk import HEALTH_FEED_INTERVAL_S, LeaseDesk, host_of
-from bfsx.posserver.margin import MarginWatch
+from bfsx.posserver.margin import DAILY_LOSS_HOLD, KEEP_RATE_HOLD, MarginWatch
 from bfsx.posserver.registry import ZERO, BotState, Registry, dec
 from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
 
 log = logging.getLogger("bfsx.posserver")
 
-DEFAULT_PORT = 51000
-DEFAULT_HOST = "localhost"
+DEFAULT_PORT = p.DEFAULT_PORT
+DEFAULT_HOST = p.DEFAULT_HOST
 #: Never judge a market within this many seconds of any bot's position change on it.
 MAX_QUIET_SECONDS = 5.0
 UDP_RCVBUF = 4 * 1024 * 1024
@@ -76,14 +76,14 @@ LIVE_KEYS = frozenset({  # the InfluxDB target is not live: it needs a restart
     "pos_server_discord_send_text", "pos_server_bitflyer_color", "pos_server_check_interval",
     "pos_server_consecutive", "pos_server_evict_after", "adjust_max_size", "log_level",
     "pos_server_report_interval", "pos_server_margin_interval", "pos_server_keep_rate_warn",
-    "pos_server_keep_rate_close_only", "pos_server_max_daily_loss", "pos_server_alerts", "pos_server_alert_interval",
+    "pos_server_keep_rate_close_only", "pos_server_max_daily_loss", "pos_server_alerts", "pos_server_alert_interval", "pos_server_correct_all",
 })
 #: Keys that mean nothing to the server: never worth a "needs restart" line.
 IGNORED_KEYS = frozenset({
     "strategy_py", "strategy_yaml", "bot_name", "log_folder", "console_output", "base_position",
     "adjust_position_with_api", "adjust_position_interval", "adjust_consecutive", "close_on_exit",
     "api_reserve", "over_limit_pause", "trade_health", "health_interval", "ws_silence_timeout",
-    "pos_server_query_interval", "ws_endpoint",
+    "pos_server_query_interval", "ws_endpoint", "pos_server_control_interval",
 })
 STOP_HEALTH = health_rank("NO ORDER")
 PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price is for charts only)
@@ -196,11 +196,17 @@ class PosServer:
         self.guard = p.ReplayGuard()
         self.sender = p.Sender(self._secret)
         self.history = History(self.state_dir / "history.db", horizon=config.pos_server_graph_period * 3600)
+        #: What the bots may do per market, frozen markets, adopted bases (controls.py; `bfsx ctl`).
+        self.controls = Controls(self.state_dir)
+        #: Per market, the positions evicted bots held (bot → size): a drift they explain is
+        #: corrected in either direction (its cause is known); the rest only when it reduces.
+        self._orphans: dict[str, dict[str, Decimal]] = {}
         self.bad: Counter[str] = Counter({r: 0 for r in p.REASONS})
         self.counters: Counter[str] = Counter(
             {"reports": 0, "corrections": 0, "correction_errors": 0, "evictions": 0, "queries": 0, "full": 0,
              "duplicates": 0, "market_cap": 0, "check_errors": 0, "retired": 0, "corrections_refused": 0,
-             "connections_closed": 0})
+             "connections_closed": 0, "reopen_refused": 0, "ctl_commands": 0, "ctl_refused": 0,
+             "control_queries": 0})
         self.results: dict[str, CheckResult] = {}
         self._drift: dict[str, DriftCheck] = {}
         self._saved_bases: dict[str, Decimal] = {}
@@ -211,8 +217,6 @@ class PosServer:
         self._pending: OrderedDict[asyncio.StreamWriter, tuple[str, float, asyncio.Task[Any]]] = OrderedDict()
         self._prices: dict[str, tuple[float, float | None]] = {}
         self.on_report: Callable[[p.Report, str], None] | None = None  # benches / tools: after each apply
-        #: Close-only holds (margin thresholds, daily loss, operator commands): controls.py.
-        self.controls = Controls()
         self.alerts: Any = None  # reporting.alerts.Alerts when pos_server_discord is set
         self.alerts_logged = 0
         #: The account's margin, polled once for the account (margin.py).
@@ -220,6 +224,8 @@ class PosServer:
         self.margin = MarginWatch(self.rest, lambda: self.config, self.controls,
                                   lambda kind, text: self.alert(kind, text), self.bots_cfd_pnl)
         self.margin.on_sample = self._account_sample
+        # The margin holds follow the live readings: recomputed after a restart, never restored.
+        self.controls.volatile |= {KEEP_RATE_HOLD, DAILY_LOSS_HOLD}
         self._health_stopped: set[str] = set()  # markets whose STOP / NO ORDER was alerted
         self._over_limit_alerted: dict[str, float] = {}  # bot id ("" = the server) → paused, alerted
 
@@ -295,6 +301,7 @@ class PosServer:
         # nothing: refuse everything sent before this start (see ReplayGuard.check).
         self.guard = p.ReplayGuard(not_before=self.started_at)
         await self.history.open()
+        self.controls.load(frozenset(PRODUCTS))
         await self._restore()
         await self._bind()
         self._spawn(self._check_loop(), "check")
@@ -504,6 +511,10 @@ class PosServer:
             return
         self.counters["reports"] += 1
         self.reports_since_start += 1
+        if applied == "new" and self._orphans:
+            orphans = self._orphans.get(msg.market)
+            if orphans is not None and orphans.pop(msg.bot, None) is not None and not orphans:
+                del self._orphans[msg.market]  # it is back: its position is counted again
         if applied == "full":
             self.counters["full"] += 1
             self._log_rate("full", "registry full (%d bots): report of %s ignored", self.registry.max_bots, msg.bot)
@@ -625,7 +636,8 @@ class PosServer:
                 async with asyncio.timeout(self.tcp_timeout):
                     data = await reader.readexactly(n)
                 msg = p.decode(data, self._secret, max_age=self.max_age)
-                if not isinstance(msg, p.BudgetQuery | p.StatusQuery | p.LeaseQuery) or msg.header is None:
+                if not isinstance(msg, p.BudgetQuery | p.StatusQuery | p.LeaseQuery | p.ControlQuery | p.CtlCommand) \
+                        or msg.header is None:
                     raise p.ProtocolError("malformed", "not a query on the TCP port")
                 self.guard.check(p.sender_of(msg), msg.header)
             except p.ProtocolError as e:
@@ -642,6 +654,10 @@ class PosServer:
                 reply = self.lease_grant(msg, peer)
             elif isinstance(msg, p.BudgetQuery):
                 reply = self.budget_reply(msg.header.seq)
+            elif isinstance(msg, p.ControlQuery):
+                reply = self.control_reply(msg)
+            elif isinstance(msg, p.CtlCommand):
+                reply = await self.ctl(msg)
             else:
                 reply = p.StatusReply(re=msg.header.seq, status=self.status())
             writer.write(p.frame(self.sender.encode(reply)))
@@ -682,13 +698,15 @@ class PosServer:
             d = self._drift.get(m)
             markets.append({
                 "market": m, "total": float(self.registry.total(m)), "base": float(ms.base),
-                "expected": float(self.registry.expected(m)),
+                "expected": float(self.registry.total(m) + self.base_of(m)),
                 "exchange": float(ms.exchange) if ms.exchange is not None else None,
                 "diff": float(ms.diff) if ms.diff is not None else None,
                 "consecutive": d.streak if d is not None else 0, "profit": self.registry.profit(m),
                 "bots": len(self.registry.bots_of(m)), "last_check": ms.last_check,
                 "skip_reason": ms.skip_reason, "corrections": ms.corrections,
                 "health": ms.health, "state": ms.board_state,
+                "base_adjust": float(self.controls.adjust_of(m)), "frozen": self.controls.frozen_why(m),
+                "mode": self.controls.bot_control(m).mode,
             })
         try:
             budget: dict[str, Any] | None = self.account_budget()[0].to_dict()
@@ -705,6 +723,7 @@ class PosServer:
             "duplicates": duplicates,
             "leases": self.leases.status(),
             "margin": self.margin.status(),
+            "controls": self.controls.to_dict(),
         }
 
     # ------------------------------------------------------------------ the check
@@ -730,6 +749,8 @@ class PosServer:
                 log.warning("bot %s evicted after %.0f s of silence, holding %s on %s: its position now counts as "
                             "drift", b.bot, self.config.pos_server_evict_after, b.position, b.market)
                 self._alert_eviction(b)
+                if b.position != 0:
+                    self._orphans.setdefault(b.market, {})[b.bot] = b.position
         except Exception:
             self._log_once_exception("eviction", "evicting silent bots failed")
         try:
@@ -768,6 +789,7 @@ class PosServer:
             self.results.pop(m, None)
             self._prices.pop(m, None)
             self._failing.pop(m, None)
+            self._orphans.pop(m, None)
             if ms.diff is not None and ms.in_sync_at is None:
                 log.warning("%s retired: no live bot reports it; the exchange still differs by %s from the base %s "
                             "(not corrected any more)", m, ms.diff, ms.base)
@@ -842,8 +864,9 @@ class PosServer:
         warm = time.monotonic() - self._started_m >= self.startup_grace and self.reports_since_start > 0
         # Quiet before AND during the requests: a fill reported meanwhile may or may not be in them.
         quiet = ms.last_change == change_before and t0 - ms.last_change >= self.quiet_seconds
-        expected = self.registry.expected(market)
         total = self.registry.total(market)
+        base = self.base_of(market)
+        expected = total + base
         claimants = self.registry.claimants_on(market)
         correction = None
         if not warm:
@@ -864,13 +887,195 @@ class PosServer:
             hold = self._settle_gate(market, actual - expected, drift, t0) if quiet else ""
             if hold:
                 reason, correction = hold, None
+            frozen = self.controls.frozen_why(market)
+            if frozen is not None:
+                held = "frozen: no correction until 'bfsx ctl unfreeze' or 'adopt'"
+                reason, correction = (f"{held}; {reason}" if reason else held), None
+            elif correction is not None:
+                correction = self._reopen_gate(market, correction, actual, expected)
+                if correction is None:
+                    reason = "frozen: the correction would re-open a position"
         in_sync = actual is not None and abs(actual - expected) < drift.min_size
+        if in_sync:
+            self._orphans.pop(market, None)  # whatever evicted bots left is corrected (or healed)
+            self.controls.in_sync(market)
         self.registry.record_check(market, health=health, board_state=board, price=price, exchange=actual,
-                                   skip_reason=reason, started=t0, in_sync=in_sync)
+                                   skip_reason=reason, started=t0, in_sync=in_sync, expected=expected)
         done = ""
         if correction is not None:
-            done = await self._correct(market, correction.side, correction.size, expected, actual, total, ms.base)
-        return CheckResult(market, total, ms.base, expected, actual, self.registry.profit(market), price, reason, done)
+            done = await self._correct(market, correction.side, correction.size, expected, actual, total, base)
+        return CheckResult(market, total, base, expected, actual, self.registry.profit(market), price, reason, done)
+
+    # ------------------------------------------------------------------ controls (controls.py)
+    def base_of(self, market: str) -> Decimal:
+        """The base the check compares with: the bots' ``base_position`` plus what ``bfsx ctl
+        adopt`` added."""
+        ms = self.registry.markets.get(market)
+        return (ms.base if ms is not None else ZERO) + self.controls.adjust_of(market)
+
+    def _reopen_gate(self, market: str, correction: Correction, actual: Decimal,
+                     expected: Decimal) -> Correction | None:
+        """Reduce-only corrections: the correction as it may go out, or None (the market is then
+        frozen, its bots close-only, and an alert goes out).
+
+        A correction may only bring the account's absolute exchange position down: a drift that
+        lowers |exchange| is a trade no bot placed that took exposure away (a loss-cut, a hand
+        flatten), and undoing it would re-open what someone closed. One that would cross zero is cut
+        to the part that flattens. ``pos_server_correct_all`` (BFS-X's behaviour) and ``bfsx ctl
+        flatten`` (the operator asked for the base) let every correction through."""
+        if self.config.pos_server_correct_all or self.controls.to_base(market) or self.controls.reopen_allowed(market):
+            return correction
+        spec = get_product(market)
+        min_size = spec.min_size if spec is not None else Decimal("0.001")
+        orphan = sum(self._orphans.get(market, {}).values(), ZERO)
+        if orphan != 0 and (correction.side == "SELL") == (orphan > 0):
+            # The exchange holds what an evicted bot held: removing it is no re-opening.
+            size = min(correction.size, abs(orphan))
+            if size >= min_size:
+                return correction if size == correction.size else Correction(correction.side, size, correction.diff)
+        if actual != 0 and (correction.side == "SELL") == (actual > 0):  # toward zero
+            if correction.size <= abs(actual):
+                return correction
+            # Crosses zero: only the part that flattens reduces; the rest would open the other side.
+            if abs(actual) >= min_size:
+                return Correction(correction.side, abs(actual), correction.diff)
+        self.counters["reopen_refused"] += 1
+        why = (f"{market}: exchange {actual} ≠ expected {expected}; the correction {correction.side} "
+               f"{correction.size} would re-open a position a trade no bot placed took away (a loss-cut or a "
+               f"hand flatten?): NOT sent; {market} frozen, its bots close-only until 'bfsx ctl adopt' "
+               f"(take {actual} as it is) or 'bfsx ctl unfreeze' (correct it)")
+        newly = self.controls.freeze(market, why)
+        self.controls.hold(FROZEN, market)
+        if newly:
+            self.alert("freeze", why)
+        return None
+
+    def _consume_orphans(self, market: str, side: str, size: Decimal) -> None:
+        """A correction of ``side`` ``size`` went out: what it removed of evicted bots' positions
+        is no longer theirs to explain."""
+        orphans = self._orphans.get(market)
+        if orphans is None:
+            return
+        left = size
+        for bot, pos in list(orphans.items()):
+            if left <= 0:
+                break
+            if (side == "SELL") != (pos > 0):
+                continue
+            take = min(left, abs(pos))
+            left -= take
+            rest = pos - take if pos > 0 else pos + take
+            if rest == 0:
+                del orphans[bot]
+            else:
+                orphans[bot] = rest
+        if not orphans:
+            del self._orphans[market]
+
+    def control_reply(self, q: p.ControlQuery) -> p.ControlReply:
+        """The mode of ``q``'s bot (its market's controls)."""
+        assert q.header is not None
+        self.counters["control_queries"] += 1
+        c = self.controls.bot_control(q.market)
+        return p.ControlReply(re=q.header.seq, mode=c.mode, reasons=c.reasons[:p.MAX_REASONS],
+                              generation=c.generation)
+
+    async def ctl(self, cmd: p.CtlCommand) -> p.CtlReply:
+        """One ``bfsx ctl`` command: applied, persisted, alerted; the reply says what it did."""
+        assert cmd.header is not None
+        market = cmd.market or None
+        try:
+            ok, text = await self._apply_ctl(cmd.command, market)
+        except Exception as e:  # a command must never take the connection handler down
+            log.exception("ctl %s failed", cmd.command)
+            ok, text = False, f"{cmd.command} failed: {type(e).__name__}"
+        if cmd.command != "status":
+            self.counters["ctl_commands" if ok else "ctl_refused"] += 1
+            where = market or "every market"
+            if ok:
+                self.alert("kill_switch", f"bfsx ctl {cmd.command} ({where}): {text}")
+            else:
+                log.warning("bfsx ctl %s (%s) refused: %s", cmd.command, where, text)
+        return p.CtlReply(re=cmd.header.seq, ok=ok, text=text[:p.MAX_TEXT_LEN], controls=self.controls.to_dict())
+
+    async def _apply_ctl(self, command: str, market: str | None) -> tuple[bool, str]:
+        c = self.controls
+        where = market or "every market"
+        live = market is None or market in self.registry.markets
+        note = "" if live else f" (no live bot reports {market} yet: applies when one does)"
+        if command == "status":
+            return True, c.summary() or "nothing held: every bot runs, corrections on"
+        if command == "pause":
+            c.pause(OPERATOR, market)
+            return True, f"{where}: paused (no new orders){note}"
+        if command == "close-only":
+            c.hold(OPERATOR, market)
+            return True, f"{where}: close-only{note}"
+        if command == "resume":
+            # Without a market: every scope (a pause of one market included), as the operator means it.
+            scopes: list[str | None] = [market] if market is not None else \
+                [None, *sorted((set(c.holds) | set(c.pauses)) - {ALL})]
+            changed = [f(reason, sc) for sc in scopes
+                       for f, reason in ((c.unpause, OPERATOR), (c.release, OPERATOR), (c.release, FLATTEN))]
+            if DAILY_LOSS_HOLD in (c.held(market) if market is not None else c.holds.get(ALL, set())):
+                # The margin watch's: an operator's resume lifts it for the rest of the JST day.
+                changed.append(self.margin.resume_daily_loss())
+            if market is not None:
+                reasons = c.held(market) + [f"pause:{x}" for x in c.paused(market)]
+                left = [f"{market}: {', '.join(reasons)}"] if reasons else []
+            else:  # what other scopes (a market's own, the margin guard's) still hold
+                left = [f"{sc}: {', '.join(sorted(c.holds.get(sc, set()) | {f'pause:{x}' for x in c.pauses.get(sc, set())}))}"
+                        for sc in sorted(set(c.holds) | set(c.pauses))]
+            text = f"{where}: resumed" if any(changed) else f"{where}: nothing of bfsx ctl was held"
+            return True, text + (f"; still held: {'; '.join(left)}" if left else "") + note
+        if command == "flatten":
+            c.hold(FLATTEN, market)
+            lifted = c.unfreeze(market)
+            extra = f"; unfrozen: {', '.join(lifted)}" if lifted else ""
+            return True, (f"{where}: every bot closes its position and stays close-only; the server brings the "
+                          f"market to its base{extra}{note}")
+        if command == "freeze":
+            c.freeze(market, f"bfsx ctl freeze ({where})")
+            return True, f"{where}: frozen (no correcting order){note}"
+        if command == "unfreeze":
+            lifted = c.unfreeze(market)
+            if not lifted:
+                if market is not None and c.frozen_why(market) is not None:
+                    return False, f"{market} is frozen for every market: 'bfsx ctl unfreeze' without a market lifts it"
+                return True, f"{where}: was not frozen"
+            # The operator confirmed: the correction the freeze held back may re-open, once.
+            markets = sorted({m for m in lifted if m != ALL} | (set(self.registry.markets) if ALL in lifted else set()))
+            c.allow_reopen(markets)
+            return True, (f"unfrozen: {', '.join(lifted)} (corrections on, also one that re-opens a position, until "
+                          f"in sync; close-only of the freeze lifted)")
+        if command == "adopt":
+            return await self._adopt(market)
+        return False, f"unknown command {command!r}"
+
+    async def _adopt(self, market: str | None) -> tuple[bool, str]:
+        """The exchange position now becomes the expected one: base += exchange − (Σ bots + base)."""
+        markets = [market] if market is not None else sorted(self.registry.markets)
+        if not markets:
+            return False, "no market to adopt: no live bot reports one (name the market)"
+        done = []
+        for m in markets:
+            try:
+                actual = await self.rest.net_position(m)
+            except BitflyerError as e:
+                return False, f"{m}: exchange position unknown ({type(e).__name__}): nothing adopted"
+            bound = Decimal(repr(p.max_position(m)))
+            if not isinstance(actual, Decimal) or not actual.is_finite() or abs(actual) >= bound:
+                return False, f"{m}: exchange position not a bounded number: nothing adopted"
+            ms = self.registry.markets.get(m)
+            reported = ms.base if ms is not None else ZERO
+            adjust = actual - self.registry.total(m) - reported
+            self.controls.adopt(m, adjust)
+            self.controls.unfreeze(m)
+            d = self._drift.get(m)
+            if d is not None:
+                d.reset()
+            done.append(f"{m} base {reported + adjust} (base_position {reported} {adjust:+})")
+        return True, "adopted: " + "; ".join(done) + " (corrections on)"
 
     # ------------------------------------------------------------------ leases (lease_desk.py)
     def lease_grant(self, q: p.LeaseQuery, peer: Any) -> p.LeaseGrant:
@@ -947,6 +1152,7 @@ class PosServer:
             return f"{side} {size} failed"
         self.counters["corrections"] += 1
         self.registry.correction_sent(market)
+        self._consume_orphans(market, side, size)
         log.info("%s: correcting order %s %s accepted (%s)", market, side, size, acc)
         self.alert("correction", f"{market}: exchange {actual} ≠ expected {expected} (Σ bots {total} + base {base}) "
                                  f"for {self.config.pos_server_consecutive} checks: sent MARKET {side} {size}")
