@@ -292,3 +292,23 @@ async def test_a_bot_keeps_its_last_mode_when_control_queries_fail(server_factor
         assert caplog.text.count("does not answer control queries") == 1
     finally:
         await client.stop()
+
+
+async def test_margin_holds_are_not_restored_and_resume_lifts_the_daily_loss(server_factory: Any, tmp_path: Path) -> None:
+    from bfsx.posserver.margin import DAILY_LOSS_HOLD, KEEP_RATE_HOLD
+
+    server: PosServer = await server_factory()
+    server.controls.hold(KEEP_RATE_HOLD)
+    server.controls.hold("ctl", FX)
+    saved = json.loads((tmp_path / "state" / "controls.json").read_text())
+    assert saved["holds"] == {FX: ["ctl"]}  # the margin watch recomputes its holds after a restart
+    assert server.controls.to_dict()["holds"] == {"*": [KEEP_RATE_HOLD], FX: ["ctl"]}  # status shows them
+    again = Controls(tmp_path / "state")
+    again.volatile = {KEEP_RATE_HOLD}
+    again.load(frozenset(PRODUCTS))
+    assert again.held(FX) == ["ctl"]
+    # An operator's resume lifts the daily loss hold (for the rest of the JST day), not the keep rate's.
+    server.controls.hold(DAILY_LOSS_HOLD)
+    ok, text = await server._apply_ctl("resume", None)
+    assert ok and DAILY_LOSS_HOLD not in server.controls.held(FX) and KEEP_RATE_HOLD in server.controls.held(FX), text
+    assert "still held: *: keep_rate" in text
