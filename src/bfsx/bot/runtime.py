@@ -267,7 +267,7 @@ class BotRuntime:
             return
         if abs(self.position.size) < float(self.spec.min_size) and not self.tracker.open_orders:
             return
-        now = time.monotonic()
+        now = clock.monotonic()
         if now - self._flatten_tried_m < 4 * self.trade.pos_server_control_interval:
             return
         self._flatten_tried_m = now
