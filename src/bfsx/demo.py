@@ -143,6 +143,8 @@ class Demo:
         self._stop = asyncio.Event()
         self._t0 = 0.0
         self._sold = False  # a hand sale the operator has not adopted yet
+        self._sale_started = False  # the third fault began (a short run may end before it)
+        self._manual_corrections = -1  # BTC_JPY corrections before the foreign buy (-1: none yet)
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -218,7 +220,7 @@ class Demo:
             self.note("fault cleared: bots settle their stuck orders from the exchange")
             if not await self._sleep_until(base + self.t.manual_at):
                 return
-            corrections = self._corrections("BTC_JPY")
+            corrections = self._manual_corrections = self._corrections("BTC_JPY")
             await self._manual_trade()
             if not await self._hand_sale(corrections):
                 return
@@ -262,15 +264,15 @@ class Demo:
             await asyncio.sleep(0.2)
         return True
 
-    async def _hand_sale(self, corrections_before: int) -> bool:
+    async def _hand_sale(self, corrections_before: int, *, stoppable: bool = True) -> bool:
         """The third fault, once the foreign buy is corrected (two drifts at once would mix): BTC
         sold by hand; the server freezes the market instead of buying it back; the operator adopts.
         False when the demo is stopping."""
         assert self.server is not None
         server, t = self.server, self.t
         patience = (t.consecutive + 6) * t.check_interval * 2
-        await self._until(lambda: self._corrections("BTC_JPY") > corrections_before, patience)
-        if self._stop.is_set():
+        await self._until(lambda: self._corrections("BTC_JPY") > corrections_before, patience, stoppable=stoppable)
+        if stoppable and self._stop.is_set():
             return False
         last = ""
         async with RestClient(self.sim_url, API_KEY, API_SECRET) as rest:
@@ -288,8 +290,9 @@ class Demo:
             return True
         self.note(f"FAULT: {t.hand_sale_size} BTC sold by hand on BTC_JPY (an emergency sale in the app); "
                   "the position server must not buy it back")
-        self._sold = True
-        if not await self._until(lambda: server.controls.frozen_why("BTC_JPY") is not None, patience):
+        self._sold = self._sale_started = True
+        if not await self._until(lambda: server.controls.frozen_why("BTC_JPY") is not None, patience,
+                                 stoppable=stoppable):
             return not self._stop.is_set()
         await self._resolve_freeze()
         return not self._stop.is_set()
@@ -368,7 +371,10 @@ class Demo:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         codes = {b.name: await asyncio.to_thread(self._wait_exit, b.name, 30.0) for b in BOTS}
-        if self._sold:  # the run ended between the hand sale and the operator's adopt
+        if not self._sale_started and self._manual_corrections >= 0:
+            # A short run ended before the third fault: it runs now, with the bots stopped.
+            await self._hand_sale(self._manual_corrections, stoppable=False)
+        elif self._sold:  # the run ended between the hand sale and the operator's adopt
             await self._until(lambda: self.server is not None and self.server.controls.frozen_why("BTC_JPY") is not None,
                               (cfg.pos_server_consecutive + 6) * cfg.pos_server_check_interval * 2, stoppable=False)
             await self._resolve_freeze()
