@@ -9,7 +9,7 @@ scalping on FX_BTC_JPY, market making on BTC_JPY. Mid-run three faults show the 
 2. *a trade no bot knows*: a market order placed on the account behind the bots' backs; the
    position server sees exchange ≠ Σ bots + base for several checks and sends a capped correction;
 3. *an emergency sale by hand*: BTC sold on the account in the app; the server never buys back what
-   an outside trade took away: it freezes BTC_JPY, the bot there goes close-only, an alert goes
+   an outside trade took away: it freezes BTC_JPY, the bot there is paused, an alert goes
    out, and the operator (the demo) runs ``bfsx ctl adopt BTC_JPY``: the exchange as it is becomes
    the expected position (the adopted base).
 
@@ -301,7 +301,7 @@ class Demo:
         """Say the freeze, then act as the operator: ``bfsx ctl adopt BTC_JPY``."""
         if self.server is not None and self.server.controls.frozen_why("BTC_JPY") is not None:
             self.note("the position server froze BTC_JPY instead of buying back (ALERT in its log); "
-                      "mm_spot is close-only")
+                      "mm_spot is paused")
         await self._adopt("BTC_JPY")
 
     async def _adopt(self, market: str) -> None:

@@ -51,14 +51,14 @@ async def test_a_frozen_market_and_held_bots_show_in_the_table_and_the_lines(
     out.print(Console(s, live=True).render())
     assert "FROZEN" not in out.export_text() and "HOLDS" not in out.export_text()
     s.controls.freeze("FX_BTC_JPY", "a hand flatten")
-    s.controls.hold("frozen", "FX_BTC_JPY")
+    s.controls.pause("frozen", "FX_BTC_JPY")
     out = RichConsole(record=True, width=200)
     out.print(Console(s, live=True).render())
     text = out.export_text()
-    assert "FROZEN, close-only" in text and "HOLDS: FX_BTC_JPY close-only (frozen); FX_BTC_JPY frozen" in text
+    assert "FROZEN, pause" in text and "HOLDS: FX_BTC_JPY paused (frozen); FX_BTC_JPY frozen" in text
     s._console = Console(s, live=False)
     caplog.set_level(logging.INFO, logger="bfsx.posserver.console")
     await s.check_all()
     lines = [r.getMessage() for r in caplog.records if r.name == "bfsx.posserver.console"]
-    assert lines and "| bots close-only" in lines[-1]
+    assert lines and "| bots pause" in lines[-1]
     await c.stop()

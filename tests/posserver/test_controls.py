@@ -50,13 +50,13 @@ def test_controls_survive_a_restart_and_a_bad_file_starts_empty(tmp_path: Path, 
     c.hold("ctl", FX)
     c.pause("ctl")
     c.freeze(FX, "why")
-    c.hold(FROZEN, FX)
+    c.pause(FROZEN, FX)
     c.adopt(FX, D("-0.03"))
     again = Controls(tmp_path)
     again.load(frozenset(PRODUCTS))
     assert again.to_dict() | {"saved": 0} == c.to_dict() | {"saved": 0}
     assert again.adjust_of(FX) == D("-0.03") and again.frozen_why(FX) == "why"
-    assert again.unfreeze(FX) == [FX] and again.frozen_why(FX) is None and FROZEN not in again.held(FX)
+    assert again.unfreeze(FX) == [FX] and again.frozen_why(FX) is None and FROZEN not in again.paused(FX)
     # A damaged file: one line, an empty state (the guard must start).
     (tmp_path / "controls.json").write_text("{not json")
     broken = Controls(tmp_path)
@@ -104,8 +104,8 @@ def test_only_corrections_that_reduce_the_exchange_position_go_out(tmp_path: Pat
     assert _gate(s, FX, "SELL", "0.03", "0.03", "0") == Correction("SELL", D("0.03"), D("0.03"))
     # Bots long 0.1, a hand sale of 0.04 leaves 0.06: buying it back re-opens. Frozen, one alert.
     assert _gate(s, FX, "BUY", "0.04", "0.06", "0.1") is None
-    assert s.controls.frozen_why(FX) is not None and s.controls.bot_control(FX).mode == "close-only"
-    assert s.controls.bot_control(FX).reasons == ("frozen",)
+    assert s.controls.frozen_why(FX) is not None and s.controls.bot_control(FX).mode == "pause"
+    assert s.controls.bot_control(FX).reasons == ("pause:frozen",)
     assert _gate(s, FX, "BUY", "0.04", "0.06", "0.1") is None
     assert [k for k, _ in alerts] == ["freeze"]  # once, however often it is refused
     assert s.counters["reopen_refused"] == 2

@@ -4,7 +4,8 @@ this process, and ``bfsx ctl`` run as the operator would (a subprocess of the re
 
 - a hand flatten on the exchange, or the simulator's loss-cut: nothing re-opened for at least 3
   check rounds, the market frozen,
-  every bot close-only (its log, its status line, its refusal gate), one alert; ``bfsx ctl adopt``
+  every bot paused (its log, its status line, its refusal gate: even a closing order would open
+  exposure, the bots' positions being gone from the exchange), one alert; ``bfsx ctl adopt``
   resolves it with invariant 1 on the adopted base;
 - a foreign buy is still corrected (it reduces); ``bfsx ctl flatten`` brings every bot and the
   exchange to the base; ``resume`` lets them trade again;
@@ -193,7 +194,7 @@ async def _hand_trade(h: Harness, side: str, size: float) -> None:
 
 
 @pytest.mark.parametrize("outside", ["hand_flatten", "loss_cut"])
-async def test_a_hand_flatten_is_not_reopened_bots_close_only_one_alert_then_adopt(harness: Harness,
+async def test_a_hand_flatten_is_not_reopened_bots_paused_one_alert_then_adopt(harness: Harness,
                                                                                    outside: str) -> None:
     h = harness
     server = await h.start_server()
@@ -219,16 +220,21 @@ async def test_a_hand_flatten_is_not_reopened_bots_close_only_one_alert_then_ado
     assert len(freezes) == 1, h.alerts
     assert "re-open" in freezes[0][1] and FX in freezes[0][1]
     assert h.total() == Decimal("0.03")  # the bots still believe their positions (their own fills)
-    # Every bot: told once, shows it in its status line, its gate refuses what grows the position.
-    await wait_for(lambda: h.every_log("position server: mode close-only (frozen)"), 10, what="bots close-only")
-    await wait_for(lambda: h.every_log("| mode close-only (frozen)"), 10, what="status lines")
-    await wait_for(lambda: h.every_log("ctl_bot probe BUY refused: close-only by the position server (frozen)"),
+    # Every bot: told once, shows it in its status line, its gate refuses every order: a SELL that
+    # "closes" a bot's own position would open a short on the flat account.
+    await wait_for(lambda: h.every_log("position server: mode pause (pause:frozen)"), 10, what="bots paused")
+    await wait_for(lambda: h.every_log("| mode pause (pause:frozen)"), 10, what="status lines")
+    await wait_for(lambda: h.every_log("ctl_bot probe BUY refused: paused by the position server (pause:frozen)"),
                    10, what="BUY refused")
-    assert all(h.log(n).count("position server: mode close-only") == 1 for n in h.bots)
-    assert all("ctl_bot probe SELL ok" in h.log(n) for n in h.bots)  # reducing its own position: allowed
+    await wait_for(lambda: h.every_log("ctl_bot probe SELL refused: paused by the position server (pause:frozen)"),
+                   10, what="SELL refused")
+    assert all(h.log(n).count("position server: mode pause") == 1 for n in h.bots)
+    # The gate's latest answer for a SELL (logged on each change) is the refusal: not one closing order.
+    assert all(h.log(n).rsplit("ctl_bot probe SELL ", 1)[1].startswith("refused: paused") for n in h.bots)
+    assert h.net() == 0  # nothing traded while frozen
     st = server.status()
     fx = next(m for m in st["markets"] if m["market"] == FX)
-    assert fx["frozen"] and fx["mode"] == "close-only"
+    assert fx["frozen"] and fx["mode"] == "pause"
 
     # The operator keeps the account flat: the exchange position becomes the expected one.
     marks = h.marks()

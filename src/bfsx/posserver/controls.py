@@ -2,10 +2,12 @@
 
 Owns, for every market (or every market at once, the scope ``ALL``):
 
-- **holds**: reasons the bots are close-only (``ctl`` for ``bfsx ctl close-only``, ``frozen`` for a
-  refused re-opening correction, ``flatten`` for ``bfsx ctl flatten``, and whatever another part of
-  the server holds, e.g. ``keep_rate`` / ``daily_loss``). Bots are close-only while any reason holds.
-- **pauses**: reasons the bots send no new order at all (``ctl`` for ``bfsx ctl pause``).
+- **holds**: reasons the bots are close-only (``ctl`` for ``bfsx ctl close-only``, ``flatten`` for
+  ``bfsx ctl flatten``, and whatever another part of the server holds, e.g. ``keep_rate`` /
+  ``daily_loss``). Bots are close-only while any reason holds.
+- **pauses**: reasons the bots send no new order at all (``ctl`` for ``bfsx ctl pause``, ``frozen``
+  for a refused re-opening correction: there the bots' positions are no longer on the exchange, so
+  even a closing order would open exposure).
 - **frozen** markets: no correcting order is sent there (a refused re-opening, or ``bfsx ctl freeze``).
 - **adopted base**: what ``bfsx ctl adopt`` added to the bots' ``base_position`` so that the
   exchange position of that moment is the expected one.
@@ -153,17 +155,18 @@ class Controls:
 
     def unfreeze(self, market: str | None) -> list[str]:
         """Lift the freeze of ``market`` (None: of every market, and the every-market one) and its
-        ``frozen`` hold; the scopes that were frozen."""
+        ``frozen`` hold or pause; the scopes that were frozen."""
         scopes = list(self.frozen) if market is None else [s for s in (market,) if s in self.frozen]
         for s in scopes:
             del self.frozen[s]
-        for s in (list(self.holds) if market is None else [market]):
-            reasons = self.holds.get(s)
-            if reasons is not None and FROZEN in reasons:
-                reasons.discard(FROZEN)
-                if not reasons:
-                    del self.holds[s]
-                scopes = scopes if s in scopes else [*scopes, s]
+        for table in (self.holds, self.pauses):
+            for s in (list(table) if market is None else [market]):
+                reasons = table.get(s)
+                if reasons is not None and FROZEN in reasons:
+                    reasons.discard(FROZEN)
+                    if not reasons:
+                        del table[s]
+                    scopes = scopes if s in scopes else [*scopes, s]
         if scopes:
             self._changed()
         return scopes

@@ -916,7 +916,7 @@ class PosServer:
     def _reopen_gate(self, market: str, correction: Correction, actual: Decimal,
                      expected: Decimal) -> Correction | None:
         """Reduce-only corrections: the correction as it may go out, or None (the market is then
-        frozen, its bots close-only, and an alert goes out).
+        frozen, its bots paused, and an alert goes out).
 
         A correction may only bring the account's absolute exchange position down: a drift that
         lowers |exchange| is a trade no bot placed that took exposure away (a loss-cut, a hand
@@ -942,10 +942,12 @@ class PosServer:
         self.counters["reopen_refused"] += 1
         why = (f"{market}: exchange {actual} ≠ expected {expected}; the correction {correction.side} "
                f"{correction.size} would re-open a position a trade no bot placed took away (a loss-cut or a "
-               f"hand flatten?): NOT sent; {market} frozen, its bots close-only until 'bfsx ctl adopt' "
-               f"(take {actual} as it is) or 'bfsx ctl unfreeze' (correct it)")
+               f"hand flatten?): NOT sent; {market} frozen, its bots paused until 'bfsx ctl adopt' "
+               f"(take {actual} as it is), 'flatten' or 'unfreeze' (correct it)")
         newly = self.controls.freeze(market, why)
-        self.controls.hold(FROZEN, market)
+        # Paused, not close-only: the bots still count positions the outside trade already closed,
+        # so a bot "closing" its position would open the opposite one on the exchange.
+        self.controls.pause(FROZEN, market)
         if newly:
             self.alert("freeze", why)
         return None
@@ -1047,7 +1049,7 @@ class PosServer:
             markets = sorted({m for m in lifted if m != ALL} | (set(self.registry.markets) if ALL in lifted else set()))
             c.allow_reopen(markets)
             return True, (f"unfrozen: {', '.join(lifted)} (corrections on, also one that re-opens a position, until "
-                          f"in sync; close-only of the freeze lifted)")
+                          f"in sync; the freeze's pause lifted)")
         if command == "adopt":
             return await self._adopt(market)
         return False, f"unknown command {command!r}"
