@@ -318,3 +318,32 @@ async def test_c_pause_survives_a_server_restart_and_resume(harness: Harness) ->
     assert code == 0 and "resumed" in out, out
     await wait_for(lambda: h.every_log_after(marks, "position server: mode run"), 10, what="bot runs again")
     await wait_for(lambda: h.every_log_after(marks, "ctl_bot probe BUY ok"), 10, what="BUY allowed again")
+
+
+async def test_margin_keep_rate_and_daily_loss_turn_real_bots_close_only(harness: Harness) -> None:
+    """Margin watch + real controls: a collateral drop below pos_server_keep_rate_close_only puts
+    every bot process close-only; a deposit releases it; a daily loss limit does the same."""
+    from bfsx.sim.hooks import SimHooks
+
+    h = harness
+    await h.start_server(pos_server_margin_interval=0.1, pos_server_keep_rate_warn=1.5,
+                         pos_server_keep_rate_close_only=1.0)
+    h.start_bot("m1", 0.02)
+    h.start_bot("m2", 0.01)
+    server = await _bots_ready(h, Decimal("0.03"))
+    c = h.sim.state()["accounts"][KEY]["collateral"]
+    hooks = SimHooks(h.sim.url)
+    await hooks.set_account(KEY, round(0.8 * c["require_collateral"] - c["open_position_pnl"], 2))
+    await wait_for(lambda: h.every_log("position server: mode close-only (keep_rate)"), 20, what="bots close-only")
+    assert server.controls.bot_control(FX).mode == "close-only"
+    marks = h.marks()
+    await hooks.set_account(KEY, 10_000_000)
+    await wait_for(lambda: h.every_log_after(marks, "position server: mode run"), 20, what="bots run again")
+    kinds = [k for k, _ in h.alerts]
+    assert "keep_rate_warn" in kinds and kinds.count("keep_rate_close_only") == 2  # held, released
+    # The daily loss limit, reloaded live: today's realised loss (the spread of the bots' buys) is over 1 JPY?
+    new = server.config.model_copy(update={"pos_server_max_daily_loss": 1e-6})
+    await server._config_changed(new)
+    await wait_for(lambda: server.margin.pnl_today is not None and server.margin.pnl_today < 0, 20,
+                   what="a loss today")
+    await wait_for(lambda: h.every_log("position server: mode close-only (daily_loss)"), 20, what="daily loss hold")
