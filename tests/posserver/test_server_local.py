@@ -126,6 +126,25 @@ async def test_bad_tcp_queries_are_refused(server_factory: Factory) -> None:
     assert (await query_status("127.0.0.1", s.port, SECRET))["bots"] == []
 
 
+async def test_a_query_handler_that_raises_drops_that_connection_only(server_factory: Factory,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    s = await server_factory()
+    caplog.set_level(logging.ERROR, logger="bfsx.posserver")
+    real = s.status
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("a bug in the status")
+
+    s.status = broken  # type: ignore[method-assign]
+    for _ in range(3):
+        with pytest.raises(PosServerUnavailable):
+            await query_status("127.0.0.1", s.port, SECRET, timeout=5)
+    assert s.counters["query_errors"] == 3
+    assert len([r for r in caplog.records if "answering a StatusQuery failed" in r.getMessage()]) == 1
+    s.status = real  # type: ignore[method-assign]
+    assert (await query_status("127.0.0.1", s.port, SECRET))["bots"] == []  # the server answers on
+
+
 async def test_many_tcp_clients_at_once(server_factory: Factory) -> None:
     s = await server_factory()
     clients = [_client(s, f"bot-{i}") for i in range(30)]

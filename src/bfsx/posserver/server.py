@@ -650,16 +650,23 @@ class PosServer:
                 self._pending.pop(writer, None)
             self.counters["queries"] += 1
             reply: p.Message
-            if isinstance(msg, p.LeaseQuery):
-                reply = self.lease_grant(msg, peer)
-            elif isinstance(msg, p.BudgetQuery):
-                reply = self.budget_reply(msg.header.seq)
-            elif isinstance(msg, p.ControlQuery):
-                reply = self.control_reply(msg)
-            elif isinstance(msg, p.CtlCommand):
-                reply = await self.ctl(msg)
-            else:
-                reply = p.StatusReply(re=msg.header.seq, status=self.status())
+            try:
+                if isinstance(msg, p.LeaseQuery):
+                    reply = self.lease_grant(msg, peer)
+                elif isinstance(msg, p.BudgetQuery):
+                    reply = self.budget_reply(msg.header.seq)
+                elif isinstance(msg, p.ControlQuery):
+                    reply = self.control_reply(msg)
+                elif isinstance(msg, p.CtlCommand):
+                    reply = await self.ctl(msg)
+                else:
+                    reply = p.StatusReply(re=msg.header.seq, status=self.status())
+            except Exception:  # a bug of ours: logged once per kind, the client retries, the guard runs on
+                self.counters["query_errors"] += 1
+                if self._first_time("query_error", type(msg).__name__):
+                    log.exception("answering a %s failed (logged once per kind; the connection is dropped and "
+                                  "the client asks again)", type(msg).__name__)
+                return
             writer.write(p.frame(self.sender.encode(reply)))
             try:
                 async with asyncio.timeout(self.tcp_timeout):
