@@ -88,10 +88,12 @@ def test_reserve_refuses_orders_but_not_cancels() -> None:
     b.on_request(READ, now=T0)
     assert b.private_left(T0) == 20
     assert not b.can_order(1.0, T0)
+    assert b.order_refusal(1.0, T0) == "private calls: 20 left, 20 kept for cancels"  # the bucket that is short
     assert b.can_cancel()
     assert b.advice(T0) == "pause"
     b.on_headers(hdr(400, T0 + 300, order=10), T0)
     assert not b.can_order(1.0, T0)  # order bucket at its reserve
+    assert b.order_refusal(1.0, T0) == "order calls: 10 left, 10 kept"
     assert b.advice(T0) == "pause"
 
 
@@ -103,6 +105,7 @@ def test_small_orders_sliding_minute_and_penalty_hour() -> None:
         b.on_request(ORDER, order_size=0.01, now=T0 + i)
     assert b.small_orders(T0 + 5) == 5
     assert not b.can_order(0.01, T0 + 5)  # a sixth small order would exceed 5/min
+    assert b.order_refusal(0.01, T0 + 5) == "small orders: 5 in the last minute, limit 5"
     assert b.can_order(0.2, T0 + 5)  # large orders are not in that bucket
     b.on_request(ORDER, order_size=limits.SMALL_ORDER_SIZE + 0.1, now=T0 + 5)
     assert b.small_orders(T0 + 5) == 5

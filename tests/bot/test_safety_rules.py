@@ -180,7 +180,7 @@ def _desk(tmp_path: Path, position: float = 0.0, **strategy: Any) -> tuple[Order
         realtime=SimpleNamespace(connected=connected),  # type: ignore[arg-type]
         health=SimpleNamespace(health="NORMAL", state="RUNNING"),  # type: ignore[arg-type]
         feed=SimpleNamespace(book=SimpleNamespace(ready=True, mid_price=10_000_000.0)),  # type: ignore[arg-type]
-        budget=SimpleNamespace(can_order=lambda size: True, private_remaining=500),  # type: ignore[arg-type]
+        budget=SimpleNamespace(order_refusal=lambda size: None, private_remaining=500),  # type: ignore[arg-type]
         tracker=OrderTracker("FX_BTC_JPY"), journal=journal,
         position=SimpleNamespace(size=position),  # type: ignore[arg-type]
         reconciler=_Reconciler(),  # type: ignore[arg-type]

@@ -167,6 +167,8 @@ def test_a_bot_never_sends_more_than_its_lease() -> None:
     assert b.can_order(0.01)
     b.on_request("/v1/me/sendchildorder", order_size=0.01)
     assert not b.can_order(0.01)
+    # The refusal names the lease, not the bot's own (ample) header reading.
+    assert b.order_refusal(0.01) == "lease from the position server: no private / orders / small_orders calls left (more asked for)"
     b.on_request("/v1/me/getchildorders")  # the last private call
     with pytest.raises(LeaseExhausted) as e:
         b.on_request("/v1/me/getchildorders")

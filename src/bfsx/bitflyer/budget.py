@@ -334,18 +334,26 @@ class ApiBudget:
     def can_order(self, size: float, now: float | None = None) -> bool:
         """True when a new order of ``size`` fits: not paused, both buckets above their reserve and,
         for a small order, the per-minute count (or the penalty count) not exceeded."""
+        return self.order_refusal(size, now) is None
+
+    def order_refusal(self, size: float, now: float | None = None) -> str | None:
+        """Why a new order of ``size`` does not fit (the bucket that is short), or None."""
         t = clock.time() if now is None else now
         if t < self.paused_until:
-            return False
-        if self.private_left(t) <= self.reserve or self.order_left(t) <= self.order_reserve:
-            return False
+            return f"over-limit pause, {self.paused_until - t:.0f} s left"
+        left = self.private_left(t)
+        if left <= self.reserve:
+            return f"private calls: {left} left, {self.reserve} kept for cancels"
+        left = self.order_left(t)
+        if left <= self.order_reserve:
+            return f"order calls: {left} left, {self.order_reserve} kept"
         if size <= self.small_order_size:
             limit = self._small_limit(t)
             # Keep a small margin below the full limit, except where the limit itself is tiny.
             margin = self.small_order_reserve if limit > 4 * self.small_order_reserve else 0
             if self.small_orders(t) + 1 > limit - margin:
-                return False
-        return True
+                return f"small orders: {self.small_orders(t)} in the last minute, limit {limit - margin}"
+        return None
 
     def can_cancel(self) -> bool:
         """Cancels are always allowed: they reduce risk, and the reserve exists for them."""

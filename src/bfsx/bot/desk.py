@@ -127,8 +127,9 @@ class OrderDesk:
         shared = self.posclient.account_budget if self.posclient is not None else None
         if shared is not None and shared.advice == "pause":
             return "account-wide API budget: pause"
-        if not self.budget.can_order(size):
-            return f"API budget (private remaining {self.budget.private_remaining})"
+        why = self.budget.order_refusal(size)
+        if why is not None:
+            return f"API budget: {why}"
         return None
 
     def _risk(self, cfg: StrategyConfig, side: Side, size: float, price: float | None) -> str | None:

@@ -281,12 +281,13 @@ class LeasedBudget(HostBudget):
             self._check_low(k, tm)
         return seq
 
-    def can_order(self, size: float, now: float | None = None) -> bool:
-        """A new order fits the bot's own view (:meth:`ApiBudget.can_order`) and its lease: room for
-        the order and its cancel in the private lease, one order call, one small order if small."""
+    def order_refusal(self, size: float, now: float | None = None) -> str | None:
+        """A new order fits the bot's own view (:meth:`ApiBudget.order_refusal`) and its lease: room
+        for the order and its cancel in the private lease, one order call, one small order if small."""
         t = time.time() if now is None else now
-        if not super().can_order(size, t):
-            return False
+        why = super().order_refusal(size, t)
+        if why is not None:
+            return why
         tm = self.clock()
         need: list[tuple[Kind, int]] = [("private", ORDER_PRIVATE_CALLS), ("orders", 1)]
         if size <= self.small_order_size:
@@ -296,5 +297,5 @@ class LeasedBudget(HostBudget):
             # A refusal is demand the lease did not cover: count it, and ask for more now.
             self._note(tuple(k for k, _ in need), tm)
             self._tell_refused(tm)
-            return False
-        return True
+            return f"lease from the position server: no {' / '.join(short)} calls left (more asked for)"
+        return None
