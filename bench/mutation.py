@@ -4,8 +4,8 @@
 
 Mutates only what guards real money: ``account/drift.py``, ``posserver/protocol.py``,
 ``account/orders.py``, ``account/journal.py``, ``bot/desk.py`` (the refusal gate) and, in
-``posserver/server.py``, only ``PosServer._check_market`` and ``PosServer._correct`` (the judging:
-every other function of that file is marked ``# pragma: no mutate block`` in the copy). The whole
+``posserver/server.py``, only ``PosServer._check_market``, ``PosServer._correct`` and
+``PosServer._reopen_gate`` (the judging and the reduce-only rule: every other function of that file is marked ``# pragma: no mutate block`` in the copy). The whole
 suite is too slow per mutant, so mutmut runs only the fast, relevant files below (and, per mutant,
 only the tests that reach the mutated function). Everything happens in a temporary copy of the
 checkout: the work tree is never touched. mutmut is installed into the running venv when missing.
@@ -38,7 +38,7 @@ MODULES = [
     "src/bfsx/posserver/server.py",
 ]
 #: In server.py only the judging is mutated.
-SERVER_FUNCTIONS = {"_check_market", "_correct"}
+SERVER_FUNCTIONS = {"_check_market", "_correct", "_reopen_gate"}
 TESTS = [
     "tests/account",
     "tests/bot/test_safety_rules.py",

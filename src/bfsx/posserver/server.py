@@ -1157,7 +1157,7 @@ class PosServer:
         except BitflyerError as e:
             self.counters["correction_errors"] += 1
             log.error("%s: correcting order %s %s failed: %s", market, side, size, e)
-            self.alert("correction_failed", f"{market}: correcting order {side} {size} failed: {type(e).__name__}")
+            self.alert("correction_failed", f"{market}: correcting order {side} {size} failed: {type(e).__name__}: {e}")
             return f"{side} {size} failed"
         self.counters["corrections"] += 1
         self.registry.correction_sent(market)
