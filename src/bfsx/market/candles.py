@@ -43,6 +43,21 @@ def _minute_epoch(minute: str) -> int:
     return int(datetime.fromisoformat(minute).replace(tzinfo=UTC).timestamp())
 
 
+def taker_volumes(batch: Sequence[Execution]) -> tuple[float, float, float]:
+    """Taker buy, taker sell and total volume of one executions message (Itayose prints, side "",
+    count only in the total)."""
+    buy = sell = volume = 0.0
+    for e in batch:
+        size = e["size"]
+        volume += size
+        side = e["side"]
+        if side == "BUY":
+            buy += size
+        elif side == "SELL":
+            sell += size
+    return buy, sell, volume
+
+
 def epoch_second(stamp: str) -> int:
     """Unix seconds of an exec_date's whole second (``2026-09-23T03:31:27[.fff…][Z]``, UTC).
 
@@ -98,16 +113,7 @@ class CandleBuilder:
         """Fold one executions message (prints in id order) into the candles."""
         if not batch:
             return
-        buy = sell = volume = 0.0
-        for e in batch:
-            size = e["size"]
-            volume += size
-            side = e["side"]
-            if side == "BUY":
-                buy += size
-            elif side == "SELL":
-                sell += size
-        self.fold(batch, buy, sell, volume)
+        self.fold(batch, *taker_volumes(batch))
 
     def fold(self, batch: Sequence[Execution], buy: float, sell: float, volume: float) -> None:
         """:meth:`apply` with the batch's taker buy / sell / total volume already summed.

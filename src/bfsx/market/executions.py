@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from bfsx.bitflyer.messages import Execution
-from bfsx.market.candles import epoch_second
+from bfsx.market.candles import epoch_second, taker_volumes
 
 _INF = math.inf
 _SIDES = frozenset(("BUY", "SELL", ""))  # an unhashable side raises TypeError: caught
@@ -104,14 +104,7 @@ class Executions:
             pass
         if not good:
             batch = [e for e in batch if _print_ok(e)]
-            buy = sell = volume = 0.0
-            for e in batch:
-                size = e["size"]
-                volume += size
-                if e["side"] == "BUY":
-                    buy += size
-                elif e["side"] == "SELL":
-                    sell += size
+            buy, sell, volume = taker_volumes(batch)
         if not batch:
             return batch
         self.prints.extend(batch)
