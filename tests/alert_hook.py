@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
@@ -45,9 +45,20 @@ class AlertHook:
         return web.Response(status=self.status)
 
 
+class Webhook(Protocol):
+    base: str
+    hold: asyncio.Event | None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse: ...
+
+
+W = TypeVar("W", bound=Webhook)
+
+
 @asynccontextmanager
-async def alert_hook() -> AsyncIterator[AlertHook]:
-    hook = AlertHook()
+async def serve_webhook(hook: W) -> AsyncIterator[W]:
+    """``hook.handle`` as Discord's webhook route on a free loopback port (``hook.base`` set);
+    a held request is released before the server stops."""
     app = web.Application()
     app.router.add_post("/api/webhooks/{id}/{token}", hook.handle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
@@ -61,3 +72,9 @@ async def alert_hook() -> AsyncIterator[AlertHook]:
         if hook.hold is not None:
             hook.hold.set()
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def alert_hook() -> AsyncIterator[AlertHook]:
+    async with serve_webhook(AlertHook()) as hook:
+        yield hook

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import BodyPartReader, web
 
+from alert_hook import serve_webhook
 from bfsx.net import free_port
 from real_components import missing
 
@@ -205,17 +206,5 @@ class FakeDiscord:
 
 @pytest.fixture
 async def discord() -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    app = web.Application()
-    app.router.add_post("/api/webhooks/{id}/{token}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve_webhook(FakeDiscord()) as fake:
         yield fake
-    finally:
-        if fake.hold is not None:
-            fake.hold.set()
-        await runner.cleanup()
