@@ -17,6 +17,7 @@ from bfsx.bitflyer import channels, endpoints
 from bfsx.sim.config import SimConfig
 from bfsx.sim.hooks import WireClient, eventually
 from bfsx.sim.server import SimServer
+from bfsx.sim.upstream import UpstreamMarket
 
 FX = "FX_BTC_JPY"
 SNAPSHOT = {
@@ -120,6 +121,17 @@ async def known(paper: SimServer, scripted: ScriptedUpstream, snapshot: dict[str
     await eventually(lambda: up.known(FX), what="the book known")
 
 
+async def resting_bid(paper: SimServer, scripted: ScriptedUpstream, me: WireClient) -> tuple[UpstreamMarket, str]:
+    """The book known, then a paper bid of 0.01 at 9,999,900 resting (1.0 BTC of the upstream ahead
+    of it): the followed market and the bid's acceptance id."""
+    up = paper.upstream_market
+    assert up is not None
+    await known(paper, scripted)
+    acc = await me.order(FX, "BUY", 0.01, 9_999_900)
+    await eventually(lambda: paper.engine.accounts["demo-key-1"].active, what="the paper bid rests")
+    return up, acc
+
+
 async def refusal(me: WireClient) -> str:
     r = await me.post(endpoints.SEND_CHILD_ORDER, {"product_code": FX, "child_order_type": "LIMIT", "side": "BUY",
                                                     "size": 0.01, "price": 10_000_100})
@@ -187,11 +199,7 @@ async def test_a_malformed_snapshot_or_diff_makes_the_book_unknown_until_a_good_
 async def test_a_crossed_snapshot_is_refused_and_nothing_fills_on_it(
     paper: SimServer, scripted: ScriptedUpstream, me: WireClient
 ) -> None:
-    up = paper.upstream_market
-    assert up is not None
-    await known(paper, scripted)
-    acc = await me.order(FX, "BUY", 0.01, 9_999_900)
-    await eventually(lambda: paper.engine.accounts["demo-key-1"].active, what="the paper bid rests")
+    up, acc = await resting_bid(paper, scripted, me)
     crossed = {"mid_price": 10_000_000.0, "bids": [{"price": 10_000_500.0, "size": 1.0}],
                "asks": [{"price": 9_999_000.0, "size": 1.0}]}
     await scripted.send(channels.board_snapshot(FX), crossed)
@@ -250,11 +258,7 @@ async def test_a_silent_upstream_makes_the_book_unknown_then_reconnects(scripted
 async def test_the_queue_ahead_shrinks_with_the_level_and_never_grows(
     paper: SimServer, scripted: ScriptedUpstream, me: WireClient
 ) -> None:
-    up = paper.upstream_market
-    assert up is not None
-    await known(paper, scripted)
-    acc = await me.order(FX, "BUY", 0.01, 9_999_900)  # 1.0 BTC ahead of it
-    await eventually(lambda: paper.engine.accounts["demo-key-1"].active, what="the paper bid rests")
+    up, acc = await resting_bid(paper, scripted, me)  # 1.0 BTC ahead of it
     # cancellations take the level to 0.3 (they may have been ahead), then it grows back to 2.0 (behind)
     for size in (0.3, 2.0):
         await scripted.send(channels.board(FX), {"mid_price": 10_000_000.0,
@@ -290,11 +294,7 @@ async def test_diffs_that_grow_the_book_without_bound_make_it_unknown(scripted: 
 async def test_after_a_closed_socket_nothing_fills_until_a_fresh_snapshot(
     paper: SimServer, scripted: ScriptedUpstream, me: WireClient
 ) -> None:
-    up = paper.upstream_market
-    assert up is not None
-    await known(paper, scripted)
-    acc = await me.order(FX, "BUY", 0.01, 9_999_900)
-    await eventually(lambda: paper.engine.accounts["demo-key-1"].active, what="the paper bid rests")
+    up, acc = await resting_bid(paper, scripted, me)
     for ws in list(scripted.sockets):
         await ws.close()  # the upstream closes the socket
     await eventually(lambda: scripted.connections >= 2 and scripted.sockets, what="the reconnection")
