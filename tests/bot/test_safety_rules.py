@@ -241,3 +241,21 @@ def test_default_risk_limits_are_100_and_1000_minimum_sizes(tmp_path: Path) -> N
     assert desk.refusal("SELL", 0.05) is None  # exactly max_order_size
     assert "max_order_size" in (desk.refusal("SELL", 0.051) or "")
     desk.journal.close()
+
+
+async def test_a_frozen_market_refuses_even_the_bots_own_close(tmp_path: Path) -> None:
+    """After a loss-cut or a hand flatten the server freezes the market and pauses its bots. A bot's
+    own close (a strategy's close_position(), close_on_exit at stop) is refused there too: the
+    position it counts may be gone from the exchange, so closing it would open the opposite one.
+    An operator's pause keeps allowing it, and ``bfsx ctl flatten`` (which lifts the freeze) too."""
+    desk, rest = _desk(tmp_path, position=0.02)
+    desk.control_mode, desk.control_reasons = "pause", ("pause:frozen",)
+    assert "market frozen" in (desk.refusal("SELL", 0.02, closing=True) or "")
+    order = await desk.close_position()
+    assert order is not None and order.state is OrderState.REFUSED and "market frozen" in order.reason
+    assert not rest.orders
+    desk.control_reasons = ("pause:ctl",)
+    assert desk.refusal("SELL", 0.02, closing=True) is None
+    desk.control_mode, desk.control_reasons = "flatten", ("flatten",)
+    assert desk.refusal("SELL", 0.02, closing=True) is None
+    desk.journal.close()

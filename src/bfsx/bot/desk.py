@@ -23,6 +23,7 @@ from bfsx.bitflyer.messages import Side
 from bfsx.bitflyer.rest import OrderNotPlaced
 from bfsx.bitflyer.states import can_order
 from bfsx.bot import resync
+from bfsx.posserver.controls import FROZEN_PAUSE
 
 if TYPE_CHECKING:
     from bfsx.account.journal import Journal
@@ -100,6 +101,10 @@ class OrderDesk:
         """Why a new order must not be sent now, or None. Cancels never come through here."""
         if self.stopping and not closing:
             return "bot is stopping"
+        if closing and FROZEN_PAUSE in self.control_reasons:
+            # A loss-cut or a hand flatten froze the market: the position this bot counts may be gone
+            # from the exchange, and "closing" it would open the opposite one (a stop's close too).
+            return "market frozen by the position server: bfsx ctl adopt / flatten / unfreeze first"
         if not size >= self._min_size:  # also NaN
             return f"size {size} below the minimum {self.spec.min_size}"
         if size > self._max_size:  # also +inf: e.g. a price passed as the size

@@ -47,6 +47,8 @@ MAX_TEXT_LEN: Final = 300
 Mode = Literal["run", "pause", "close-only", "flatten"]
 #: Hold reasons set by the server itself.
 FROZEN: Final = "frozen"
+#: How a frozen market's pause reaches its bots (:meth:`Controls.bot_control` reasons).
+FROZEN_PAUSE: Final = f"pause:{FROZEN}"
 FLATTEN: Final = "flatten"
 OPERATOR: Final = "ctl"
 
