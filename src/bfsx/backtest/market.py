@@ -384,7 +384,7 @@ class ReplayMarket:
     def _clear_mirror(self) -> None:
         for side in (BUY, SELL):
             m = self.book.side(side)
-            for p in list(m.keys()):
+            for p in list(m.prices()):
                 self._set_level(side, p, 0, m[p])
         # What traded or queued while unseen is unknown: the next snapshot's sizes go ahead of
         # the bot's resting orders (risk-averse), not behind them.

@@ -8,13 +8,12 @@ changed since the last diff), :class:`Market` (book, last trade, public history,
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from sortedcontainers import SortedDict
 
 from bfsx.bitflyer.products import ProductSpec
 from bfsx.sim.model import BUY, SELL, Order
@@ -30,51 +29,115 @@ class Level:
         self.total = 0
 
 
+class PriceLevels(dict[int, Level]):
+    """One side of a book: price -> :class:`Level`, with the prices also kept in a sorted list.
+
+    A book holds hundreds to a few thousand prices, where inserting into a plain list (bisect, a
+    C-level memmove) costs less than ``SortedDict``'s Python-level tree: the synthetic flow adds and
+    removes ~12 prices per 0.1 s step (measured: SortedDict was ~15 % of the flow's time). Add and
+    remove prices only with ``[price] = level`` and ``del [price]`` (what every caller does): the
+    other dict mutators would leave :meth:`prices` behind, so they refuse.
+    """
+
+    __slots__ = ("_prices",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._prices: list[int] = []
+
+    def __setitem__(self, price: int, level: Level) -> None:
+        if price not in self:
+            insort(self._prices, price)
+        dict.__setitem__(self, price, level)
+
+    def __delitem__(self, price: int) -> None:
+        dict.__delitem__(self, price)
+        prices = self._prices
+        del prices[bisect_left(prices, price)]
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("PriceLevels: set and delete prices with [] only")
+
+    pop = popitem = setdefault = update = clear = _refuse
+
+    def prices(self) -> list[int]:
+        """Every price, lowest first (the book's own list: do not change it)."""
+        return self._prices
+
+    def peekitem(self, index: int = -1) -> tuple[int, Level]:
+        """``(price, level)`` at ``index`` of :meth:`prices` (0 = lowest, -1 = highest)."""
+        price = self._prices[index]
+        return price, dict.__getitem__(self, price)
+
+    def irange(self, minimum: int | None = None, maximum: int | None = None,
+               inclusive: tuple[bool, bool] = (True, True), reverse: bool = False) -> list[int]:
+        """The prices within ``[minimum, maximum]`` (each bound in or out by ``inclusive``), lowest
+        first or with ``reverse`` highest first; a new list."""
+        prices = self._prices
+        lo = 0 if minimum is None else (bisect_left if inclusive[0] else bisect_right)(prices, minimum)
+        hi = len(prices) if maximum is None else (bisect_right if inclusive[1] else bisect_left)(prices, maximum)
+        out = prices[lo:hi]
+        if reverse:
+            out.reverse()
+        return out
+
+
 class Book:
     """Bids and asks as price -> Level, with the set of prices changed since the last diff."""
 
     def __init__(self) -> None:
-        self.bids: SortedDict = SortedDict()
-        self.asks: SortedDict = SortedDict()
+        self.bids = PriceLevels()
+        self.asks = PriceLevels()
         self.dirty_bids: set[int] = set()
         self.dirty_asks: set[int] = set()
         self.depth = {BUY: 0, SELL: 0}
 
-    def side(self, side: int) -> SortedDict:
+    def side(self, side: int) -> PriceLevels:
         return self.bids if side == BUY else self.asks
 
     def touch(self, side: int) -> int | None:
         """Best price on ``side`` (BUY = best bid)."""
-        m = self.side(side)
-        if not m:
+        prices = self.bids._prices if side == BUY else self.asks._prices
+        if not prices:
             return None
-        price: int = m.peekitem(-1 if side == BUY else 0)[0]
-        return price
+        return prices[-1] if side == BUY else prices[0]
 
     def mark(self, side: int, price: int) -> None:
         (self.dirty_bids if side == BUY else self.dirty_asks).add(price)
 
     def add(self, order: Order) -> None:
-        m = self.side(order.side)
-        lvl = m.get(order.price)
+        side, price, rem = order.side, order.price, order.remaining
+        if side == BUY:
+            m, dirty = self.bids, self.dirty_bids
+        else:
+            m, dirty = self.asks, self.dirty_asks
+        lvl = m.get(price)
         if lvl is None:
-            lvl = m[order.price] = Level()
+            lvl = m[price] = Level()
         lvl.orders.append(order)
-        lvl.total += order.remaining
-        self.depth[order.side] += order.remaining
+        lvl.total += rem
+        self.depth[side] += rem
         order.resting = True
-        self.mark(order.side, order.price)
+        dirty.add(price)
 
     def remove(self, order: Order) -> None:
-        m = self.side(order.side)
-        lvl: Level = m[order.price]
-        lvl.orders.remove(order)
-        lvl.total -= order.remaining
-        self.depth[order.side] -= order.remaining
+        side, price, rem = order.side, order.price, order.remaining
+        if side == BUY:
+            m, dirty = self.bids, self.dirty_bids
+        else:
+            m, dirty = self.asks, self.dirty_asks
+        lvl: Level = m[price]
+        orders = lvl.orders
+        if orders[-1] is order:  # the newest (a synthetic requote, a cancel just after placing): O(1)
+            orders.pop()
+        else:
+            orders.remove(order)
+        lvl.total -= rem
+        self.depth[side] -= rem
         order.resting = False
-        if not lvl.orders:
-            del m[order.price]
-        self.mark(order.side, order.price)
+        if not orders:
+            del m[price]
+        dirty.add(price)
 
     def shrink(self, order: Order, by: int) -> None:
         """Reduce a resting order in place (keeps its queue position)."""
@@ -93,10 +156,10 @@ class Book:
 
     def levels(self, side: int, depth: int | None = None) -> Iterator[tuple[int, int]]:
         m = self.side(side)
-        keys: Iterable[int] = reversed(m.keys()) if side == BUY else m.keys()
-        for n, price in enumerate(keys):
-            if depth is not None and n >= depth:
-                return
+        prices = m.prices()
+        if depth is not None:
+            prices = (prices[-depth:] if depth > 0 else []) if side == BUY else prices[:max(depth, 0)]
+        for price in reversed(prices) if side == BUY else prices:
             yield price, m[price].total
 
 

@@ -280,7 +280,7 @@ class Engine:
             return False
         book = self.markets[product].book
         opp = book.side(-side)
-        keys: Iterable[int] = opp.keys() if side == BUY else reversed(opp.keys())
+        keys: Iterable[int] = opp.prices() if side == BUY else reversed(opp.prices())
         left = size
         for price in keys:
             if limit is not None and (price > limit if side == BUY else price < limit):

@@ -44,6 +44,8 @@ class SyntheticFlow:
         self.engine = engine
         self.cfg = cfg
         self.rng = random.Random(seed)
+        self._random = self.rng.random
+        self._level_rate = 1.0 / cfg.level_size_mean
         self.steps = 0
         self.ladders: dict[str, dict[int, Ladder]] = {}
         self.walk: dict[str, list[float]] = {}  # product -> [anchor, deviation]
@@ -70,8 +72,11 @@ class SyntheticFlow:
         return k
 
     def _level_size(self) -> int:
-        btc = max(0.001, round(self.rng.expovariate(1.0 / self.cfg.level_size_mean), 4))
-        return to_sats(btc)
+        # random.expovariate inlined (the same draw), rounded to 0.0001 BTC in integers: one per
+        # synthetic quote. Equal to to_sats(max(0.001, round(btc, 4))) but for a float within an
+        # ulp of a rounding tie (the decimal rounding and x * 10000 may then pick apart)
+        btc = -math.log(1.0 - self._random()) / self._level_rate
+        return max(100_000, round(btc * 10_000) * 10_000)
 
     def _taker_size(self) -> int:
         btc = min(self.cfg.taker_size_max, max(0.001, round(self.rng.expovariate(1.0 / self.cfg.taker_size_mean), 4)))

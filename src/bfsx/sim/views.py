@@ -12,10 +12,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from sortedcontainers import SortedDict
-
 from bfsx.bitflyer import timestamps
-from bfsx.sim.book import Level
+from bfsx.sim.book import Level, PriceLevels
 from bfsx.sim.engine import Engine
 from bfsx.sim.model import BUY, SAT, SELL, SIDE_NAME, Account, btc, jpy
 
@@ -273,7 +271,7 @@ def state(engine: Engine) -> dict[str, Any]:
     }
 
 
-def _total(m: SortedDict, price: int) -> int:
+def _total(m: PriceLevels, price: int) -> int:
     lvl: Level | None = m.get(price)
     return lvl.total if lvl is not None else 0
 
