@@ -21,6 +21,7 @@ from bfsx.sim.engine import Engine
 from bfsx.sim.model import BUY, SAT, SELL, Order, to_sats
 
 _BIG = 10**18  # size of a sweep order: bounded by its limit price, not by size
+_CHURN_MIN_SATS = to_sats(0.002)  # a churn shrinks only a quote bigger than this
 
 
 class Ladder:
@@ -46,6 +47,7 @@ class SyntheticFlow:
         self.rng = random.Random(seed)
         self._random = self.rng.random
         self._level_rate = 1.0 / cfg.level_size_mean
+        self._churn_rate = 8.0 / cfg.levels
         self.steps = 0
         self.ladders: dict[str, dict[int, Ladder]] = {}
         self.walk: dict[str, list[float]] = {}  # product -> [anchor, deviation]
@@ -159,7 +161,8 @@ class SyntheticFlow:
         order = self.engine.new_synthetic(mkt.spec.code, ladder.side, price, self._level_size(), when)
         mkt.book.add(order)
         ladder.quotes[price] = order
-        ladder.holes.discard(price)
+        if ladder.holes:
+            ladder.holes.discard(price)
 
     def _pull(self, mkt: Market, ladder: Ladder, price: int) -> None:
         order: Order = ladder.quotes.pop(price)
@@ -169,10 +172,12 @@ class SyntheticFlow:
     def _requote(self, mkt: Market, ladder: Ladder, when: datetime) -> None:
         """Move the ladder with the mid: pull quotes that left the range, quote the new grid prices."""
         lo, hi = self._range(mkt.fair_mid, ladder.side)
+        old_lo, old_hi = ladder.lo, ladder.hi
+        if lo == old_lo and hi == old_hi:
+            return  # the mid stayed within the same grid step (most steps)
         q = ladder.quotes
         sp = self.cfg.level_spacing
         fill = self.cfg.level_fill_probability
-        old_lo, old_hi = ladder.lo, ladder.hi
         if old_lo is not None and old_hi is not None and (old_lo < lo or old_hi > hi):
             # the grid prices that left the range, lowest first (the order a sorted map gave)
             for price in itertools.chain(range(old_lo, min(lo, old_hi + sp), sp),
@@ -201,17 +206,18 @@ class SyntheticFlow:
         """A synthetic maker changes one level: shrink in place, requeue, withdraw, or add."""
         if ladder.lo is None or ladder.hi is None:
             return
-        cfg, rng = self.cfg, self.rng
-        k = min(cfg.levels - 1, int(rng.expovariate(8.0 / cfg.levels)))
+        cfg, rnd = self.cfg, self._random
+        # random.expovariate and random.uniform inlined (the same draws and arithmetic)
+        k = min(cfg.levels - 1, int(-math.log(1.0 - rnd()) / self._churn_rate))
         price = ladder.hi - k * cfg.level_spacing if ladder.side == BUY else ladder.lo + k * cfg.level_spacing
-        r = rng.random()
+        r = rnd()
         order: Order | None = ladder.quotes.get(price)
         if order is None or not order.resting:
             if order is not None:
                 del ladder.quotes[price]
             self._add(mkt, ladder, price, when)
-        elif r < 0.4 and order.remaining > to_sats(0.002):
-            cut = int(order.remaining * rng.uniform(0.1, 0.6))
+        elif r < 0.4 and order.remaining > _CHURN_MIN_SATS:
+            cut = int(order.remaining * (0.1 + (0.6 - 0.1) * rnd()))
             mkt.book.shrink(order, cut)
         elif r < 0.75:
             self._pull(mkt, ladder, price)

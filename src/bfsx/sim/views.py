@@ -13,7 +13,6 @@ import itertools
 from typing import Any
 
 from bfsx.bitflyer import timestamps
-from bfsx.sim.book import Level, PriceLevels
 from bfsx.sim.engine import Engine
 from bfsx.sim.model import BUY, SAT, SELL, SIDE_NAME, Account, btc, jpy
 
@@ -28,10 +27,17 @@ def board(engine: Engine, product: str, depth: int | None = None, *, ws: bool = 
     """getboard / snapshot payload (``ws`` prints prices as floats, like the realtime feed)."""
     book = engine.markets[product].book
     conv: Any = float if ws else int
+    bids, asks = book.bids, book.asks
+    # the book's own sorted prices, read directly: a snapshot is hundreds of levels every few seconds
+    bid_prices, ask_prices = bids.prices(), asks.prices()
+    if depth is not None:
+        bid_prices = bid_prices[-depth:] if depth > 0 else []
+        ask_prices = ask_prices[:depth] if depth > 0 else []
+    bid_prices = bid_prices[::-1]  # best (highest) first
     return {
         "mid_price": _mid_json(book.mid()) if ws else _rest_mid(book.mid()),
-        "bids": [{"price": conv(p), "size": btc(s)} for p, s in book.levels(BUY, depth)],
-        "asks": [{"price": conv(p), "size": btc(s)} for p, s in book.levels(SELL, depth)],
+        "bids": [{"price": conv(p), "size": bids[p].total / SAT} for p in bid_prices],
+        "asks": [{"price": conv(p), "size": asks[p].total / SAT} for p in ask_prices],
     }
 
 
@@ -41,8 +47,11 @@ def take_diff(engine: Engine, product: str) -> dict[str, Any] | None:
     if not book.dirty_bids and not book.dirty_asks:
         return None
     stale = engine.config.market.stale_deletions
-    bids = [{"price": float(p), "size": btc(_total(book.bids, p))} for p in sorted(book.dirty_bids, reverse=True)]
-    asks = [{"price": float(p), "size": btc(_total(book.asks, p))} for p in sorted(book.dirty_asks)]
+    bid, ask = book.bids.get, book.asks.get  # size 0.0: the level is gone
+    bids = [{"price": float(p), "size": lvl.total / SAT if (lvl := bid(p)) is not None else 0.0}
+            for p in sorted(book.dirty_bids, reverse=True)]
+    asks = [{"price": float(p), "size": lvl.total / SAT if (lvl := ask(p)) is not None else 0.0}
+            for p in sorted(book.dirty_asks)]
     if stale > 0:  # a missed deletion leaves a stale level until the next snapshot
         bids = [x for x in bids if x["size"] or engine.diff_rng.random() >= stale]
         asks = [x for x in asks if x["size"] or engine.diff_rng.random() >= stale]
@@ -269,11 +278,6 @@ def state(engine: Engine) -> dict[str, Any]:
         "markets": markets,
         "accounts": accounts,
     }
-
-
-def _total(m: PriceLevels, price: int) -> int:
-    lvl: Level | None = m.get(price)
-    return lvl.total if lvl is not None else 0
 
 
 def _rest_mid(mid: float | None) -> float | int:
