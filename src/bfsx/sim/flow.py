@@ -38,6 +38,23 @@ class Ladder:
         self.hi: int | None = None
 
 
+class _StepConstants:
+    """What every step of ``cfg`` computes the same way, computed once (the same floats)."""
+
+    __slots__ = ("churn_limit", "decay", "jump_per_step", "noise_step", "refill_per_step", "taker_limit", "vol_step")
+
+    def __init__(self, cfg: MarketConfig) -> None:
+        dt = cfg.step_seconds
+        self.vol_step = cfg.volatility * math.sqrt(dt)
+        self.jump_per_step = cfg.jump_probability * dt
+        self.decay = math.exp(-cfg.reversion * dt)
+        self.noise_step = cfg.noise * math.sqrt(1.0 - self.decay * self.decay)
+        self.refill_per_step = 1.0 - math.exp(-cfg.refill_rate * dt)
+        churn, takers = cfg.churn_per_second * dt, cfg.taker_rate * dt
+        self.churn_limit = math.exp(-churn) if churn > 0 else 1.0  # exp(-lam) of the Poisson draws
+        self.taker_limit = math.exp(-takers) if takers > 0 else 1.0
+
+
 class SyntheticFlow:
     """Drives the synthetic side of every market of ``engine``."""
 
@@ -48,6 +65,7 @@ class SyntheticFlow:
         self._random = self.rng.random
         self._level_rate = 1.0 / cfg.level_size_mean
         self._churn_rate = 8.0 / cfg.levels
+        self._k = _StepConstants(cfg)
         self.steps = 0
         self.ladders: dict[str, dict[int, Ladder]] = {}
         self.walk: dict[str, list[float]] = {}  # product -> [anchor, deviation]
@@ -64,13 +82,15 @@ class SyntheticFlow:
         engine.flush()
 
     # ------------------------------------------------------------------ random helpers
-    def _poisson(self, lam: float) -> int:
-        if lam <= 0:
+    def _poisson(self, limit: float) -> int:
+        """A Poisson draw (Knuth's method) of mean ``lam``, given ``limit = exp(-lam)`` (none for lam <= 0)."""
+        if limit >= 1.0:
             return 0
-        limit, k, p = math.exp(-lam), 0, self.rng.random()
+        rnd = self._random
+        k, p = 0, rnd()
         while p > limit:
             k += 1
-            p *= self.rng.random()
+            p *= rnd()
         return k
 
     def _level_size(self) -> int:
@@ -97,29 +117,28 @@ class SyntheticFlow:
         self.engine.flush()
 
     def _step_market(self, mkt: Market, ladders: dict[int, Ladder], filled: list[Order], when: datetime) -> None:
-        cfg, rng = self.cfg, self.rng
-        dt = cfg.step_seconds
+        cfg, rng, k = self.cfg, self.rng, self._k
         # fair mid = anchor (random walk with jumps) x exp(deviation) (Ornstein-Uhlenbeck): the
         # deviation is the short-term back-and-forth that lets resting quotes get filled
         state = self.walk[mkt.spec.code]
         taken = self.engine.user_flow.pop(mkt.spec.code, 0)
         if taken:  # permanent impact of users' market-taking volume
             state[0] *= math.exp(cfg.impact * taken / SAT)
-        anchor = state[0] * math.exp(cfg.volatility * math.sqrt(dt) * rng.gauss(0.0, 1.0))
-        if rng.random() < cfg.jump_probability * dt:
+        anchor = state[0] * math.exp(k.vol_step * rng.gauss(0.0, 1.0))
+        if rng.random() < k.jump_per_step:
             anchor *= math.exp(rng.gauss(0.0, cfg.jump_size))
-        decay = math.exp(-cfg.reversion * dt)
-        dev = state[1] * decay + cfg.noise * math.sqrt(1.0 - decay * decay) * rng.gauss(0.0, 1.0)
+        dev = state[1] * k.decay + k.noise_step * rng.gauss(0.0, 1.0)
         state[0], state[1] = max(anchor, 1000.0), dev
         mkt.fair_mid = state[0] * math.exp(dev)
         self._sweep(mkt, when)
-        self._holes(mkt, ladders, filled)
+        if filled:
+            self._holes(mkt, ladders, filled)
         for side in (BUY, SELL):
             self._requote(mkt, ladders[side], when)
-        self._refill(mkt, ladders, when, 1.0 - math.exp(-cfg.refill_rate * dt))
-        for _ in range(self._poisson(cfg.churn_per_second * dt)):
+        self._refill(mkt, ladders, when, k.refill_per_step)
+        for _ in range(self._poisson(k.churn_limit)):
             self._churn(mkt, ladders[BUY if rng.random() < 0.5 else SELL], when)
-        for _ in range(self._poisson(cfg.taker_rate * dt)):
+        for _ in range(self._poisson(k.taker_limit)):
             side = BUY if rng.random() < 0.5 else SELL
             taker = self.engine.new_synthetic(mkt.spec.code, side, 0, self._taker_size(), when)
             self.engine.match(taker, None, when)
