@@ -98,6 +98,8 @@ class Collector:
     max_short: float = 0.0
     on_sample: Callable[[float], None] | None = None
     end_mono_s: float = math.inf  # no sample at or after the market's end (shutdown is not trading)
+    _hour_n: int | None = field(default=None, init=False, repr=False)  # the hour of _hour_label (epoch hours)
+    _hour_label: str = field(default="", init=False, repr=False)
     _filled: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def attach(self, rt: BotRuntime, loop: asyncio.AbstractEventLoop) -> None:
@@ -129,7 +131,10 @@ class Collector:
             self.orders_accepted += 1
 
     def _hour(self, t: float) -> list[float]:
-        h = datetime.fromtimestamp(t, JST).strftime("%Y-%m-%d %H:00")
+        hour = math.floor(t / 3600)  # JST is a whole number of hours from UTC: the same boundaries
+        if hour != self._hour_n:  # a reading every sample: the label is formatted once an hour
+            self._hour_n, self._hour_label = hour, datetime.fromtimestamp(t, JST).strftime("%Y-%m-%d %H:00")
+        h = self._hour_label
         row = self.per_hour.get(h)
         if row is None:
             prev = next(reversed(self.per_hour.values()))[3] if self.per_hour else 0.0
