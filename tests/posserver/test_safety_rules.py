@@ -182,6 +182,8 @@ async def test_no_correction_while_a_bot_just_traded(
     # Control: the same difference, now quiet, is corrected (so the wait above was the rule).
     server._quiet_override = 0.0
     await wait_for(lambda: _net(sim) == 0, timeout=30, what="corrected once quiet")
+    # the counter moves when the order's reply is back, which may be after the fill is seen
+    await wait_for(lambda: server.counters["corrections"] >= 1, timeout=10, what="the correction counted")
     assert server.counters["corrections"] == 1
     await a.close()
 
@@ -205,6 +207,8 @@ async def test_no_judging_within_the_startup_grace(
     assert _net(sim) == Decimal("0.03")
     # Control: once the grace is over, the same difference is corrected.
     await wait_for(lambda: _net(sim) == 0, timeout=30, what="corrected after the grace")
+    # the counter moves when the order's reply is back, which may be after the fill is seen
+    await wait_for(lambda: server.counters["corrections"] >= 1, timeout=10, what="the correction counted")
     assert server.counters["corrections"] == 1
     await a.close()
 

@@ -96,3 +96,47 @@ def test_user_market_orders_move_the_mid() -> None:
     engine.place(engine.accept(acct, {"product_code": FX, "child_order_type": "MARKET", "side": "BUY", "size": 0.5}))
     flow.step()
     assert engine.markets[FX].fair_mid > start * (1 + 0.4e-4)
+
+
+def _ladder_bounds(flow: SyntheticFlow, product: str = FX) -> dict[int, tuple[int, int, int, int]]:
+    """Per side: (lowest, highest) synthetic quote price now and (lo, hi) of the range the mid asks for."""
+    mkt = flow.engine.markets[product]
+    out = {}
+    for side, ladder in flow.ladders[product].items():
+        prices = list(ladder.quotes)
+        lo, hi = flow._range(mkt.fair_mid, side)
+        out[side] = (min(prices), max(prices), lo, hi)
+    return out
+
+
+def test_the_far_end_lags_the_mid_by_at_most_the_slack_and_the_near_end_follows_it() -> None:
+    slack, sp = 20, 50
+    cfg = SimConfig(seed=11, market={"far_levels_slack": slack, "level_fill_probability": 1.0,
+                                     "churn_per_second": 0, "taker_rate": 0, "refill_rate": 1e9})
+    engine = Engine(cfg)
+    flow = SyntheticFlow(engine, cfg.market, cfg.seed)
+    lagged = 0
+    for _ in range(3000):  # five minutes of market
+        flow.step()
+        for side, (low, high, lo, hi) in _ladder_bounds(flow).items():
+            if side == 1:  # bids: the top is exactly the range's, the bottom at most `slack` lower
+                assert high <= hi and high >= hi - sp  # (a swept top quote may be a hole)
+                assert lo - slack * sp <= low <= lo
+                lagged += low < lo
+            else:  # asks: the bottom follows, the top may lag by `slack`
+                assert low >= lo and low <= lo + sp
+                assert hi <= high <= hi + slack * sp
+                lagged += high > hi
+    assert lagged > 1000  # the slack is used: the far end often stays where it was
+
+
+def test_no_slack_moves_the_whole_ladder_with_the_mid() -> None:
+    cfg = SimConfig(seed=11, market={"far_levels_slack": 0, "level_fill_probability": 1.0,
+                                     "churn_per_second": 0, "taker_rate": 0, "refill_rate": 1e9})
+    engine = Engine(cfg)
+    flow = SyntheticFlow(engine, cfg.market, cfg.seed)
+    for _ in range(1000):
+        flow.step()
+        for side, (low, high, lo, hi) in _ladder_bounds(flow).items():
+            assert lo <= low and high <= hi
+            assert (low == lo) if side == 1 else (high == hi)

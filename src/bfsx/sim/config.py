@@ -63,6 +63,11 @@ class MarketConfig(_Strict):
     half_spread: int = Field(default=100, ge=0, description="JPY between the mid and the first synthetic level")
     level_spacing: int = Field(default=50, ge=1, description="JPY between synthetic ladder levels")
     levels: int = Field(default=400, ge=1, le=5000, description="synthetic levels per side")
+    far_levels_slack: int = Field(
+        default=20, ge=0, le=5000,
+        description="levels the far end of a ladder may lag the mid before it is trimmed back to `levels` "
+        "(deep quotes do not follow every tick); 0: the whole ladder follows the mid",
+    )
     level_size_mean: float = Field(default=0.08, gt=0, description="BTC, mean synthetic level size")
     level_fill_probability: float = Field(default=0.9, ge=0, le=1, description="chance a ladder level is quoted")
     refill_rate: float = Field(default=4.0, ge=0, description="per second: chance rate a taken level is re-quoted")

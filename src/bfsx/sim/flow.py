@@ -66,6 +66,7 @@ class SyntheticFlow:
         self._level_rate = 1.0 / cfg.level_size_mean
         self._churn_rate = 8.0 / cfg.levels
         self._k = _StepConstants(cfg)
+        self._far_slack = cfg.far_levels_slack * cfg.level_spacing  # JPY
         self.steps = 0
         self.ladders: dict[str, dict[int, Ladder]] = {}
         self.walk: dict[str, list[float]] = {}  # product -> [anchor, deviation]
@@ -189,9 +190,22 @@ class SyntheticFlow:
             mkt.book.remove(order)
 
     def _requote(self, mkt: Market, ladder: Ladder, when: datetime) -> None:
-        """Move the ladder with the mid: pull quotes that left the range, quote the new grid prices."""
+        """Move the ladder with the mid: pull quotes that left the range, quote the new grid prices.
+
+        The near end (the touch) follows the mid exactly. The far end follows it only when it lags
+        by more than ``far_levels_slack`` levels, and is then trimmed back to ``levels``: deep
+        quotes do not move with every tick (on a real book nor here), and a ladder that shifted its
+        far end with every 50-yen wiggle of the mid spent a third of the flow's work, and of the
+        diffs' levels, on quotes hundreds of levels deep."""
         lo, hi = self._range(mkt.fair_mid, ladder.side)
         old_lo, old_hi = ladder.lo, ladder.hi
+        if old_lo is not None and old_hi is not None:
+            slack = self._far_slack
+            if ladder.side == BUY:  # the far end is the lowest bid
+                if lo - slack <= old_lo <= lo:
+                    lo = old_lo
+            elif hi <= old_hi <= hi + slack:  # the far end is the highest ask
+                hi = old_hi
         if lo == old_lo and hi == old_hi:
             return  # the mid stayed within the same grid step (most steps)
         q = ladder.quotes
