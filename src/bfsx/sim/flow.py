@@ -9,10 +9,8 @@ user order changes the book.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
-from collections.abc import Iterable
 from datetime import datetime
 
 from bfsx.sim.book import Market
@@ -211,21 +209,34 @@ class SyntheticFlow:
         q = ladder.quotes
         sp = self.cfg.level_spacing
         fill = self.cfg.level_fill_probability
-        if old_lo is not None and old_hi is not None and (old_lo < lo or old_hi > hi):
+        rnd = self._random
+        if old_lo is None or old_hi is None:
+            for price in range(lo, hi + 1, sp):
+                if rnd() < fill:
+                    self._add(mkt, ladder, price, when)
+            ladder.lo, ladder.hi = lo, hi
+            return
+        if old_lo < lo or old_hi > hi:
             # the grid prices that left the range, lowest first (the order a sorted map gave)
-            for price in itertools.chain(range(old_lo, min(lo, old_hi + sp), sp),
-                                         range(max(hi + sp, old_lo), old_hi + 1, sp)):
-                if price in q:
-                    self._pull(mkt, ladder, price)
+            if old_lo < lo:
+                for price in range(old_lo, min(lo, old_hi + sp), sp):
+                    if price in q:
+                        self._pull(mkt, ladder, price)
+            if old_hi > hi:
+                for price in range(max(hi + sp, old_lo), old_hi + 1, sp):
+                    if price in q:
+                        self._pull(mkt, ladder, price)
             if ladder.holes:
                 ladder.holes = {p for p in ladder.holes if lo <= p <= hi}
-        if old_lo is None or old_hi is None:
-            fresh: Iterable[int] = range(lo, hi + 1, sp)
-        else:  # only the grid prices the move uncovered (all prices are multiples of sp)
-            fresh = itertools.chain(range(lo, min(old_lo, hi + sp), sp), range(max(old_hi + sp, lo), hi + 1, sp))
-        for price in fresh:
-            if price not in q and self.rng.random() < fill:
-                self._add(mkt, ladder, price, when)
+        # only the grid prices the move uncovered (all prices are multiples of sp), lowest first
+        if lo < old_lo:
+            for price in range(lo, min(old_lo, hi + sp), sp):
+                if price not in q and rnd() < fill:
+                    self._add(mkt, ladder, price, when)
+        if hi > old_hi:
+            for price in range(max(old_hi + sp, lo), hi + 1, sp):
+                if price not in q and rnd() < fill:
+                    self._add(mkt, ladder, price, when)
         ladder.lo, ladder.hi = lo, hi
 
     def _refill(self, mkt: Market, ladders: dict[int, Ladder], when: datetime, prob: float) -> None:
