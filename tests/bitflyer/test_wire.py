@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bfsx import clock
 from bfsx.bitflyer import auth, channels, errors, ids, limits, products, timestamps
 
 SECRET = "AKHZlv3PoAXZ0KXIKIVKOmS4ji3rV7ZIVIJRstwyplaw0FQ4"
@@ -50,6 +54,33 @@ def test_timestamps_roundtrip() -> None:
     assert timestamps.parse("2026-09-23T03:31:27.0873222Z") == when.replace(microsecond=87322)
     assert timestamps.parse("2015-07-08T02:43:34.823") == datetime(2015, 7, 8, 2, 43, 34, 823000, tzinfo=UTC)
     assert timestamps.parse("2023-05-25T08:02:46") == datetime(2023, 5, 25, 8, 2, 46, tzinfo=UTC)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(epoch_us=st.integers(0, 4_102_444_800_000_000), offset_min=st.integers(-14 * 60, 14 * 60))
+def test_cached_stamps_equal_strftime_in_any_zone(epoch_us: int, offset_min: int) -> None:
+    """The per-second and per-datetime caches give what strftime gives, for any instant and zone
+    (and the same instant met again through another zone's datetime)."""
+    zone = timezone(timedelta(minutes=offset_min))
+    when = datetime.fromtimestamp(epoch_us / 1e6, UTC).astimezone(zone)
+    utc = when.astimezone(UTC)
+    for _ in range(2):  # the second round is served by the caches
+        assert ids.acceptance_id(when, 7) == f"JRF{utc.strftime('%Y%m%d-%H%M%S')}-000007"
+        assert timestamps.ws(when) == utc.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+        assert timestamps.rest_seconds(when) == utc.strftime("%Y-%m-%dT%H:%M:%S")
+        assert timestamps.rest_ms(when).startswith(utc.strftime("%Y-%m-%dT%H:%M:%S"))
+        when = utc
+
+
+def test_an_absent_date_is_the_clock_s_time_even_a_virtual_one() -> None:
+    """A fill or event without a date is stamped with bfsx.clock: the replay's time in a backtest,
+    never the wall clock (a backtest of January must not see December)."""
+    vc = clock.VirtualClock(1_767_571_200.0)  # 2026-01-05T00:00:00Z
+    with clock.install(vc):
+        vc.advance_to(11.5)
+        assert timestamps.parse_epoch(None) == timestamps.parse_epoch("") == timestamps.parse_epoch("garbage")
+        assert timestamps.parse_epoch(None) == 1_767_571_210.5
+        assert timestamps.now() == datetime(2026, 1, 5, 0, 0, 10, 500000, tzinfo=UTC)
 
 
 def test_channels_split() -> None:

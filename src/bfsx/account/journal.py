@@ -43,7 +43,6 @@ import os
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import IO, Literal, cast
 
 import orjson
 
+from bfsx import clock
 from bfsx.account.orders import OPEN_STATES, Fill, IntentState, Order, OrderIntent, OrderState
 from bfsx.account.position import SNAPSHOT_KEY, Position, jst_day_start
 from bfsx.bitflyer.messages import Side
@@ -370,7 +370,7 @@ class Journal:
     def _close_intent(self, intent_id: str, state: IntentState, acceptance_id: str | None) -> None:
         self._db.execute(
             "UPDATE intents SET state = ?, acceptance_id = ?, resolved = ? WHERE intent_id = ?",
-            (state.value, acceptance_id, time.time(), intent_id),
+            (state.value, acceptance_id, clock.time(), intent_id),
         )
 
     def set(self, key: str, value: str) -> None:
@@ -448,7 +448,7 @@ class Journal:
         if keep_days < 1:
             raise ValueError("compact(): keep_days must be >= 1 (today is never compacted)")
         self.flush()
-        cutoff = jst_day_start(time.time() if now is None else now) - (keep_days - 1) * 86400
+        cutoff = jst_day_start(clock.time() if now is None else now) - (keep_days - 1) * 86400
         marks = ",".join("?" * len(_OPEN))
         stop = self._db.execute(
             f"""SELECT MIN(seq) FROM fills WHERE time >= ?

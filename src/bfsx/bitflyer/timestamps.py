@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime, timedelta, timezone
+
+from bfsx import clock
 
 JST = timezone(timedelta(hours=9), "JST")
 
@@ -66,9 +67,10 @@ def parse(text: str) -> datetime:
 
 def parse_epoch(text: object) -> float:
     """Epoch seconds of a REST or WS date (UTC, 0-7 fraction digits, optional Z); the clock if
-    absent. ``fromisoformat`` on a normalized string is ~8x faster than strptime: fills are hot."""
+    absent (:mod:`bfsx.clock`: the replay's in a backtest). ``fromisoformat`` on a normalized string
+    is ~8x faster than strptime: fills are hot."""
     if not isinstance(text, str) or not text:
-        return time.time()
+        return clock.time()
     head, dot, frac = text.rstrip("Z").partition(".")
     try:
         return datetime.fromisoformat(f"{head}.{frac[:6].ljust(6, '0')}+00:00" if dot else f"{head}+00:00").timestamp()
@@ -76,8 +78,9 @@ def parse_epoch(text: object) -> float:
         try:
             return parse(text).timestamp()
         except ValueError:
-            return time.time()
+            return clock.time()
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    """The current time of :mod:`bfsx.clock` as an aware UTC datetime."""
+    return datetime.fromtimestamp(clock.time(), UTC)
