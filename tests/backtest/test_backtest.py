@@ -218,3 +218,29 @@ def test_order_entry_and_response_latency_are_separate(tmp_path: Path) -> None:
     waited = sys.modules["bfsx_user_strategy_timed"].WAITED
     assert waited == [pytest.approx(0.127, abs=1e-6)]
     assert report["model"]["latency"] == "order entry 7 ms, response 120 ms (constant)"
+
+
+def test_a_backtest_restores_the_collector_s_thresholds(tmp_path: Path) -> None:
+    """The backtest collects young objects less often while it runs, and gives the process its own
+    thresholds back afterwards (a sweep or a test runs many backtests in one process)."""
+    import gc
+
+    from bfsx.backtest import runner
+
+    saved = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+
+    def progress(done: float, total: float) -> None:
+        seen.append(gc.get_threshold())
+
+    try:
+        gc.set_threshold(700, 11, 12)
+        null = tmp_path / "null.py"
+        null.write_text("import bfsx\n\n\nclass MyStrategy(bfsx.Strategy):\n    pass\n")
+        yaml = tmp_path / "null.yaml"
+        yaml.write_text("subscribe: {ticker: false}\n")
+        run_backtest(_settings(null, yaml, 0.002), on_progress=progress)
+        assert seen and all(t == (runner.GC_YOUNG_THRESHOLD, 11, 12) for t in seen)
+        assert gc.get_threshold() == (700, 11, 12)
+    finally:
+        gc.set_threshold(*saved)
