@@ -11,6 +11,7 @@ JST = timezone(timedelta(hours=9), "JST")
 
 
 _seconds: dict[int, str] = {}  # epoch second -> its UTC text; bounded: cleared when full
+_by_datetime: dict[datetime, str] = {}  # the same, by datetime; bounded: cleared when full
 
 
 def utc_second(when: datetime) -> str:
@@ -18,12 +19,17 @@ def utc_second(when: datetime) -> str:
 
     strftime costs ~3.5 us and the simulator stamps every print, event and order row, most of them
     in a second already stamped: the text is made once per second."""
-    second = math.floor(when.timestamp())
-    text = _seconds.get(second)
+    text = _by_datetime.get(when)  # one instant's datetime is stamped many times (its hash is cached)
     if text is None:
-        if len(_seconds) >= 4096:
-            _seconds.clear()
-        text = _seconds[second] = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        second = math.floor(when.timestamp())
+        text = _seconds.get(second)
+        if text is None:
+            if len(_seconds) >= 4096:
+                _seconds.clear()
+            text = _seconds[second] = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_by_datetime) >= 4096:
+            _by_datetime.clear()
+        _by_datetime[when] = text
     return text
 
 
