@@ -27,7 +27,7 @@ from bfsx.backtest.runner import SYNTHETIC_START, BacktestSettings, run_backtest
 from bfsx.bitflyer import channels
 from bfsx.record import DayFiles, Recorder, Store
 from bfsx.sim import views
-from bfsx.sim.config import SimConfig
+from bfsx.sim.config import MarketConfig, SimConfig
 from bfsx.sim.flow import SyntheticFlow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hours", type=float, default=0.5, help="synthetic market hours per run (default 0.5)")
     ap.add_argument("--replay-minutes", type=float, default=20.0, help="minutes of recording to replay (default 20)")
+    ap.add_argument("--far-levels-slack", type=int, default=None,
+                    help="the synthetic market's far_levels_slack (default: the market's own, 20; 0 = the "
+                         "ladder's far end follows every move of the mid, the market before 2026-12-02)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each case (default 3): the best is reported, as timeit does, with the slowest beside it")
     args = ap.parse_args()
@@ -116,8 +119,9 @@ def main() -> None:
             (name, ROOT / "strategies" / f"{name}.py", ROOT / "strategies" / f"{name}.yaml")
             for name in ("mm_spread", "scalping")
         ]
+        market = MarketConfig() if args.far_levels_slack is None else MarketConfig(far_levels_slack=args.far_levels_slack)
         for name, py, yaml in runs:
-            cpu_s, worst_s, report = best(py, yaml, synthetic_hours=args.hours)
+            cpu_s, worst_s, report = best(py, yaml, synthetic_hours=args.hours, market=market)
             fills = report["fills"]["count"]  # type: ignore[index]
             print(f"  {name:<12} {cpu_s:7.2f} CPU s  {seconds / cpu_s:7.0f}x real time   fills {fills}"
                   f"   (slowest of {repeat}: {seconds / worst_s:.0f}x)")
