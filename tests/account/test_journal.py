@@ -358,3 +358,54 @@ def test_compact_can_fold_every_fill(tmp_path: Path) -> None:
         rebuilt = Position()
         rebuilt.rebuild(fills, kv)
         assert fills == [] and rebuilt.snapshot() == live.snapshot() and kv["last_exec_id"] == "2"
+
+
+def _until(cond: object, what: str, timeout: float = 30.0) -> None:
+    """Poll ``cond()`` until true; fail naming ``what`` after a generous ``timeout`` (a hang, not a
+    timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_a_journal_left_open_never_keeps_the_process_alive(tmp_path: Path) -> None:
+    """The checkpointer is a daemon thread: a bot that exits without closing its journal (a bug, an
+    uncaught error on the way out) still exits instead of waiting for the thread forever."""
+    with Journal(tmp_path / "d.db") as j:
+        assert j._checkpointer.daemon is True
+    code = "import sys; from bfsx.account.journal import Journal; j = Journal(sys.argv[1]); j.set('k', 'v')"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "open.db")], timeout=30,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_checkpointer_outlives_idle_rounds_and_checkpoints_later_writes(tmp_path: Path) -> None:
+    """A round with nothing dirty (the idle wake-up) goes back to waiting: the thread must not end
+    there, or a long run's WAL would only be folded at close."""
+    with Journal(tmp_path / "idle.db", checkpoint_every=10, checkpoint_idle=0.01) as j:
+        ck = j._checkpointer
+        for _ in range(2):  # two wake-ups with nothing dirty: the second is taken only by a live loop
+            ck.wake.set()
+            _until(lambda: not ck.wake.is_set(), "an idle round")
+        assert ck.is_alive() and j.checkpoints == 0
+        for eid in range(1, 11):
+            j.record_fill(mkfill(eid))
+        _until(lambda: j.checkpoints == 1, "a checkpoint of the later writes")
+
+
+def test_a_wal_beyond_max_frames_is_truncated_while_the_journal_is_open(tmp_path: Path) -> None:
+    """Sustained writes never let a PASSIVE checkpoint restart the WAL: past ``max_frames`` the
+    checkpointer truncates it (to 0 bytes). Below the bound only PASSIVE runs (the WAL keeps its
+    size): the control."""
+    for bound, truncated in ((1_000_000, False), (1, True)):
+        path = tmp_path / f"wal-{bound}.db"
+        with Journal(path, checkpoint_every=200) as j:
+            j._checkpointer.max_frames = bound
+            for eid in range(1, 200):
+                j.record_fill(mkfill(eid))
+            wal = Path(f"{path}-wal")
+            assert wal.stat().st_size > 0
+            j.record_fill(mkfill(200))  # the 200th write wakes the checkpointer
+            _until(lambda: j.checkpoints == 1, "the checkpoint")
+            assert (wal.stat().st_size == 0) is truncated, bound
