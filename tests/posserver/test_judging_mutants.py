@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from bfsx.account.drift import Correction
 from bfsx.bitflyer.budget import ApiBudget
 from bfsx.bitflyer.errors import ApiError, BitflyerError
 from bfsx.posserver import protocol as p
+from bfsx.posserver.controls import FLATTEN
 from bfsx.posserver.server import CheckResult, PosServer
 
 from .conftest import fast_config
@@ -42,13 +44,16 @@ class StubExchange:
         self.send_error: BaseException | None = None
         #: Called while the position is being read (a report arriving during the requests).
         self.during: Callable[[], None] | None = None
+        self.asked: list[tuple[str, str]] = []  # (request, market)
 
     async def get_board_state(self, market: str) -> dict[str, str]:
+        self.asked.append(("board", market))
         if isinstance(self.board, BaseException):
             raise self.board
         return dict(self.board)
 
     async def net_position(self, market: str) -> Any:
+        self.asked.append(("position", market))
         if self.during is not None:
             self.during()
         if isinstance(self.position, BaseException):
@@ -56,6 +61,7 @@ class StubExchange:
         return self.position
 
     async def get_ticker(self, market: str) -> dict[str, Any]:
+        self.asked.append(("ticker", market))
         return {"ltp": self.ltp}
 
     async def send_child_order(self, market: str, side: str, size: float) -> str:
@@ -74,9 +80,9 @@ def _server(tmp_path: Path, *, quiet: float = 0.0, grace: float = 0.0, **kw: Any
     return s, ex
 
 
-def _report(s: PosServer, bot: str, position: str, *, market: str = FX, base: str = "0") -> None:
+def _report(s: PosServer, bot: str, position: str, *, market: str = FX, base: str = "0", profit: float = 0.0) -> None:
     """A bot's report, as ``on_datagram`` applies a verified one."""
-    s.registry.apply(p.Report(bot, market, float(position), float(base), 0.0, 0.0, 1))
+    s.registry.apply(p.Report(bot, market, float(position), float(base), profit, 0.0, 1))
     s.reports_since_start += 1
 
 
@@ -93,7 +99,7 @@ def _checks(s: PosServer, n: int, market: str = FX) -> list[CheckResult]:
 # ------------------------------------------------------------------------------ a correction
 def test_a_stable_drift_is_corrected_once_after_consecutive_checks(tmp_path: Path) -> None:
     s, ex = _server(tmp_path, pos_server_consecutive=3, adjust_max_size=0.1)
-    _report(s, "a", "0.02")
+    _report(s, "a", "0.02", profit=12.5)
     ex.position = D("0.05")  # a fill of 0.03 no bot reported
     first = _checks(s, 2)
     assert ex.sent == [] and [r.correction for r in first] == ["", ""]
@@ -101,11 +107,15 @@ def test_a_stable_drift_is_corrected_once_after_consecutive_checks(tmp_path: Pat
     assert ex.sent == [(FX, "SELL", 0.03)] and third.correction == "SELL 0.03000000"
     assert (third.market, third.total, third.base, third.expected, third.exchange, third.skip_reason) == (
         FX, D("0.02"), D(0), D("0.02"), D("0.05"), "")
-    assert third.price == 5_000_000.0
+    assert third.price == 5_000_000.0 and third.profit == 12.5
     ms = s.registry.markets[FX]
     assert ms.exchange == D("0.05") and ms.diff == D("0.03") and ms.in_sync_at is None and ms.corrections == 1
+    assert ms.price == 5_000_000.0 and ms.skip_reason == "" and (ms.health, ms.board_state) == ("NORMAL", "RUNNING")
+    assert set(ex.asked) == {("board", FX), ("position", FX), ("ticker", FX)}  # the market judged, no other
     assert s.counters["corrections"] == 1 and [k for k, _ in s.alerts_sent] == ["correction"]  # type: ignore[attr-defined]
-    assert "sent MARKET SELL 0.03000000" in s.alerts_sent[0][1]  # type: ignore[attr-defined]
+    assert s.alerts_sent[0][1] == (  # type: ignore[attr-defined]
+        f"{FX}: exchange 0.05 ≠ expected {third.expected} (Σ bots {third.total} + base {third.base}) for 3 checks: "
+        "sent MARKET SELL 0.03000000")
 
 
 def test_a_correction_counts_as_a_position_change(tmp_path: Path) -> None:
@@ -129,6 +139,7 @@ def test_a_send_that_fails_is_counted_and_alerted_with_its_error(tmp_path: Path)
     assert s.registry.markets[FX].corrections == 0
     ((kind, text),) = s.alerts_sent  # type: ignore[attr-defined]
     assert kind == "correction_failed" and "ApiError" in text and "Insufficient funds" in text
+    assert _check(s).correction == "SELL 0.03000000 failed" and s.counters["correction_errors"] == 2
 
 
 def test_the_cap_bounds_the_correction(tmp_path: Path) -> None:
@@ -143,7 +154,8 @@ def test_the_cap_bounds_the_correction(tmp_path: Path) -> None:
     BitflyerError("down"), ApiError(-1, "x", 500), RuntimeError("bug"), 0.03, None, "0.03", D("NaN"), D("Infinity"),
     D("-Infinity"),
 ], ids=repr)
-def test_an_unknown_or_malformed_exchange_position_is_never_acted_on(tmp_path: Path, answer: Any) -> None:
+def test_an_unknown_or_malformed_exchange_position_is_never_acted_on(tmp_path: Path, answer: Any, caplog: Any) -> None:
+    caplog.set_level("ERROR", logger="bfsx.posserver")
     s, ex = _server(tmp_path, pos_server_consecutive=1)
     _report(s, "a", "0.02")
     ex.position = answer
@@ -153,6 +165,9 @@ def test_an_unknown_or_malformed_exchange_position_is_never_acted_on(tmp_path: P
     ms = s.registry.markets[FX]
     assert ms.exchange is None and ms.diff is None and ms.in_sync_at is None
     assert s._drift[FX].unknown == 1 and s._drift[FX].last_diff is None
+    # An exchange error is the exchange's (counted, shown); anything else is a bug: logged.
+    logged = f"{FX}: getting the exchange position failed: {answer!r}" in caplog.text
+    assert logged == (isinstance(answer, BaseException) and not isinstance(answer, BitflyerError))
 
 
 def test_a_position_at_the_bound_is_unknown_and_just_below_it_is_a_number(tmp_path: Path) -> None:
@@ -221,8 +236,8 @@ def test_an_unknown_board_state_is_no_correction(tmp_path: Path) -> None:
 
 def test_a_closed_market_resets_the_streak(tmp_path: Path) -> None:
     """A known position on a market that does not trade resets the streak: after it, the
-    correction needs ``consecutive`` fresh checks."""
-    s, ex = _server(tmp_path, pos_server_consecutive=2)
+    correction needs ``consecutive`` fresh checks (none rests on a sample of a closed market)."""
+    s, ex = _server(tmp_path, pos_server_consecutive=3)
     _report(s, "a", "0")
     ex.position = D("0.03")
     _check(s)
@@ -231,24 +246,25 @@ def test_a_closed_market_resets_the_streak(tmp_path: Path) -> None:
     _check(s)
     assert s._drift[FX].streak == 0 and s._drift[FX].unknown == 0
     ex.board = {"health": "NORMAL", "state": "RUNNING"}
-    assert _check(s).correction == "" and _check(s).correction == "SELL 0.03000000"
+    assert [r.correction for r in _checks(s, 3)] == ["", "", "SELL 0.03000000"]
 
 
-def test_a_stopped_exchange_is_alerted_once_and_its_return_logged(tmp_path: Path, caplog: Any) -> None:
+@pytest.mark.parametrize("stop", ["NO ORDER", "STOP"])
+def test_a_stopped_exchange_is_alerted_once_and_its_return_logged(tmp_path: Path, caplog: Any, stop: str) -> None:
     s, ex = _server(tmp_path)
     _report(s, "a", "0")
-    ex.board = {"health": "STOP", "state": "RUNNING"}
+    ex.board = {"health": stop, "state": "RUNNING"}
     _checks(s, 2)
     assert [k for k, _ in s.alerts_sent] == ["health_stop"]  # type: ignore[attr-defined]
-    assert "STOP / RUNNING" in s.alerts_sent[0][1]  # type: ignore[attr-defined]
-    ex.board = {"health": "NORMAL", "state": "CLOSED"}  # not STOP any more, but not trading yet
+    assert f"{stop} / RUNNING" in s.alerts_sent[0][1]  # type: ignore[attr-defined]
+    ex.board = {"health": "NORMAL", "state": "CLOSED"}  # not stopped any more, but not trading yet
     _check(s)
     assert FX in s._health_stopped
     caplog.set_level("INFO", logger="bfsx.posserver")
     ex.board = {"health": "NORMAL", "state": "RUNNING"}
     _check(s)
     assert FX not in s._health_stopped and "trades again" in caplog.text
-    ex.board = {"health": "STOP", "state": "RUNNING"}
+    ex.board = {"health": stop, "state": "RUNNING"}
     _check(s)
     assert [k for k, _ in s.alerts_sent] == ["health_stop", "health_stop"]  # type: ignore[attr-defined]
 
@@ -329,6 +345,7 @@ def test_a_frozen_market_sends_nothing_and_says_so(tmp_path: Path) -> None:
     s.registry.markets[FX].last_change -= 7200
     r = _check(s)
     assert ex.sent == [] and r.skip_reason == "frozen: no correction until 'bfsx ctl unfreeze' or 'adopt'"
+    assert s.registry.markets[FX].skip_reason == r.skip_reason  # what the console shows
 
 
 def test_a_correction_that_would_re_open_is_refused_and_freezes(tmp_path: Path) -> None:
@@ -337,7 +354,8 @@ def test_a_correction_that_would_re_open_is_refused_and_freezes(tmp_path: Path) 
     ex.position = D("0.06")  # a hand sale of 0.04: buying it back re-opens
     r = _check(s)
     assert ex.sent == [] and r.skip_reason == "frozen: the correction would re-open a position"
-    assert s.controls.frozen_why(FX) is not None
+    why = s.controls.frozen_why(FX)
+    assert why is not None and why.startswith(f"{FX}: exchange 0.06 ≠ expected {r.expected}; the correction BUY")
 
 
 # ------------------------------------------------------------------------------ in sync
@@ -382,3 +400,105 @@ def test_the_last_gate_sends_only_a_finite_size_within_the_cap_fast(tmp_path: Pa
         t, ex2 = _server(tmp_path / str(cap))
         t.config = t.config.model_copy(update={"adjust_max_size": cap})
         assert "refused" in asyncio.run(t._correct(FX, "SELL", D("0.01"), zero, zero, zero, zero)) and ex2.sent == []
+
+
+# ------------------------------------------------------------------------------ what is expected
+def test_the_base_and_an_adopted_adjust_are_part_of_the_expected_position(tmp_path: Path) -> None:
+    """Spot with 1 BTC held outside the bots (``base_position``), then ``bfsx ctl adopt`` of a
+    further -0.2: the exchange is judged against Σ bots + base + adjust, never Σ bots alone."""
+    spot = "BTC_JPY"
+    s, ex = _server(tmp_path, pos_server_consecutive=1)
+    _report(s, "a", "0.02", market=spot, base="1.0")
+    ex.position = D("1.02")
+    r = _check(s, spot)
+    assert (r.total, r.base, r.expected, r.correction) == (D("0.02"), D("1.0"), D("1.02"), "")
+    assert s.registry.markets[spot].in_sync_at is not None
+    s.controls.adopt(spot, D("-0.2"))  # the operator took 0.2 BTC out by hand
+    ex.position = D("0.82")
+    r = _check(s, spot)
+    assert (r.base, r.expected, r.correction) == (D("0.8"), D("0.82"), "") and ex.sent == []
+    ms = s.registry.markets[spot]
+    assert ms.diff == 0 and ms.in_sync_at is not None  # what the console shows: no difference
+    ex.position = D("0.85")  # a foreign buy of 0.03 on top: sold back
+    r = _check(s, spot)
+    assert r.correction == "SELL 0.03000000" and ms.diff == D("0.03")
+
+
+# ------------------------------------------------------------------------------ settle before correct
+def _lease_query(bot: str, settled: int = 0, seq: int = 1) -> p.LeaseQuery:
+    return p.LeaseQuery(bot=bot, market=FX, v=1, want={}, used={}, sent={}, budget=None, ip=None, settled=settled,
+                        header=p.Header(p.MsgType.LEASE_QUERY, 1, seq, 0.0))
+
+
+def test_a_leased_bot_settles_before_its_market_is_corrected(tmp_path: Path) -> None:
+    """A real settle round (lease_desk.py): the drift of the checked market, ``actual -
+    expected``, is held until the leased bot on it echoed the round; a check after that corrects."""
+    s, ex = _server(tmp_path, pos_server_consecutive=1)
+    _report(s, "a", "-0.02")  # the bot is short 0.02; the exchange shows +0.02: SELL (cut to flatten)
+    ex.position = D("0.02")
+    s.leases.grant(_lease_query("a"), "local", {}, s.own_budget)
+    r = _check(s)
+    assert r.skip_reason == "asked 1 bot(s) to settle" and ex.sent == []
+    assert s.leases.rounds[FX].diff == D("0.04")
+    assert _check(s).skip_reason == "waiting for 1 bot(s) to settle" and ex.sent == []
+    s.leases.grant(_lease_query("a", settled=1, seq=2), "local", {}, s.own_budget)
+    assert _check(s).correction == "SELL 0.02" and ex.sent == [(FX, "SELL", 0.02)]
+
+
+# ------------------------------------------------------------------------------ evicted bots' leftovers
+def test_a_correction_of_an_evicted_bots_leftover_uses_it_up(tmp_path: Path) -> None:
+    """What a correction removed of an evicted bot's position is no longer its to explain: a later
+    drift the same way is judged by the reduce-only rule again."""
+    s, ex = _server(tmp_path, pos_server_consecutive=1)
+    _report(s, "b", "-0.01")
+    s._orphans[FX] = {"gone": D("0.03")}  # an evicted bot held 0.03
+    ex.position = D("0.02")  # its 0.03 is still on the exchange: SELL 0.03 crosses zero, allowed
+    assert _check(s).correction == "SELL 0.03000000"
+    assert FX not in s._orphans
+    ex.position = D("-0.01")
+    assert _check(s).correction == ""  # in sync
+
+
+# ------------------------------------------------------------------------------ the reduce-only gate
+def _gate(s: PosServer, market: str, side: str, size: str, actual: str, expected: str) -> Any:
+    return s._reopen_gate(market, Correction(side, D(size), D(actual) - D(expected)),  # type: ignore[arg-type]
+                          D(actual), D(expected))
+
+
+def test_the_gate_uses_the_markets_own_minimum_size(tmp_path: Path) -> None:
+    """ETH_JPY's minimum order is 0.01: a flattening part or a leftover below it is not sent (the
+    exchange would refuse it), one of exactly the minimum is."""
+    eth = "ETH_JPY"
+    s, _ = _server(tmp_path)
+    assert _gate(s, eth, "SELL", "0.03", "0.005", "-0.025") is None  # crosses zero; 0.005 < 0.01
+    t, _ = _server(tmp_path / "t")
+    assert _gate(t, eth, "SELL", "0.03", "0.01", "-0.02").size == D("0.01")  # exactly the minimum
+    u, _ = _server(tmp_path / "u")
+    u._orphans[eth] = {"gone": D("0.005")}
+    assert _gate(u, eth, "BUY", "0.005", "0.1", "0.105") is None  # a leftover below the minimum
+    v, _ = _server(tmp_path / "v")
+    v._orphans[eth] = {"gone": D("-0.01")}
+    assert _gate(v, eth, "BUY", "0.01", "0.1", "0.11").size == D("0.01")  # exactly the minimum
+
+
+def test_the_gate_at_one_whole_coin(tmp_path: Path) -> None:
+    """Sizes of exactly 1 (a whole BTC) behave as any other size."""
+    s, _ = _server(tmp_path)
+    assert _gate(s, FX, "SELL", "0.1", "1", "0.9").size == D("0.1")  # reduces a long of exactly 1
+    s._orphans[FX] = {"gone": D("1")}
+    # An evicted bot's whole coin, next to a bot short 0.5: the whole sell removes the leftover.
+    assert _gate(s, FX, "SELL", "1", "0.5", "-0.5").size == D("1")
+
+
+def test_ctl_flatten_lets_a_re_opening_correction_of_its_market_through(tmp_path: Path) -> None:
+    s, _ = _server(tmp_path)
+    s.controls.hold(FLATTEN, FX)
+    assert _gate(s, FX, "BUY", "0.1", "0", "0.1") is not None  # the operator asked for the base
+
+
+def test_the_freeze_alert_says_what_and_how_to_lift_it(tmp_path: Path) -> None:
+    s, _ = _server(tmp_path)
+    assert _gate(s, FX, "BUY", "0.04", "0.06", "0.1") is None
+    ((kind, text),) = s.alerts_sent  # type: ignore[attr-defined]
+    assert kind == "freeze" and text == s.controls.frozen_why(FX)
+    assert text.startswith(f"{FX}: exchange 0.06 ≠ expected 0.1") and "'bfsx ctl adopt'" in text
