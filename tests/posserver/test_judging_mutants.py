@@ -502,3 +502,12 @@ def test_the_freeze_alert_says_what_and_how_to_lift_it(tmp_path: Path) -> None:
     ((kind, text),) = s.alerts_sent  # type: ignore[attr-defined]
     assert kind == "freeze" and text == s.controls.frozen_why(FX)
     assert text.startswith(f"{FX}: exchange 0.06 ≠ expected 0.1") and "'bfsx ctl adopt'" in text
+
+
+def test_an_evicted_bots_leftover_explains_only_a_drift_its_way(tmp_path: Path) -> None:
+    """An evicted bot held 0.03 long: a sell removes that; a buy (the exchange below the bots, a
+    hand sale) is no removal of it and stays frozen by the reduce-only rule."""
+    s, _ = _server(tmp_path)
+    s._orphans[FX] = {"gone": D("0.03")}
+    assert _gate(s, FX, "BUY", "0.02", "0.05", "0.07") is None
+    assert s.controls.frozen_why(FX) is not None
