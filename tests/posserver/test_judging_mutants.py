@@ -1,6 +1,7 @@
-"""The position server's judging (``PosServer._check_market``, ``_correct``), driven one check at a
-time against a stub exchange: each test isolates one rule that a surviving mutant of run D
-(docs/mutation-survivors.md) showed no fast test held.
+"""The position server's judging (``PosServer._check_market``, ``_correct``, ``_reopen_gate``),
+driven one check at a time against a stub exchange. Written as the fast test selection of mutation
+run D (docs/reliability.md, "Run D") and extended from its survivors: each test isolates a rule
+that a surviving mutant showed no fast test held (docs/mutation-survivors.md names the mutants).
 
 The server is built but not started (no sockets, no check loop): a test reports positions into
 its registry, sets what the stub exchange answers, runs ``_check_market`` itself and asserts
