@@ -54,6 +54,7 @@ from bfsx.logs import setup_logging
 from bfsx.market.candles import CandleBuilder
 from bfsx.market.feed import MarketFeed
 from bfsx.market.health import HealthPoller
+from bfsx.posserver.controls import SELF_TRADE_PAUSE
 
 if TYPE_CHECKING:  # imported lazily below: a bot without a server or charts does not load them
     from bfsx.posserver.client import PosServerClient
@@ -179,6 +180,8 @@ class BotRuntime:
         self._watchers: list[ConfigWatcher[Any]] = []
         self._flattening: asyncio.Task[None] | None = None
         self._flatten_tried_m = -1e9  # monotonic: the last flatten attempt (bfsx ctl flatten)
+        self._stepping_aside: asyncio.Task[None] | None = None
+        self._step_aside_tried_m = -1e9  # monotonic: the last cancel for a self-trade step-aside
         self.flatten_orders = 0
 
     # ----------------------------------------------------------------- configs (live-reloadable)
@@ -259,6 +262,32 @@ class BotRuntime:
             desk.control_mode, desk.control_reasons = mode, reasons
         if mode == "flatten":
             self._flatten_if_needed()
+        elif SELF_TRADE_PAUSE in reasons:
+            self._step_aside_if_needed()
+
+    def _step_aside_if_needed(self) -> None:
+        """The server's correcting order would trade with this account's own resting orders: this
+        bot's open orders are cancelled (the pause refuses new ones) until the server says the
+        correction went through; tried again (every 4 control intervals) while any is open."""
+        if self._stopping or not self.tracker.open_orders:
+            return
+        if self._stepping_aside is not None and not self._stepping_aside.done():
+            return
+        now = clock.monotonic()
+        if now - self._step_aside_tried_m < 4 * self.trade.pos_server_control_interval:
+            return
+        self._step_aside_tried_m = now
+
+        async def step_aside() -> None:
+            cancelled = await self.desk.cancel_all()
+            self.log.warning("position server: its correcting order would trade with this account's own orders: "
+                             "%d of mine cancelled, no new order until it went through", cancelled)
+
+        task = asyncio.ensure_future(step_aside())
+        task.set_name("ctl-step-aside")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._stepping_aside = task
 
     def _flatten_if_needed(self) -> None:
         """``bfsx ctl flatten``: cancel this bot's orders and close its position at market; tried

@@ -13,6 +13,10 @@ Owns, for every market (or every market at once, the scope ``ALL``):
   exchange position of that moment is the expected one.
 - **re-open allowed**: markets ``bfsx ctl unfreeze`` lifted: their next corrections may re-open a
   position (the operator confirmed it), until the market is in sync again.
+- **stepping aside**: markets whose correcting order the exchange refused as a self trade (it
+  would have matched the account's own resting orders, i.e. the bots' quotes): their bots are
+  paused for ``self-trade`` and cancel their orders, until the correction goes through or the
+  market is in sync. Never saved (a restart's first correction finds out again).
 
 Written to ``controls.json`` in the server's state dir on every change (atomically: a temporary
 file, then a rename), read at start: a command survives a server restart. A file that cannot be
@@ -51,6 +55,10 @@ FROZEN: Final = "frozen"
 FROZEN_PAUSE: Final = f"pause:{FROZEN}"
 FLATTEN: Final = "flatten"
 OPERATOR: Final = "ctl"
+#: The pause of the bots of a market whose correction would trade with their own resting orders.
+SELF_TRADE: Final = "self-trade"
+#: How that pause reaches the bots: they cancel their open orders on it.
+SELF_TRADE_PAUSE: Final = f"pause:{SELF_TRADE}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +85,13 @@ class Controls:
         self.frozen: dict[str, str] = {}  # scope → why (the alert's text)
         self.base_adjust: dict[str, Decimal] = {}  # market → added to the reported base_position
         self.reopen: set[str] = set()  # markets whose corrections may re-open until in sync
+        #: market → monotonic time its bots were asked to step aside (see :meth:`step_aside`)
+        self.aside: dict[str, float] = {}
+        #: markets where stepping aside did not unblock the correction, until in sync or corrected
+        self.aside_failed: set[str] = set()
         #: Hold reasons recomputed by their owner after a restart (the margin watch's): never saved,
         #: so a restart cannot leave one held that its owner no longer knows about.
-        self.volatile: set[str] = set()
+        self.volatile: set[str] = {SELF_TRADE}
         #: Counts every change (bots and tools compare it to see that something changed).
         self.generation = 0
         self.save_errors = 0
@@ -188,10 +200,46 @@ class Controls:
         return market in self.reopen
 
     def in_sync(self, market: str) -> None:
-        """``market``'s exchange agrees with the expected position: a re-open allowance is used up."""
+        """``market``'s exchange agrees with the expected position: a re-open allowance is used up,
+        and its bots need not step aside any more."""
         if market in self.reopen:
             self.reopen.discard(market)
             self._changed()
+        self.step_aside_over(market)
+
+    def step_aside(self, market: str, now: float) -> bool:
+        """A correction of ``market`` was refused as a self trade: its bots pause (no new order)
+        and cancel their open orders, so that the next correction meets other traders' orders.
+        True when newly asked."""
+        if market in self.aside:
+            return False
+        self.aside[market] = now
+        self.pause(SELF_TRADE, market)
+        return True
+
+    def aside_since(self, market: str) -> float | None:
+        """When ``market``'s bots were asked to step aside (None: they are not)."""
+        return self.aside.get(market)
+
+    def step_aside_over(self, market: str) -> bool:
+        """``market``'s correction went through, or nothing is left to correct: its bots may trade
+        again and a later self trade is a new episode; True when they had been stepping aside."""
+        self.aside_failed.discard(market)
+        if self.aside.pop(market, None) is None:
+            return False
+        self.unpause(SELF_TRADE, market)
+        return True
+
+    def step_aside_failed(self, market: str) -> None:
+        """Stepping aside did not unblock ``market``'s correction (the order in the way is not the
+        bots'): they trade again, and are not asked again until in sync or corrected."""
+        self.aside.pop(market, None)
+        self.unpause(SELF_TRADE, market)
+        self.aside_failed.add(market)
+
+    def step_aside_useless(self, market: str) -> bool:
+        """True when stepping aside was tried in this episode and did not help."""
+        return market in self.aside_failed
 
     def to_base(self, market: str) -> bool:
         """True while ``bfsx ctl flatten`` asks the server to bring ``market`` to its base: its
@@ -225,7 +273,7 @@ class Controls:
         return {
             "v": FILE_VERSION, "generation": self.generation,
             "holds": {s: sorted(r - skip) for s, r in sorted(self.holds.items()) if r - skip},
-            "pauses": {s: sorted(r) for s, r in sorted(self.pauses.items())},
+            "pauses": {s: sorted(r - skip) for s, r in sorted(self.pauses.items()) if r - skip},
             "frozen": dict(sorted(self.frozen.items())),
             "base_adjust": {m: str(a) for m, a in sorted(self.base_adjust.items())},
             "reopen": sorted(self.reopen),

@@ -41,7 +41,7 @@ from typing import Any
 from bfsx import aio
 from bfsx.account.drift import Correction, DriftCheck, run_drift_loop
 from bfsx.bitflyer.budget import ApiBudget, BudgetSnapshot
-from bfsx.bitflyer.errors import BitflyerError
+from bfsx.bitflyer.errors import SELF_TRADE, ApiError, BitflyerError
 from bfsx.bitflyer.products import PRODUCTS, get_product
 from bfsx.bitflyer.rest import RestClient
 from bfsx.bitflyer.states import health_rank
@@ -89,6 +89,9 @@ STOP_HEALTH = health_rank("NO ORDER")
 PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price is for charts only)
 #: The check loop's pace whatever the config says (see ``PosServer.check_interval_s``).
 MIN_CHECK_INTERVAL_S = 0.1
+#: Seconds the bots of a market get to cancel their orders when a correction would self-trade
+#: (they see the pause within their pos_server_control_interval, then cancel over REST).
+STEP_ASIDE_WAIT_S = 10.0
 MAX_CHECK_INTERVAL_S = 3600.0
 DEFAULT_CHECK_INTERVAL_S = 30.0
 #: Connections from one peer address that have sent no valid query for ``PENDING_GRACE_S``. A real
@@ -201,12 +204,15 @@ class PosServer:
         #: Per market, the positions evicted bots held (bot → size): a drift they explain is
         #: corrected in either direction (its cause is known); the rest only when it reduces.
         self._orphans: dict[str, dict[str, Decimal]] = {}
+        #: How long the bots of a market get to cancel their orders after a correction was refused
+        #: as a self trade; refused again after that, the order in the way is not theirs.
+        self.step_aside_wait_s = STEP_ASIDE_WAIT_S
         self.bad: Counter[str] = Counter({r: 0 for r in p.REASONS})
         self.counters: Counter[str] = Counter(
             {"reports": 0, "corrections": 0, "correction_errors": 0, "evictions": 0, "queries": 0, "full": 0,
              "duplicates": 0, "market_cap": 0, "check_errors": 0, "retired": 0, "corrections_refused": 0,
              "connections_closed": 0, "reopen_refused": 0, "ctl_commands": 0, "ctl_refused": 0,
-             "control_queries": 0})
+             "control_queries": 0, "self_trade_steps": 0})
         self.results: dict[str, CheckResult] = {}
         self._drift: dict[str, DriftCheck] = {}
         self._saved_bases: dict[str, Decimal] = {}
@@ -1157,15 +1163,50 @@ class PosServer:
         except BitflyerError as e:
             self.counters["correction_errors"] += 1
             log.error("%s: correcting order %s %s failed: %s", market, side, size, e)
+            if isinstance(e, ApiError) and e.status == SELF_TRADE.status:
+                return self._self_trade(market, side, size, e)
             self.alert("correction_failed", f"{market}: correcting order {side} {size} failed: {type(e).__name__}: {e}")
             return f"{side} {size} failed"
         self.counters["corrections"] += 1
         self.registry.correction_sent(market)
         self._consume_orphans(market, side, size)
+        if self.controls.step_aside_over(market):
+            log.warning("%s: the correction went through: its bots may trade again", market)
         log.info("%s: correcting order %s %s accepted (%s)", market, side, size, acc)
         self.alert("correction", f"{market}: exchange {actual} ≠ expected {expected} (Σ bots {total} + base {base}) "
                                  f"for {self.config.pos_server_consecutive} checks: sent MARKET {side} {size}")
         return f"{side} {size}"
+
+    def _self_trade(self, market: str, side: str, size: Decimal, e: BitflyerError) -> str:
+        """The exchange refused a correction as a self trade: it would have matched this account's
+        own resting orders, which only the bots place. Left alone, a market maker's quotes at the
+        touch would block every correction for as long as it quotes, so the bots of ``market``
+        step aside (paused, their orders cancelled: controls.py) and the next check corrects.
+        Refused again once the bots had ``step_aside_wait_s`` to cancel, the order in the way is
+        not theirs (placed by hand?): the bots trade again, and the alert says what to do."""
+        now = time.monotonic()
+        text = f"{market}: correcting order {side} {size} refused as a self trade ({e})"
+        if self.controls.step_aside_useless(market):
+            self.alert("correction_failed", f"{text}: a resting order of this account that no bot placed is in "
+                                            "the way; cancel it (the bots' own orders were cancelled before)")
+            return f"{side} {size} failed (self trade)"
+        since = self.controls.aside_since(market)
+        if since is None:
+            self.controls.step_aside(market, now)
+            self.counters["self_trade_steps"] += 1
+            why = (f"{text}: it would trade with this account's own resting orders, so the bots of {market} pause "
+                   "and cancel their orders until the correction goes through")
+            log.warning("%s", why)
+            self.alert("self_trade", why)
+            return f"{side} {size} refused (self trade): the bots step aside"
+        if now - since < self.step_aside_wait_s:
+            return f"{side} {size} refused (self trade): waiting for the bots to cancel"
+        self.controls.step_aside_failed(market)
+        why = (f"{text} {now - since:.0f} s after the bots of {market} were asked to cancel their orders: a resting "
+               "order no bot placed (by hand?) is in the way; the bots trade again; cancel that order")
+        log.error("%s", why)
+        self.alert("correction_failed", why)
+        return f"{side} {size} failed (self trade)"
 
     # ------------------------------------------------------------------ history
     async def _restore(self) -> None:

@@ -41,6 +41,7 @@ ALERT_KINDS: Final[dict[str, str]] = {
     "correction": "the position server sent a correcting order",
     "correction_failed": "a correcting order failed or was refused",
     "freeze": "a market was frozen (a correction would add exposure)",
+    "self_trade": "a correction would trade with the account's own orders: the market's bots step aside",
     "eviction": "a bot was evicted (not after a clean, flat stop)",
     "bot_died": "a bot went silent, without a last report, while holding a position",
     "duplicate": "two live senders claim one bot id",

@@ -1,0 +1,118 @@
+"""A correction the exchange refuses as a self trade (-159): it would have matched the account's
+own resting orders, which only the bots place. The bots of that market step aside (paused, their
+orders cancelled) until the correction goes through or the market is in sync; refused again after
+they had their time, the order in the way is not theirs and they trade again.
+
+The server's judging runs one check at a time against the stub exchange of
+test_judging_mutants.py; the bots' side and the whole loop with real processes are in
+test_self_trade_processes.py.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+from bfsx.bitflyer.errors import SELF_TRADE, OrderRejected
+from bfsx.posserver.controls import SELF_TRADE_PAUSE, Controls
+
+from .test_judging_mutants import FX, _checks, _report, _server
+
+D = Decimal
+
+
+def _self_trade() -> OrderRejected:
+    return OrderRejected(SELF_TRADE.status, SELF_TRADE.message, SELF_TRADE.http, "/v1/me/sendchildorder")
+
+
+def _alerts(s: object, kind: str) -> list[str]:
+    return [text for k, text in s.alerts_sent if k == kind]  # type: ignore[attr-defined]
+
+
+def test_a_self_trade_refusal_makes_the_bots_step_aside_until_the_correction_goes_through(tmp_path: Path) -> None:
+    s, ex = _server(tmp_path, pos_server_consecutive=1, adjust_max_size=0.1)
+    _report(s, "a", "0")
+    ex.position = D("0.03")  # a foreign buy: the correction sells into the account's own bid
+    ex.send_error = _self_trade()
+    [first] = _checks(s, 1)
+    assert first.correction == "SELL 0.03000000 refused (self trade): the bots step aside"
+    control = s.controls.bot_control(FX)
+    assert control.mode == "pause" and SELF_TRADE_PAUSE in control.reasons
+    [alert] = _alerts(s, "self_trade")
+    assert FX in alert and "SELL 0.03000000" in alert and "cancel their orders" in alert
+    assert s.counters["self_trade_steps"] == 1
+    # Refused again before the bots had their time: still waiting, nothing more said.
+    [again] = _checks(s, 1)
+    assert again.correction == "SELL 0.03000000 refused (self trade): waiting for the bots to cancel"
+    assert len(_alerts(s, "self_trade")) == 1 and _alerts(s, "correction_failed") == []
+    assert s.controls.bot_control(FX).mode == "pause"
+    # The bots cancelled: the correction goes through, and they trade again.
+    ex.send_error = None
+    [done] = _checks(s, 1)
+    assert done.correction == "SELL 0.03000000" and ex.sent == [(FX, "SELL", 0.03)]
+    assert s.controls.bot_control(FX).mode == "run" and s.controls.aside_since(FX) is None
+
+
+def test_refused_again_after_the_wait_the_order_in_the_way_is_not_the_bots(tmp_path: Path) -> None:
+    s, ex = _server(tmp_path, pos_server_consecutive=1, adjust_max_size=0.1)
+    s.step_aside_wait_s = 0.0
+    _report(s, "a", "0")
+    ex.position = D("0.03")
+    ex.send_error = _self_trade()
+    _checks(s, 1)
+    assert s.controls.bot_control(FX).mode == "pause"
+    [second] = _checks(s, 1)
+    assert second.correction == "SELL 0.03000000 failed (self trade)"
+    assert s.controls.bot_control(FX).mode == "run"  # the bots are not the cause: they trade again
+    [blocked] = _alerts(s, "correction_failed")
+    assert "no bot placed" in blocked and "cancel that order" in blocked
+    # Further refusals fail and alert; the bots are not paused again in this episode.
+    [third] = _checks(s, 1)
+    assert third.correction == "SELL 0.03000000 failed (self trade)"
+    assert s.controls.bot_control(FX).mode == "run" and s.counters["self_trade_steps"] == 1
+    assert len(_alerts(s, "correction_failed")) == 2
+    # Once the market was in sync, a new refusal is a new episode: the bots step aside again.
+    ex.position = D("0")
+    _checks(s, 1)
+    ex.position = D("0.03")
+    _checks(s, 1)
+    assert s.controls.bot_control(FX).mode == "pause" and s.counters["self_trade_steps"] == 2
+
+
+def test_a_market_in_sync_releases_its_bots_without_a_correction(tmp_path: Path) -> None:
+    """Someone else took the foreign position out while the bots stood aside: nothing is left to
+    correct, and they must not stay paused."""
+    s, ex = _server(tmp_path, pos_server_consecutive=1, adjust_max_size=0.1)
+    _report(s, "a", "0")
+    ex.position = D("0.03")
+    ex.send_error = _self_trade()
+    _checks(s, 1)
+    assert s.controls.bot_control(FX).mode == "pause"
+    ex.position = D("0")
+    [in_sync] = _checks(s, 1)
+    assert in_sync.correction == "" and s.controls.bot_control(FX).mode == "run"
+
+
+def test_other_refusals_do_not_make_the_bots_step_aside(tmp_path: Path) -> None:
+    s, ex = _server(tmp_path, pos_server_consecutive=1, adjust_max_size=0.1)
+    _report(s, "a", "0")
+    ex.position = D("0.03")
+    ex.send_error = OrderRejected(-200, "Insufficient funds", 400, "/v1/me/sendchildorder")
+    [r] = _checks(s, 1)
+    assert r.correction == "SELL 0.03000000 failed" and s.controls.bot_control(FX).mode == "run"
+    assert _alerts(s, "self_trade") == [] and len(_alerts(s, "correction_failed")) == 1
+
+
+def test_the_step_aside_pause_is_never_saved(tmp_path: Path) -> None:
+    """A restart's first correction finds out again; a saved pause would hold the bots after a
+    restart with nobody left to release it."""
+    c = Controls(tmp_path)
+    c.pause("ctl", FX)
+    assert c.step_aside(FX, 1.0) is True and c.step_aside(FX, 2.0) is False
+    saved = json.loads((tmp_path / "controls.json").read_text())
+    assert saved["pauses"] == {FX: ["ctl"]}
+    again = Controls(tmp_path)
+    again.load({FX})
+    assert again.paused(FX) == ["ctl"] and again.aside_since(FX) is None
+    assert c.step_aside_over(FX) is True and c.step_aside_over(FX) is False and c.paused(FX) == ["ctl"]
