@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bfsx.account.orders import Fill, Order, OrderState, OrderTracker
+from bfsx.account.orders import Fill, Order, OrderIntent, OrderState, OrderTracker
 from bfsx.account.position import Position
 from bfsx.bitflyer.messages import ChildOrder, ChildOrderEvent, PrivateExecution
 
@@ -546,3 +546,19 @@ def test_unsettled_orders_are_bounded_newest_kept() -> None:
     for o in orders:
         t.apply_event(simple_ev(o.acceptance_id or "", "CANCEL"))
     assert t.unsettled_orders == orders[1:]
+
+
+def test_an_intent_is_held_until_dropped_and_dropping_an_unknown_one_is_harmless() -> None:
+    """An order POST of unknown outcome is looked up until its outcome is known; once dropped it is
+    never looked up again, and dropping one twice (adopted by a lookup and closed by another) is
+    no error."""
+    t = OrderTracker("FX_BTC_JPY")
+    a, b = OrderIntent.new("FX_BTC_JPY", "BUY", 0.01, 100.0), OrderIntent.new("FX_BTC_JPY", "SELL", 0.02, None)
+    t.add_intent(a)
+    t.add_intent(b)
+    assert t.intents == [a, b] and t.holds_intent(a) and t.holds_intent(b)
+    t.drop_intent(a.intent_id)
+    assert t.intents == [b] and not t.holds_intent(a) and t.holds_intent(b)
+    t.drop_intent(a.intent_id)  # again: nothing to drop
+    t.drop_intent("never-seen")
+    assert t.intents == [b]
