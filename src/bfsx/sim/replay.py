@@ -70,10 +70,15 @@ class ReplayFeed:
     """Feeds ``market`` from recordings at ``speed`` times real time. Counters: ``frames`` (handed
     over), ``gaps`` (gaps, drops and disconnects met); ``done`` is set at the end."""
 
-    def __init__(self, market: UpstreamMarket, paths: Sequence[Path], speed: float = 1.0) -> None:
+    def __init__(self, market: UpstreamMarket, paths: Sequence[Path], speed: float = 1.0,
+                 last_shown_s: float = 0.0) -> None:
+        """``last_shown_s``: how long the recording's last book stays shown before the end withdraws
+        it (the server's diff interval: else a last frame and the end could share one published diff,
+        and no client would see the recording's final book)."""
         self.market = market
         self.paths = list(paths)
         self.speed = check_speed(speed)
+        self.last_shown_s = last_shown_s
         self.frames = 0
         self.gaps = 0
         self.done = asyncio.Event()
@@ -129,6 +134,8 @@ class ReplayFeed:
         except asyncio.CancelledError:
             market.connected = False
             raise
+        if self.last_shown_s > 0:
+            await asyncio.sleep(self.last_shown_s)
         market.connected = False
         market.lose("the replay has ended")
         market.say(f"replay finished: {self.frames} frames, {self.gaps} gaps")

@@ -143,7 +143,9 @@ class SimServer:
                 self.feed = UpstreamFeed(self.upstream_market, upstream, cfg.upstream)
             else:
                 assert replay is not None
-                self.feed = ReplayFeed(self.upstream_market, [Path(p) for p in replay], speed)
+                # the last book stays shown for one diff (it could share one with the end's withdrawal)
+                self.feed = ReplayFeed(self.upstream_market, [Path(p) for p in replay], speed,
+                                       last_shown_s=2 * cfg.market.diff_interval)
         else:
             self.flow = SyntheticFlow(self.engine, cfg.market, self.seed)
         self.limiter = RateLimiter(cfg.limits, api_keys=self.engine.accounts)
