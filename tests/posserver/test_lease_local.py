@@ -317,3 +317,34 @@ async def test_a_server_without_leases_is_recognised(sim: SimServer, server_fact
         if c.health is not None:
             await c.health.stop()
         await rest.close()
+
+
+def test_a_same_size_drift_after_the_bots_positions_moved_is_settled_once_more() -> None:
+    """A settle heals one lost fill while a second of the same size is lost: the drift keeps its size
+    but the bots' expected position moved. Corrected then, that second fill would count twice once
+    its bot heals it too; so the bots settle once more first, and only once (bots trading on must
+    not hold a real drift back for ever)."""
+    clock = Clock()
+    desk = LeaseDesk(clock=clock)
+    from bfsx.posserver.lease_budget import HostBudget
+
+    own = HostBudget()
+    desk.grant(_query("a"), "local", {}, own)
+    step, d, e0 = Decimal("0.001"), Decimal("0.01"), Decimal("0.05")
+    assert desk.gate(FX, d, step, clock(), expected=e0).startswith("asked 1")
+    desk.grant(_query("a", settled=1, seq=2), "local", {}, own)
+    clock.t += 1
+    # Settled, the same drift and expected: the correction may go (as before).
+    assert desk.gate(FX, d, step, clock(), expected=e0) == ""
+    # Settled, the same drift, but the bot healed a fill meanwhile (expected + 0.01): once more.
+    assert desk.gate(FX, d, step, clock(), expected=e0 + d) == "asked 1 bot(s) to settle again"
+    assert desk.epochs[FX] == 2
+    clock.t += 1
+    assert desk.gate(FX, d, step, clock(), expected=e0 + d).startswith("waiting for 1")
+    desk.grant(_query("a", settled=2, seq=3), "local", {}, own)
+    clock.t += 1
+    # Still there after the second settle, even with the positions moved again: corrected now.
+    assert desk.gate(FX, d, step, clock(), expected=e0 + 2 * d) == ""
+    assert desk.epochs[FX] == 2
+    # A drift of another size is a new drift, as ever.
+    assert desk.gate(FX, Decimal("0.02"), step, clock(), expected=e0).startswith("asked 1")

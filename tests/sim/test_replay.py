@@ -71,24 +71,28 @@ async def test_a_recording_replays_its_board_and_executions_to_clients(tmp_path:
             await feed.start()
             await eventually(lambda: paper.feed is not None and paper.feed.done.is_set(), what="the replay ends")
 
-            def withdrawn() -> bool:  # the last frame the replay sends: every level gone
-                diffs = sock.channel(channels.board(FX))
-                return bool(diffs) and all(lv["size"] == 0 for lv in diffs[-1]["bids"] + diffs[-1]["asks"])
+            def shown() -> list[Any]:
+                """The client's book after each board frame it received so far."""
+                seen = OrderBook()
+                views: list[Any] = []
+                for ch, msg in list(sock.messages):
+                    if ch == channels.board_snapshot(FX):
+                        seen.apply_snapshot(msg)
+                    elif ch == channels.board(FX):
+                        if not seen.ready:  # the paper simulator's diffs before its first snapshot: a book from empty
+                            seen.apply_snapshot({"mid_price": 0.0, "bids": [], "asks": []})
+                        seen.apply_diff(msg)
+                    else:
+                        continue
+                    views.append(top(seen))
+                return views
 
+            # The end withdraws every level, after the last frame (the replay is done by now, so that
+            # diff is on its way): wait until the client's whole book is empty, not for a diff that
+            # only deletes (a mid-run diff may delete only, and end the wait too soon).
             await sock.wait_for(lambda: sum(map(len, sock.channel(channels.executions(FX)))) >= len(prints)
-                                and withdrawn())
-            seen = OrderBook()
-            views: list[Any] = []
-            for ch, msg in list(sock.messages):
-                if ch == channels.board_snapshot(FX):
-                    seen.apply_snapshot(msg)
-                elif ch == channels.board(FX):
-                    if not seen.ready:  # the paper simulator's diffs before its first snapshot: a book from empty
-                        seen.apply_snapshot({"mid_price": 0.0, "bids": [], "asks": []})
-                    seen.apply_diff(msg)
-                else:
-                    continue
-                views.append(top(seen))
+                                and (views := shown()) != [] and views[-1] == ([], []))
+            views = shown()
             got = [row for msg in sock.channel(channels.executions(FX)) for row in msg]
         finally:
             await sock.close()

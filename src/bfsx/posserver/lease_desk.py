@@ -86,6 +86,10 @@ class SettleRound:
     opened_m: float
     waiting: set[str]
     settled_m: float | None = None
+    #: Σ bots + base when the round opened (None: not given).
+    expected: Decimal | None = None
+    #: Opened again for a drift of the same size after the bots' positions moved (see ``gate``).
+    again: bool = False
 
 
 def host_of(peer: object) -> str:
@@ -300,13 +304,19 @@ class LeaseDesk:
 
     # ------------------------------------------------------------------ settle before correct
     def gate(self, market: str, diff: Decimal | None, min_size: Decimal, check_started_m: float,
-             now_m: float | None = None) -> str:
+             now_m: float | None = None, expected: Decimal | None = None) -> str:
         """Whether a correction on ``market`` may go out now: "" yes, else why not.
 
         A drift seen for the first time (or changed) opens a settle round: every live leased bot of
         the market is asked (in its next grant) to reconcile with the exchange and echo the round's
         epoch. Only a drift still there in a check that started after the last of them settled may
         be corrected. A round nobody completes within ``SETTLE_TIMEOUT_S`` holds nothing back.
+
+        A drift of the same size after the bots' ``expected`` position moved since its round opened
+        may be another drift: a settle healed one lost fill and a second one of the same size was
+        lost meanwhile (bots trade fixed lots). Correcting it would count that fill twice once its
+        bot heals it too, so the bots are asked to settle once more (once per drift: bots that trade
+        on would otherwise hold a real drift back for ever).
         """
         tm = self.clock() if now_m is None else now_m
         r = self.rounds.get(market)
@@ -314,13 +324,19 @@ class LeaseDesk:
             if r is not None:
                 del self.rounds[market]  # healed (by its bot, most likely): nothing to correct
             return ""
-        if r is None or r.diff != diff:
+        again = (r is not None and r.diff == diff and not r.again and r.settled_m is not None
+                 and expected is not None and r.expected is not None and expected != r.expected)
+        if r is None or r.diff != diff or again:
             waiting = set(self.live_on(market, tm))
             if not waiting:
                 return ""  # no leased bot to wait for (none live, or only bots without leases)
             epoch = self.epochs.get(market, 0) + 1
             self.epochs[market] = epoch
-            self.rounds[market] = SettleRound(epoch, diff, tm, waiting)
+            self.rounds[market] = SettleRound(epoch, diff, tm, waiting, expected=expected, again=again)
+            if again:
+                log.info("%s: drift %s again after the bots' positions moved; asking %d bot(s) to settle once more "
+                         "(epoch %d)", market, diff, len(waiting), epoch)
+                return f"asked {len(waiting)} bot(s) to settle again"
             log.info("%s: drift %s seen; asking %d bot(s) to settle first (epoch %d)", market, diff, len(waiting), epoch)
             return f"asked {len(waiting)} bot(s) to settle"
         r.waiting &= set(self.live_on(market, tm))  # a bot that left cannot hold a correction back

@@ -1105,7 +1105,10 @@ class PosServer:
     def _settle_gate(self, market: str, diff: Decimal | None, drift: DriftCheck, check_started_m: float) -> str:
         """Settle before correct: "" when a correction may go out, else why not (the streak then
         starts over, so only checks after every bot settled count toward a correction)."""
-        hold = self.leases.gate(market, diff, drift.min_size, check_started_m)
+        # this check's expected position (nothing awaited since the check read it): a drift of the
+        # same size after the bots' positions moved may be another lost fill (lease_desk.gate)
+        expected = self.registry.total(market) + self.base_of(market)
+        hold = self.leases.gate(market, diff, drift.min_size, check_started_m, expected=expected)
         if hold:
             drift.reset()
         return hold
