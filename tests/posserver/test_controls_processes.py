@@ -16,6 +16,7 @@ this process, and ``bfsx ctl`` run as the operator would (a subprocess of the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,10 +96,14 @@ class Harness:
             await self.server.stop()
             self.server = None
 
-    def start_bot(self, name: str, buy: float) -> None:
+    def start_bot(self, name: str, buy: float = 0.0, *, strategy: Path = STRATEGY,
+                  parameters: dict[str, Any] | None = None) -> None:
+        """A real ``bfsx trade`` process of ``strategy`` (ctl_bot.py, buying ``buy`` first, unless
+        another strategy and its ``parameters`` are given)."""
         d = self.folder / name
         d.mkdir()
-        (d / "ctl_bot.yaml").write_text(yaml.safe_dump({"parameters": {"buy": buy}, "price_band": 0.5}))
+        params = parameters if parameters is not None else {"buy": buy}
+        (d / f"{strategy.stem}.yaml").write_text(yaml.safe_dump({"parameters": params, "price_band": 0.5}))
         (d / "trade.yaml").write_text(yaml.safe_dump(dict(
             apikey=KEY, secret=API_SECRET, product=FX, endpoint=self.sim.url, ws_endpoint=self.sim.ws_url,
             bot_name=name, log_folder=str(d / "logs"), console_output=False, health_interval=0.5,
@@ -108,7 +113,7 @@ class Harness:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BFSX_")}
         with open(d / "stderr.txt", "wb") as err:
             self.bots[name] = subprocess.Popen(
-                [sys.executable, "-m", "bfsx.cli", "trade", "trade.yaml", str(STRATEGY), "ctl_bot.yaml"],
+                [sys.executable, "-m", "bfsx.cli", "trade", "trade.yaml", str(strategy), f"{strategy.stem}.yaml"],
                 cwd=d, stdout=subprocess.DEVNULL, stderr=err, env=env)
 
     def log(self, name: str) -> str:
@@ -156,12 +161,14 @@ class Harness:
                 raise AssertionError(f"{name} did not stop") from None
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    cfg = tmp_path / "sim.yaml"
-    cfg.write_text(yaml.safe_dump({"limits": {"private": LIMIT, "orders": LIMIT, "ip": LIMIT}}))
+@contextlib.asynccontextmanager
+async def running_harness(folder: Path, market: dict[str, Any] | None = None) -> AsyncIterator[Harness]:
+    """A ``bfsx sim`` process (its limits raised, ``market`` over its defaults) and a harness on it;
+    bots, server and simulator stopped at the end."""
+    cfg = folder / "sim.yaml"
+    cfg.write_text(yaml.safe_dump({"limits": {"private": LIMIT, "orders": LIMIT, "ip": LIMIT}, "market": market or {}}))
     sim: SimProcess = start_sim_process("--config", str(cfg))
-    h = Harness(sim, tmp_path)
+    h = Harness(sim, folder)
     try:
         yield h
     finally:
@@ -170,6 +177,12 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
             await h.stop_server()
         finally:
             sim.stop()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running_harness(tmp_path) as h:
+        yield h
 
 
 async def _bots_ready(h: Harness, expected: Decimal) -> PosServer:

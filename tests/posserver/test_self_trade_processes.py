@@ -7,20 +7,15 @@ correction would be refused for as long as the bot quotes, and the foreign expos
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bfsx.sim.hooks import eventually as wait_for
 
-from ..conftest import SimProcess, start_sim_process
-from .test_controls_processes import API_SECRET, FX, KEY, LIMIT, POS_SECRET, Harness, _hand_trade
+from .test_controls_processes import FX, Harness, _hand_trade, running_harness
 
 QUOTER = Path(__file__).parent / "strategies" / "quoter.py"
 pytestmark = pytest.mark.timeout(120)
@@ -30,45 +25,16 @@ pytestmark = pytest.mark.timeout(120)
 async def still_market(tmp_path: Path) -> AsyncIterator[Harness]:
     """A ``bfsx sim`` process whose mid stands still and where nobody takes: the bot's bid stays
     the best bid and unfilled, so the correcting sell meets it first (every time)."""
-    cfg = tmp_path / "sim.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "limits": {"private": LIMIT, "orders": LIMIT, "ip": LIMIT},
-        "market": {"volatility": 0, "noise": 0, "jump_probability": 0, "taker_rate": 0, "churn_per_second": 0},
-    }))
-    sim: SimProcess = start_sim_process("--config", str(cfg))
-    h = Harness(sim, tmp_path)
-    try:
+    still = {"volatility": 0, "noise": 0, "jump_probability": 0, "taker_rate": 0, "churn_per_second": 0}
+    async with running_harness(tmp_path, still) as h:
         yield h
-    finally:
-        try:
-            await h.stop_bots()
-            await h.stop_server()
-        finally:
-            sim.stop()
-
-
-def _start_quoter(h: Harness, name: str) -> None:
-    d = h.folder / name
-    d.mkdir()
-    (d / "quoter.yaml").write_text(yaml.safe_dump({"parameters": {"size": 0.01}, "price_band": 0.5}))
-    (d / "trade.yaml").write_text(yaml.safe_dump(dict(
-        apikey=KEY, secret=API_SECRET, product=FX, endpoint=h.sim.url, ws_endpoint=h.sim.ws_url,
-        bot_name=name, log_folder=str(d / "logs"), console_output=False, health_interval=0.5,
-        pos_server=["127.0.0.1", h.port], pos_server_secret=POS_SECRET, pos_server_report_interval=0.2,
-        pos_server_control_interval=0.1, status_interval=0.2,
-    )))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BFSX_")}
-    with open(d / "stderr.txt", "wb") as err:
-        h.bots[name] = subprocess.Popen(
-            [sys.executable, "-m", "bfsx.cli", "trade", "trade.yaml", str(QUOTER), "quoter.yaml"],
-            cwd=d, stdout=subprocess.DEVNULL, stderr=err, env=env)
 
 
 async def test_a_correction_blocked_by_a_bots_own_bid_goes_through_after_the_bot_steps_aside(
         still_market: Harness) -> None:
     h = still_market
     server = await h.start_server()
-    _start_quoter(h, "quoter")
+    h.start_bot("quoter", strategy=QUOTER, parameters={"size": 0.01})
     await wait_for(lambda: "quoter resting" in h.log("quoter") and len(server.registry.bots) == 1
                    and server.results.get(FX) is not None and server.results[FX].exchange == h.total(),
                    60, what="the quoter's bid resting, its position counted")

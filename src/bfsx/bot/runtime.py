@@ -16,7 +16,7 @@ import functools
 import logging
 import signal
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,10 +178,10 @@ class BotRuntime:
         self._stopping = False
         self._stop = asyncio.Event()
         self._watchers: list[ConfigWatcher[Any]] = []
-        self._flattening: asyncio.Task[None] | None = None
-        self._flatten_tried_m = -1e9  # monotonic: the last flatten attempt (bfsx ctl flatten)
-        self._stepping_aside: asyncio.Task[None] | None = None
-        self._step_aside_tried_m = -1e9  # monotonic: the last cancel for a self-trade step-aside
+        #: The server's control actions (flatten, step-aside): the running task and the last
+        #: attempt (monotonic) per kind.
+        self._control_tasks: dict[str, asyncio.Task[None]] = {}
+        self._control_tried_m: dict[str, float] = {}
         self.flatten_orders = 0
 
     # ----------------------------------------------------------------- configs (live-reloadable)
@@ -269,37 +269,21 @@ class BotRuntime:
         """The server's correcting order would trade with this account's own resting orders: this
         bot's open orders are cancelled (the pause refuses new ones) until the server says the
         correction went through; tried again (every 4 control intervals) while any is open."""
-        if self._stopping or not self.tracker.open_orders:
+        if not self.tracker.open_orders:
             return
-        if self._stepping_aside is not None and not self._stepping_aside.done():
-            return
-        now = clock.monotonic()
-        if now - self._step_aside_tried_m < 4 * self.trade.pos_server_control_interval:
-            return
-        self._step_aside_tried_m = now
 
         async def step_aside() -> None:
             cancelled = await self.desk.cancel_all()
             self.log.warning("position server: its correcting order would trade with this account's own orders: "
                              "%d of mine cancelled, no new order until it went through", cancelled)
 
-        task = asyncio.ensure_future(step_aside())
-        task.set_name("ctl-step-aside")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._stepping_aside = task
+        self._control_action("step-aside", step_aside)
 
     def _flatten_if_needed(self) -> None:
         """``bfsx ctl flatten``: cancel this bot's orders and close its position at market; tried
         again (every 4 control intervals) while a position is left."""
-        if self._stopping or (self._flattening is not None and not self._flattening.done()):
-            return
         if abs(self.position.size) < float(self.spec.min_size) and not self.tracker.open_orders:
             return
-        now = clock.monotonic()
-        if now - self._flatten_tried_m < 4 * self.trade.pos_server_control_interval:
-            return
-        self._flatten_tried_m = now
 
         async def flatten() -> None:
             await self.desk.cancel_all()
@@ -309,11 +293,19 @@ class BotRuntime:
                 self.log.warning("position server flatten: %s %s at market: %s", order.side, order.size,
                                  order.state.value + (f" ({order.reason})" if order.reason else ""))
 
-        task = asyncio.ensure_future(flatten())
-        task.set_name("ctl-flatten")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._flattening = task
+        self._control_action("flatten", flatten)
+
+    def _control_action(self, kind: str, action: Callable[[], Awaitable[None]]) -> None:
+        """Run what the server's mode asks (``flatten``, ``step-aside``) as a task: one at a time
+        per kind, at most once every 4 control intervals, never while stopping."""
+        running = self._control_tasks.get(kind)
+        if self._stopping or (running is not None and not running.done()):
+            return
+        now = clock.monotonic()
+        if now - self._control_tried_m.get(kind, -1e9) < 4 * self.trade.pos_server_control_interval:
+            return
+        self._control_tried_m[kind] = now
+        self._control_tasks[kind] = self._spawn(action(), f"ctl-{kind}")
 
     def api_remaining(self) -> int:
         """Private calls left: our own budget, which honours the account-wide view when a position
@@ -374,11 +366,12 @@ class BotRuntime:
         await self.reconciler.resync()
 
     # ----------------------------------------------------------------- background tasks
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _timer_loop(self, interval: float, cb: Callback, basetime: float | None) -> None:
         listener = Listener(cb, self.log, self._tasks)
