@@ -89,11 +89,11 @@ STOP_HEALTH = health_rank("NO ORDER")
 PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price is for charts only)
 #: The check loop's pace whatever the config says (see ``PosServer.check_interval_s``).
 MIN_CHECK_INTERVAL_S = 0.1
+MAX_CHECK_INTERVAL_S = 3600.0
+DEFAULT_CHECK_INTERVAL_S = 30.0
 #: Seconds the bots of a market get to cancel their orders when a correction would self-trade
 #: (they see the pause within their pos_server_control_interval, then cancel over REST).
 STEP_ASIDE_WAIT_S = 10.0
-MAX_CHECK_INTERVAL_S = 3600.0
-DEFAULT_CHECK_INTERVAL_S = 30.0
 #: Connections from one peer address that have sent no valid query for ``PENDING_GRACE_S``. A real
 #: client sends its query right after connecting, so beyond this the address hoards slots: its oldest
 #: silent ones are closed when any connection arrives (refusing the newcomer instead would let the
