@@ -49,35 +49,45 @@ def _exec_date(t_ns: int) -> str:
     return datetime.fromtimestamp(t_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 
 
-def _recording(folder: Path, *, through: bool) -> Path:
-    """The frames above, one second apart, as ``bfsx record`` writes them."""
+def _write(folder: Path, records: list[tuple[float, dict[str, object]]]) -> Path:
+    """A day file as ``bfsx record`` writes it: its open marker, each record ``dt_s`` after the one
+    before (``{"ch": ..., "msg": ...}`` frames or markers), its close marker; zstd-compressed."""
     t = T0_NS
     lines = [fmt.marker_line(t, fmt.MARK_OPEN, format=fmt.FORMAT, version=fmt.VERSION, product=FX, reason="start")]
-
-    def frame(dt_s: float, channel: str, msg: object) -> None:
-        nonlocal t
+    for dt_s, rec in records:
         t += int(dt_s * fmt.NS_PER_S)
-        lines.append(orjson.dumps({"t": t, "ch": channel, "msg": msg}) + b"\n")
-
-    snapshot = {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.0}], "asks": [{"price": ASK, "size": 1.0}]}
-    frame(0.1, channels.board_snapshot(FX), snapshot)  # the replay (and the bot) starts here
-    frame(1.0, channels.board_snapshot(FX), snapshot)  # the strategy, started by now, joins the bid
-    frame(1.0, channels.board(FX), {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.5}], "asks": []})
-    frame(1.0, channels.board(FX), {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.0}], "asks": []})
-    frame(1.0, channels.executions(FX), [{"id": 1, "side": "SELL", "price": BID, "size": 0.7,
-                                          "exec_date": _exec_date(t + fmt.NS_PER_S),
-                                          "buy_child_order_acceptance_id": "x", "sell_child_order_acceptance_id": "y"}])
-    if through:
-        frame(1.0, channels.executions(FX), [{"id": 2, "side": "SELL", "price": BID - 1000, "size": 0.5,
-                                              "exec_date": _exec_date(t + fmt.NS_PER_S),
-                                              "buy_child_order_acceptance_id": "x",
-                                              "sell_child_order_acceptance_id": "y"}])
-    frame(5.0, channels.board(FX), {"mid_price": (BID + ASK) / 2, "bids": [], "asks": []})
+        lines.append(orjson.dumps({"t": t, **rec}) + b"\n")
     lines.append(fmt.marker_line(t, fmt.MARK_CLOSE))
     folder.mkdir(parents=True)
     path = folder / fmt.file_name(fmt.jst_day(T0_NS))
     path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
     return path
+
+
+def _print(t_ns: int, id_: int, price: float, size: float) -> dict[str, object]:
+    return {"id": id_, "side": "SELL", "price": price, "size": size, "exec_date": _exec_date(t_ns),
+            "buy_child_order_acceptance_id": "x", "sell_child_order_acceptance_id": "y"}
+
+
+def _recording(folder: Path, *, through: bool) -> Path:
+    """The frames above, one second apart, as ``bfsx record`` writes them."""
+    snapshot = {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.0}], "asks": [{"price": ASK, "size": 1.0}]}
+    s = fmt.NS_PER_S
+    records: list[tuple[float, dict[str, object]]] = [
+        (0.1, {"ch": channels.board_snapshot(FX), "msg": snapshot}),  # the replay (and the bot) starts here
+        (1.0, {"ch": channels.board_snapshot(FX), "msg": snapshot}),  # the strategy, started by now, joins the bid
+        (1.0, {"ch": channels.board(FX), "msg": {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.5}],
+                                                 "asks": []}}),
+        (1.0, {"ch": channels.board(FX), "msg": {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.0}],
+                                                 "asks": []}}),
+        # each print dated the instant it is received (no feed latency)
+        (1.0, {"ch": channels.executions(FX), "msg": [_print(T0_NS + int(0.1 * s) + 4 * s, 1, BID, 0.7)]}),
+    ]
+    if through:
+        records.append((1.0, {"ch": channels.executions(FX),
+                              "msg": [_print(T0_NS + int(0.1 * s) + 5 * s, 2, BID - 1000, 0.5)]}))
+    records.append((5.0, {"ch": channels.board(FX), "msg": {"mid_price": (BID + ASK) / 2, "bids": [], "asks": []}}))
+    return _write(folder, records)
 
 
 @pytest.mark.parametrize(("queue", "through", "filled"), [
@@ -106,28 +116,18 @@ def test_a_gap_in_the_recording_is_a_reconnect_and_the_queue_ahead_is_unknown(tm
     """A gap (the recorder's socket closed, 1012) reconnects the bot (the runtime resyncs) and
     empties the mirror; the next snapshot's size at the bot's price goes ahead of its order (what
     queued meanwhile is unknown: risk-averse), so a 0.7 print against 1.0 does not fill it."""
-    t = T0_NS
+    t, s = T0_NS, fmt.NS_PER_S
     snapshot = {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.0}], "asks": [{"price": ASK, "size": 1.0}]}
-    lines = [fmt.marker_line(t, fmt.MARK_OPEN, format=fmt.FORMAT, version=fmt.VERSION, product=FX, reason="start")]
-    for dt_s, rec in [
+    data = _write(tmp_path / "rec", [
         (0.1, {"ch": channels.board_snapshot(FX), "msg": snapshot}),
         (1.0, {"ch": channels.board_snapshot(FX), "msg": snapshot}),  # the strategy joins the bid here
         (1.0, {"mark": fmt.MARK_DISCONNECT, "code": 1012}),
-        (3.0, {"mark": fmt.MARK_GAP, "from_ns": t + int(2.1 * fmt.NS_PER_S), "to_ns": t + int(5.1 * fmt.NS_PER_S),
+        (3.0, {"mark": fmt.MARK_GAP, "from_ns": t + int(2.1 * s), "to_ns": t + int(5.1 * s),
                "code": 1012, "reason": "closed"}),
         (0.5, {"ch": channels.board_snapshot(FX), "msg": snapshot}),
-        (1.0, {"ch": channels.executions(FX), "msg": [{"id": 1, "side": "SELL", "price": BID, "size": 0.7,
-                                                       "exec_date": _exec_date(t + int(6.6 * fmt.NS_PER_S)),
-                                                       "buy_child_order_acceptance_id": "x",
-                                                       "sell_child_order_acceptance_id": "y"}]}),
+        (1.0, {"ch": channels.executions(FX), "msg": [_print(t + int(6.6 * s), 1, BID, 0.7)]}),
         (5.0, {"ch": channels.board(FX), "msg": {"mid_price": (BID + ASK) / 2, "bids": [], "asks": []}}),
-    ]:
-        t += int(dt_s * fmt.NS_PER_S)
-        lines.append(orjson.dumps({"t": t, **rec}) + b"\n")
-    lines.append(fmt.marker_line(t, fmt.MARK_CLOSE))
-    (tmp_path / "rec").mkdir()
-    data = tmp_path / "rec" / fmt.file_name(fmt.jst_day(T0_NS))
-    data.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
+    ])
     py, yaml = tmp_path / "join.py", tmp_path / "join.yaml"
     py.write_text(JOIN)
     yaml.write_text("subscribe: {ticker: false}\n")
@@ -159,23 +159,15 @@ def test_liquidity_the_bot_took_stays_taken_until_its_level_goes(tmp_path: Path)
     """The recorded ask of 0.6 at 10,001,000 is re-stated by a later diff (someone else's activity):
     the recorded market never saw the bot's first 0.5 go, so the second 0.5 finds only 0.1 there and
     takes 0.4 from the next level, as the real book would have made it."""
-    t = T0_NS
     snapshot = {"mid_price": (BID + ASK) / 2, "bids": [{"price": BID, "size": 1.0}],
                 "asks": [{"price": ASK, "size": 0.6}, {"price": ASK + 1000, "size": 1.0}]}
     restated = {"mid_price": (BID + ASK) / 2, "bids": [], "asks": [{"price": ASK, "size": 0.6}]}
-    lines = [fmt.marker_line(t, fmt.MARK_OPEN, format=fmt.FORMAT, version=fmt.VERSION, product=FX, reason="start")]
-    for dt_s, ch, msg in [
-        (0.1, channels.board_snapshot(FX), snapshot),
-        (1.0, channels.board_snapshot(FX), snapshot),  # the first buy
-        (1.0, channels.board(FX), restated),  # the second buy
-        (5.0, channels.board(FX), {"mid_price": (BID + ASK) / 2, "bids": [], "asks": []}),
-    ]:
-        t += int(dt_s * fmt.NS_PER_S)
-        lines.append(orjson.dumps({"t": t, "ch": ch, "msg": msg}) + b"\n")
-    lines.append(fmt.marker_line(t, fmt.MARK_CLOSE))
-    (tmp_path / "rec").mkdir()
-    data = tmp_path / "rec" / fmt.file_name(fmt.jst_day(T0_NS))
-    data.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
+    data = _write(tmp_path / "rec", [
+        (0.1, {"ch": channels.board_snapshot(FX), "msg": snapshot}),
+        (1.0, {"ch": channels.board_snapshot(FX), "msg": snapshot}),  # the first buy
+        (1.0, {"ch": channels.board(FX), "msg": restated}),  # the second buy
+        (5.0, {"ch": channels.board(FX), "msg": {"mid_price": (BID + ASK) / 2, "bids": [], "asks": []}}),
+    ])
     py, yaml = tmp_path / "take.py", tmp_path / "take.yaml"
     py.write_text(TAKE_TWICE)
     yaml.write_text("subscribe: {ticker: false}\nmax_order_size: 1\nmax_position: 2\n")
