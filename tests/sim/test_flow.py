@@ -140,3 +140,14 @@ def test_no_slack_moves_the_whole_ladder_with_the_mid() -> None:
         for side, (low, high, lo, hi) in _ladder_bounds(flow).items():
             assert lo <= low and high <= hi
             assert (low == lo) if side == 1 else (high == hi)
+
+
+def test_far_levels_slack_must_be_a_bounded_whole_number_of_levels() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    for bad in (-1, 5001, 2.5, "many", float("nan"), float("inf")):
+        with pytest.raises(ValidationError):
+            SimConfig(market={"far_levels_slack": bad})
+    assert SimConfig(market={"far_levels_slack": 0}).market.far_levels_slack == 0
+    assert SimConfig().market.far_levels_slack == 20

@@ -15,19 +15,9 @@ ACCEPTANCE_RE = re.compile(r"^JRF\d{8}-\d{6}-\d{6}$")
 CHILD_ORDER_RE = re.compile(r"^(JOR\d{8}-\d{6}-\d{6}|JFX\d{8}-\d{6}-\d{6}F)$")
 
 
-_stamps: dict[datetime, str] = {}  # bounded: cleared when full
-
-
 def _stamp(when: datetime) -> str:
-    # The simulator stamps every maker of every print: the quotes of one flow step share their
-    # datetime object (whose hash is cached), so most stamps are one dict lookup.
-    text = _stamps.get(when)
-    if text is None:
-        if len(_stamps) >= 4096:
-            _stamps.clear()
-        t = utc_second(when)  # 2023-05-25T08:02:46
-        text = _stamps[when] = f"{t[0:4]}{t[5:7]}{t[8:10]}-{t[11:13]}{t[14:16]}{t[17:19]}"
-    return text
+    t = utc_second(when)  # 2023-05-25T08:02:46, made once per second (timestamps.utc_second)
+    return f"{t[0:4]}{t[5:7]}{t[8:10]}-{t[11:13]}{t[14:16]}{t[17:19]}"
 
 
 def acceptance_id(when: datetime, serial: int) -> str:
