@@ -145,3 +145,28 @@ def test_a_diff_of_exactly_the_minimum_size_is_corrected() -> None:
     dc = check(consecutive=2)
     assert dc.observe(D("0"), D("-0.001"), quiet=True) is None
     assert dc.observe(D("0"), D("-0.001"), quiet=True) == Correction("BUY", D("0.001"), D("-0.001"))
+
+
+@pytest.mark.parametrize("consecutive", [1, 3])
+def test_a_refused_correction_is_sent_again_on_the_next_identical_quiet_diff(consecutive: int) -> None:
+    """An order the exchange refused never traded: the next sample of the same drift yields it
+    again; a sample that is not quiet, or of another drift, needs a new streak."""
+    dc = check(consecutive=consecutive)
+    for _ in range(consecutive - 1):
+        dc.observe(D("0"), D("0.02"), quiet=True)
+    assert dc.observe(D("0"), D("0.02"), quiet=True) == Correction("SELL", D("0.02"), D("0.02"))
+    dc.refused()
+    assert dc.observe(D("0"), D("0.02"), quiet=True) == Correction("SELL", D("0.02"), D("0.02"))
+    dc.refused()
+    assert dc.observe(D("0"), D("0.02"), quiet=False) is None and dc.streak == 0
+    dc.refused()  # the last sample yielded nothing: the streak is not ``consecutive - 1`` again
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    assert dc.streak == 1 or consecutive == 1
+    fresh = check(consecutive=3)
+    fresh.refused()  # nothing observed yet: nothing to resend
+    assert fresh.streak == 0 and fresh.observe(D("0"), D("0.02"), quiet=True) is None
+    moved = check(consecutive=3)
+    for _ in range(3):
+        moved.observe(D("0"), D("0.02"), quiet=True)
+    moved.refused()
+    assert moved.observe(D("0"), D("0.03"), quiet=True) is None and moved.streak == 1

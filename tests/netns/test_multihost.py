@@ -10,8 +10,10 @@ Timeline (wall time, every wait bounded; about 40 s in all on 2 cores):
    a 0.02 BTC market order nobody's bot placed (the position server must correct it once);
 3. the position server's host cut off from everything (``Net.cut``: the router drops what goes to
    it and refuses what comes from it) until it has evicted both bots, then three times ``evict_after`` more —
-   longer than the eviction time — then healed, the link clean again. The bots keep trading on
-   their own budget meanwhile; the server, blind to the exchange, must not correct anything;
+   longer than the eviction time, and until each bot placed an order — then healed, the link clean
+   again. The bots keep trading on their own budget meanwhile (one the server had just asked to
+   step aside for its correction first waits out ``STEP_ASIDE_WAIT_S``); the server, blind to the
+   exchange, must not correct anything;
 4. the server settles; then it stops, the bots stop (each cancels its orders), and we compare.
 
 Checked at the end: invariant 1 (Σ bots' journal positions + base_position == the simulator's
@@ -45,6 +47,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from bfsx.posserver.controls import STEP_ASIDE_WAIT_S
 
 REPO = Path(__file__).resolve().parents[2]
 FX = "FX_BTC_JPY"
@@ -198,6 +202,10 @@ def test_bots_on_other_hosts_survive_a_bad_link_and_a_cut_longer_than_eviction(n
     wait(lambda: server_log.read_text().count("evicted after") >= 2 + evictions_before, 20,
          "both bots evicted while the server is cut off", every=0.2)
     time.sleep(3 * EVICT_AFTER)  # > stale_after: every bot requotes at least once while cut off
+    # ... unless the server had just asked it to step aside for a correction (a self trade): it
+    # does so until STEP_ASIDE_WAIT_S after it last heard the server, then trades on its own budget.
+    wait(lambda: all(_between(_journal(net.folder / r / "logs")[1], cut_from, time.time()) for r in bots),
+         STEP_ASIDE_WAIT_S + 10, "each bot placing orders while the server is cut off", every=0.2)
     net.heal("pos")
     cut_to = time.time()
     net.loss(0)

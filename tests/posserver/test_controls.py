@@ -294,6 +294,41 @@ async def test_a_bot_keeps_its_last_mode_when_control_queries_fail(server_factor
         await client.stop()
 
 
+@pytest.mark.timeout(60)
+async def test_a_bot_cut_off_from_its_server_stops_stepping_aside_after_the_hold(server_factory: Any,
+                                                                               wait_for: Any) -> None:
+    """The server asked the bots to step aside for its correction, then cannot be heard: the bot
+    keeps the operator's hold but not the step-aside, ``step_aside_hold_s`` after the last reply
+    that carried it (a cut as long as the eviction time must not pause it all along)."""
+    import time
+
+    from bfsx.posserver.controls import SELF_TRADE_PAUSE
+    from bfsx.posserver.lease_budget import LeasedBudget
+    from bfsx.posserver.lease_client import LeaseClient
+
+    server: PosServer = await server_factory()
+    server.controls.hold("ctl", FX)
+    server.controls.step_aside(FX, time.monotonic())
+    seen: list[tuple[float, str, tuple[str, ...]]] = []
+    client = LeaseClient("127.0.0.1", server.port, SECRET, "bot", FX, budget=LeasedBudget(), timeout=0.3,
+                         control_interval=0.05, step_aside_hold_s=1.0,
+                         on_control=lambda r: seen.append((time.monotonic(), r.mode, tuple(r.reasons))))
+    await client.start()
+    try:
+        await wait_for(lambda: seen and seen[-1][1:] == ("pause", ("ctl", SELF_TRADE_PAUSE)), what="the step-aside")
+        await server.stop()  # unreachable from now on
+        heard = seen[-1][0]
+        await wait_for(lambda: seen[-1][1] != "pause", timeout=20, what="the step-aside dropped")
+        at, mode, reasons = seen[-1]
+        assert (mode, reasons) == ("close-only", ("ctl",))  # the operator's hold stays
+        assert at - heard >= 1.0
+        assert client.control is not None and client.control.reasons == ("ctl",)
+        await asyncio.sleep(0.3)
+        assert seen[-1] == (at, mode, reasons)  # said once
+    finally:
+        await client.stop()
+
+
 async def test_margin_holds_are_not_restored_and_resume_lifts_the_daily_loss(server_factory: Any, tmp_path: Path) -> None:
     from bfsx.posserver.margin import DAILY_LOSS_HOLD, KEEP_RATE_HOLD
 

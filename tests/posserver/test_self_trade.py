@@ -116,3 +116,30 @@ def test_the_step_aside_pause_is_never_saved(tmp_path: Path) -> None:
     again.load({FX})
     assert again.paused(FX) == ["ctl"] and again.aside_since(FX) is None
     assert c.step_aside_over(FX) is True and c.step_aside_over(FX) is False and c.paused(FX) == ["ctl"]
+
+
+def test_after_stepping_aside_the_next_check_corrects_without_a_new_streak(tmp_path: Path) -> None:
+    """The refused order never traded, so the evidence for it stands: with 3 checks needed, the
+    first check after the refusal that sees the same drift sends it (not three more with the bots
+    paused all along); a drift that changed meanwhile needs its own streak."""
+    s, ex = _server(tmp_path, pos_server_consecutive=3, adjust_max_size=0.1)
+    _report(s, "a", "0")
+    ex.position = D("0.03")
+    ex.send_error = _self_trade()
+    results = _checks(s, 3)
+    assert [r.correction for r in results] == ["", "", "SELL 0.03000000 refused (self trade): the bots step aside"]
+    ex.send_error = None
+    [done] = _checks(s, 1)
+    assert done.correction == "SELL 0.03000000" and ex.sent == [(FX, "SELL", 0.03)]
+    assert s.controls.bot_control(FX).mode == "run"
+    # A second episode whose drift moves while the bots stand aside: a fresh streak of 3.
+    ex.sent.clear()
+    ex.position = D("0.05")
+    ex.send_error = _self_trade()
+    _checks(s, 3)
+    assert s.controls.bot_control(FX).mode == "pause"
+    ex.send_error = None
+    ex.position = D("0.04")  # someone else's fill moved it
+    assert [r.correction for r in _checks(s, 2)] == ["", ""] and ex.sent == []
+    [third] = _checks(s, 1)
+    assert third.correction == "SELL 0.04000000" and ex.sent == [(FX, "SELL", 0.04)]

@@ -16,7 +16,8 @@ Rules (invariants 3 and 8, docs/ARCHITECTURE.md#invariants):
 * ``consecutive`` identical differences (``actual - expected``, compared at the size step) in a row
   yield ``Correction(side, size)`` with ``size = min(|diff|, max_order)`` rounded *down* to the size
   step, ``side`` moving the exchange toward ``expected``; the streak then starts over, so the next
-  correction needs fresh evidence that this one did not land.
+  correction needs fresh evidence that this one did not land. A correction the exchange *refused*
+  (:meth:`DriftCheck.refused`) did not land, so the next identical difference sends it again.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class DriftCheck:
         self.corrections = 0
         """Correcting orders the caller actually sent (see :meth:`sent`); a correction refused
         later (health, a failed POST) is not one."""
+        self._yielded = False  # the last sample yielded a correction (what :meth:`refused` refers to)
 
     def sent(self) -> None:
         """The caller sent the correction :meth:`observe` returned."""
@@ -76,8 +78,17 @@ class DriftCheck:
         """Forget the streak (e.g. after the caller's correcting order failed)."""
         self.streak = 0
 
+    def refused(self) -> None:
+        """The exchange refused the correction the last sample yielded (an error answer, so it
+        never traded): the evidence for it stands, and the next quiet sample of the same difference
+        yields it again, without a new streak of ``consecutive`` samples. A different difference
+        starts a new streak."""
+        if self._yielded:
+            self.streak = self.consecutive - 1
+
     def observe(self, expected: Decimal | None, actual: Decimal | None, *, quiet: bool) -> Correction | None:
         """One sample; returns the correction to send, or None."""
+        self._yielded = False
         if expected is None or actual is None:
             self.unknown += 1
             return None
@@ -95,6 +106,7 @@ class DriftCheck:
         size = min(abs(diff), self.max_order).quantize(self.size_step, rounding=ROUND_DOWN)
         if size < self.min_size or size <= 0:
             return None  # max_order below the exchange minimum: nothing sendable
+        self._yielded = True
         return Correction("SELL" if diff > 0 else "BUY", size, diff)
 
 

@@ -59,6 +59,11 @@ OPERATOR: Final = "ctl"
 SELF_TRADE: Final = "self-trade"
 #: How that pause reaches the bots: they cancel their open orders on it.
 SELF_TRADE_PAUSE: Final = f"pause:{SELF_TRADE}"
+#: Seconds the bots of a market get to cancel their orders when a correction would self-trade
+#: (they see the pause within their pos_server_control_interval, then cancel over REST). The server
+#: gives up stepping aside when the correction is refused again after this long; a bot that cannot
+#: hear the server stops stepping aside this long after the last reply that asked it to.
+STEP_ASIDE_WAIT_S: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,16 @@ class BotControl:
     mode: Mode
     reasons: tuple[str, ...]
     generation: int
+
+
+def mode_of(reasons: tuple[str, ...]) -> Mode:
+    """The mode that :meth:`Controls.bot_control`'s ``reasons`` mean: flatten, then pause (a
+    ``pause:`` reason), then close-only (any other hold), else run."""
+    if FLATTEN in reasons:
+        return "flatten"
+    if any(r.startswith("pause:") for r in reasons):
+        return "pause"
+    return "close-only" if reasons else "run"
 
 
 def _scope(market: str | None) -> str:
@@ -143,18 +158,8 @@ class Controls:
 
     def bot_control(self, market: str) -> BotControl:
         """The mode of the bots on ``market``: flatten, then pause, then close-only, else run."""
-        holds, pauses = self.held(market), self.paused(market)
-        mode: Mode
-        if FLATTEN in holds:
-            mode = "flatten"
-        elif pauses:
-            mode = "pause"
-        elif holds:
-            mode = "close-only"
-        else:
-            mode = "run"
-        reasons = tuple(sorted(set(holds) | {f"pause:{r}" for r in pauses}))
-        return BotControl(mode, reasons, self.generation)
+        reasons = tuple(sorted(set(self.held(market)) | {f"pause:{r}" for r in self.paused(market)}))
+        return BotControl(mode_of(reasons), reasons, self.generation)
 
     # ------------------------------------------------------------------ corrections
     def freeze(self, market: str | None, why: str) -> bool:

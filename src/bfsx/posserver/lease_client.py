@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from bfsx.market.health import HealthPoller
 from bfsx.posserver import protocol as p
 from bfsx.posserver.client import PosServerClient, PosServerUnavailable
+from bfsx.posserver.controls import SELF_TRADE_PAUSE, STEP_ASIDE_WAIT_S, mode_of
 from bfsx.posserver.lease import KINDS, LEASE_VERSION, Kind
 from bfsx.posserver.lease_budget import LeasedBudget
 
@@ -117,14 +119,18 @@ class LeaseClient(PosServerClient):
                  budget: LeasedBudget, health: HealthPoller | None = None,
                  settle: Callable[[], Awaitable[bool]] | None = None,
                  control_interval: float = 0.5, on_control: Callable[[p.ControlReply], None] | None = None,
-                 **kw: Any) -> None:
+                 step_aside_hold_s: float = STEP_ASIDE_WAIT_S, **kw: Any) -> None:
         """``control_interval``: seconds between two control queries (the bot's mode: ``bfsx
         ctl``), asked on the lease connection between lease queries; ``on_control``: called with
-        every reply (the bot keeps its last mode while the server does not answer)."""
+        every reply. The bot keeps its last mode while the server does not answer, except the
+        server's request to step aside for its correction: that ends ``step_aside_hold_s`` after
+        the last reply that carried it (the server itself gives up after as long)."""
         super().__init__(host, port, secret, bot_id, market, **kw)
         self.control_interval = control_interval
         self.on_control = on_control
-        self.control: p.ControlReply | None = None  # the last control reply
+        self.step_aside_hold_s = step_aside_hold_s
+        self.control: p.ControlReply | None = None  # the last control reply (or what is left of it)
+        self._control_at = 0.0  # monotonic: when the last control reply came
         self.control_errors = 0
         self._control_failures = 0  # in a row
         self._control_next = 0.0  # monotonic: the next control query is due
@@ -278,6 +284,7 @@ class LeaseClient(PosServerClient):
             if self._control_failures == 1:
                 log.warning("position server control query failed (%s): keeping the last mode (%s)", e,
                             self.control.mode if self.control is not None else "run")
+            self._end_unheard_step_aside()
         else:
             if self._control_failures:
                 log.info("position server control replies back")
@@ -290,10 +297,26 @@ class LeaseClient(PosServerClient):
         reply = await self._conn.request(p.ControlQuery(bot=self.bot_id, market=self.market))
         if not isinstance(reply, p.ControlReply):
             raise PosServerUnavailable(f"unexpected reply {type(reply).__name__}")
-        self.control = reply
+        self.control, self._control_at = reply, time.monotonic()
         if self.on_control is not None:
             self.on_control(reply)
         return reply
+
+    def _end_unheard_step_aside(self) -> None:
+        """The server asked this bot to step aside for its correcting order, and has not been heard
+        for ``step_aside_hold_s``: by then the server has corrected or given up, so the bot keeps
+        the rest of its last mode (an operator's pause stays) and trades again on its own budget,
+        as it would have without the self trade. A bot cut off from its server must not stay paused
+        for as long as the cut lasts."""
+        c = self.control
+        if c is None or SELF_TRADE_PAUSE not in c.reasons or time.monotonic() - self._control_at < self.step_aside_hold_s:
+            return
+        reasons = tuple(r for r in c.reasons if r != SELF_TRADE_PAUSE)
+        self.control = dataclasses.replace(c, mode=mode_of(reasons), reasons=reasons)
+        log.warning("position server not heard for %.0f s: no longer stepping aside for its correction (mode %s)",
+                    time.monotonic() - self._control_at, self.control.mode)
+        if self.on_control is not None:
+            self.on_control(self.control)
 
     def _term(self) -> float:
         """Seconds until the next regular query: half the lease term (a new one before it ends)."""

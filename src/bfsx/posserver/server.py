@@ -54,7 +54,7 @@ from bfsx.config import (
 )
 from bfsx.net import is_loopback
 from bfsx.posserver import protocol as p
-from bfsx.posserver.controls import ALL, FLATTEN, FROZEN, OPERATOR, Controls
+from bfsx.posserver.controls import ALL, FLATTEN, FROZEN, OPERATOR, STEP_ASIDE_WAIT_S, Controls
 from bfsx.posserver.history import History
 from bfsx.posserver.lease_budget import HostBudget
 from bfsx.posserver.lease_desk import HEALTH_FEED_INTERVAL_S, LeaseDesk, host_of
@@ -91,9 +91,6 @@ PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price 
 MIN_CHECK_INTERVAL_S = 0.1
 MAX_CHECK_INTERVAL_S = 3600.0
 DEFAULT_CHECK_INTERVAL_S = 30.0
-#: Seconds the bots of a market get to cancel their orders when a correction would self-trade
-#: (they see the pause within their pos_server_control_interval, then cancel over REST).
-STEP_ASIDE_WAIT_S = 10.0
 #: Connections from one peer address that have sent no valid query for ``PENDING_GRACE_S``. A real
 #: client sends its query right after connecting, so beyond this the address hoards slots: its oldest
 #: silent ones are closed when any connection arrives (refusing the newcomer instead would let the
@@ -1196,6 +1193,9 @@ class PosServer:
         since = self.controls.aside_since(market)
         if since is None:
             self.controls.step_aside(market, now)
+            # Refused, so it never traded: the next check that sees the same drift sends it again
+            # (once the bots cancelled), not after a new streak with the bots paused all along.
+            self._drift_for(market).refused()
             self.counters["self_trade_steps"] += 1
             why = (f"{text}: it would trade with this account's own resting orders, so the bots of {market} pause "
                    "and cancel their orders until the correction goes through")
