@@ -89,6 +89,7 @@ class Relay:
             print(f"relay: config not reloaded: {e}", file=sys.stderr, flush=True)
             return
         self.counters["reloads"] += 1
+        print("RELOADED", flush=True)  # whoever sent the signal may wait for this line
 
     def dump(self) -> None:
         print(json.dumps({"relay": dict(self.counters)}), file=sys.stderr, flush=True)

@@ -34,7 +34,8 @@ class Relay:
         self.spec["impair"] = kw
         self.path.write_text(json.dumps(self.spec))
         self.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.2)  # the signal is handled on the relay's loop
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == b"RELOADED"  # in force from now on
 
 
 @pytest.fixture
@@ -64,6 +65,14 @@ class Sink(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.got.append((time.monotonic(), data))
 
+    async def wait(self, n: int, timeout: float = 10.0) -> None:
+        """Until ``n`` datagrams came (a loaded machine may be slow), then a little longer: one
+        more than expected would show."""
+        deadline = time.monotonic() + timeout
+        while len(self.got) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.15)
+
 
 async def test_udp_delayed_duplicated_reordered(ports: dict[str, int], relay_factory: Any) -> None:
     loop = asyncio.get_running_loop()
@@ -76,7 +85,7 @@ async def test_udp_delayed_duplicated_reordered(ports: dict[str, int], relay_fac
     try:
         sent = time.monotonic()
         send_t.sendto(b"first")
-        await asyncio.sleep(0.5)
+        await sink.wait(1)
         assert [d for _, d in sink.got] == [b"first"]
         assert sink.got[0][0] - sent >= 0.075  # the delay
 
@@ -84,7 +93,7 @@ async def test_udp_delayed_duplicated_reordered(ports: dict[str, int], relay_fac
         sink.got.clear()
         for i in range(5):
             send_t.sendto(b"d%d" % i)
-        await asyncio.sleep(0.3)
+        await sink.wait(10)
         assert sorted(d for _, d in sink.got) == sorted([b"d%d" % i for i in range(5)] * 2)
 
         relay.impair(reorder_pct=50, reorder_ms=100)
@@ -92,7 +101,7 @@ async def test_udp_delayed_duplicated_reordered(ports: dict[str, int], relay_fac
         for i in range(40):
             send_t.sendto(b"%03d" % i)
             await asyncio.sleep(0.005)
-        await asyncio.sleep(0.4)
+        await sink.wait(40)
         order = [int(d) for _, d in sink.got]
         assert sorted(order) == list(range(40))  # nothing lost or added
         assert order != sorted(order)  # overtaken (the chance of none of 40 is 2^-40)
