@@ -10,7 +10,10 @@ test_self_trade_processes.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -143,3 +146,28 @@ def test_after_stepping_aside_the_next_check_corrects_without_a_new_streak(tmp_p
     assert [r.correction for r in _checks(s, 2)] == ["", ""] and ex.sent == []
     [third] = _checks(s, 1)
     assert third.correction == "SELL 0.04000000" and ex.sent == [(FX, "SELL", 0.04)]
+
+
+async def test_the_refused_correction_is_tried_again_seconds_later_not_a_check_interval(tmp_path: Path) -> None:
+    """With the default 30 s check interval, the bots would stand aside for 30 s and the drift stay
+    uncorrected as long: the check loop runs again ``step_aside_recheck_s`` after the refusal."""
+    s, ex = _server(tmp_path, pos_server_consecutive=3, adjust_max_size=0.1, pos_server_check_interval=30)
+    s.step_aside_recheck_s = 0.2
+    _report(s, "a", "0")
+    ex.position = D("0.03")
+    ex.send_error = _self_trade()
+    for _ in range(3):  # the streak, checked by hand (the loop would take 90 s)
+        await s._check_market(FX)
+    assert s.controls.aside_since(FX) is not None and ex.sent == []
+    ex.send_error = None  # the bots cancelled
+    loop_task = asyncio.create_task(s._check_loop())
+    try:
+        deadline = time.monotonic() + 10
+        while not ex.sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert ex.sent == [(FX, "SELL", 0.03)], "no check round within 10 s of the refusal"
+        assert s.controls.bot_control(FX).mode == "run"
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task

@@ -23,6 +23,7 @@ Rules (invariants 3 and 8, docs/ARCHITECTURE.md#invariants):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -117,16 +118,23 @@ async def run_drift_loop(
     log: logging.Logger,
     what: str = "position check",
     running: Callable[[], bool] = lambda: True,
+    wake: asyncio.Event | None = None,
 ) -> None:
     """The loop both drift checks run, the single bot's and the position server's: wait one
-    interval (read anew every round, so a live reload applies at once), then run one round.
+    interval (read anew every round, so a live reload applies at once), or until ``wake`` is set
+    (the caller wants a round sooner), then run one round.
 
     A round that raises is logged with its traceback once, and again only when the error changes
     or after a round that worked: a bug must neither end the guard nor fill the log every round.
     """
     failing: type[BaseException] | None = None
     while running():
-        await asyncio.sleep(interval_s())
+        if wake is None:
+            await asyncio.sleep(interval_s())
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval_s())
+            wake.clear()
         if not running():
             return
         try:

@@ -91,6 +91,9 @@ PRICE_EVERY = 10.0  # seconds between two ticker requests per market (the price 
 MIN_CHECK_INTERVAL_S = 0.1
 MAX_CHECK_INTERVAL_S = 3600.0
 DEFAULT_CHECK_INTERVAL_S = 30.0
+#: Seconds from a correction refused as a self trade to the check that sends it again: the bots
+#: see their pause within pos_server_control_interval, then cancel over REST.
+STEP_ASIDE_RECHECK_S = 2.0
 #: Connections from one peer address that have sent no valid query for ``PENDING_GRACE_S``. A real
 #: client sends its query right after connecting, so beyond this the address hoards slots: its oldest
 #: silent ones are closed when any connection arrives (refusing the newcomer instead would let the
@@ -204,6 +207,8 @@ class PosServer:
         #: How long the bots of a market get to cancel their orders after a correction was refused
         #: as a self trade; refused again after that, the order in the way is not theirs.
         self.step_aside_wait_s = STEP_ASIDE_WAIT_S
+        self.step_aside_recheck_s = STEP_ASIDE_RECHECK_S
+        self._check_soon = asyncio.Event()  # set: the check loop runs a round now (see _check_again_in)
         self.bad: Counter[str] = Counter({r: 0 for r in p.REASONS})
         self.counters: Counter[str] = Counter(
             {"reports": 0, "corrections": 0, "correction_errors": 0, "evictions": 0, "queries": 0, "full": 0,
@@ -748,7 +753,12 @@ class PosServer:
 
     async def _check_loop(self) -> None:
         # The same loop as a single bot's drift check: a bug in one round must not end the guard.
-        await run_drift_loop(self.check_interval_s, self.check_all, log=log, what="position check")
+        await run_drift_loop(self.check_interval_s, self.check_all, log=log, what="position check",
+                             wake=self._check_soon)
+
+    def _check_again_in(self, delay_s: float) -> None:
+        """Run the next check round ``delay_s`` from now, if the interval would come later."""
+        asyncio.get_running_loop().call_later(delay_s, self._check_soon.set)
 
     async def check_all(self) -> list[CheckResult]:
         """One round: evict silent bots, check every market, retire the markets no bot reports,
@@ -1191,11 +1201,14 @@ class PosServer:
                                             "the way; cancel it (the bots' own orders were cancelled before)")
             return f"{side} {size} failed (self trade)"
         since = self.controls.aside_since(market)
+        # Refused, so it never traded: the next check that sees the same drift sends it again, a
+        # few seconds from now (time for the bots to cancel), not after a new streak of checks with
+        # the bots paused all along.
+        if since is None or now - since < self.step_aside_wait_s:
+            self._drift_for(market).refused()
+            self._check_again_in(self.step_aside_recheck_s)
         if since is None:
             self.controls.step_aside(market, now)
-            # Refused, so it never traded: the next check that sees the same drift sends it again
-            # (once the bots cancelled), not after a new streak with the bots paused all along.
-            self._drift_for(market).refused()
             self.counters["self_trade_steps"] += 1
             why = (f"{text}: it would trade with this account's own resting orders, so the bots of {market} pause "
                    "and cancel their orders until the correction goes through")
