@@ -53,13 +53,24 @@ def test_unknown_neither_counts_nor_resets_and_never_orders() -> None:
     assert only_unknown.streak == 0 and only_unknown.last_diff is None
 
 
-def test_not_quiet_resets_the_streak() -> None:
-    dc = check(consecutive=2)
+def test_a_sample_that_is_not_quiet_neither_counts_nor_resets() -> None:
+    """A fill in flight may be in a sample taken while a bot trades: it never yields an order and
+    never counts; but it does not reset either, or bots that trade more often than the quiet time
+    would hold a real drift back for ever."""
+    dc = check(consecutive=3)
     dc.observe(D("0"), D("0.02"), quiet=True)
-    assert dc.observe(D("0"), D("0.02"), quiet=False) is None and dc.streak == 0
-    assert dc.last_diff == D("0.02")  # still shown on the console
-    assert dc.observe(D("0"), D("0.02"), quiet=True) is None and dc.streak == 1
-    assert dc.observe(D("0"), D("0.02"), quiet=True) is not None
+    assert dc.observe(D("0"), D("0.05"), quiet=False) is None and dc.streak == 1
+    assert dc.last_diff == D("0.05")  # still shown on the console
+    assert dc.observe(D("0"), D("0.02"), quiet=True) is None and dc.streak == 2
+    for diff in ("0.02", "0", "-0.03", "0.02"):  # however many, whatever they show
+        assert dc.observe(D("0"), D(diff), quiet=False) is None
+    assert dc.streak == 2
+    assert dc.observe(D("0"), D("0.02"), quiet=True) == Correction("SELL", D("0.02"), D("0.02"))
+    # Only a quiet sample of another difference starts the streak over.
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    dc.observe(D("0"), D("0.02"), quiet=True)
+    assert dc.observe(D("0"), D("0.03"), quiet=True) is None and dc.streak == 1
+    assert dc.observe(D("0"), D("0"), quiet=True) is None and dc.streak == 0  # in sync: over
 
 
 def test_small_diff_is_no_drift() -> None:
@@ -158,6 +169,8 @@ def test_a_refused_correction_is_sent_again_on_the_next_identical_quiet_diff(con
     dc.refused()
     assert dc.observe(D("0"), D("0.02"), quiet=True) == Correction("SELL", D("0.02"), D("0.02"))
     dc.refused()
+    assert dc.observe(D("0"), D("0.02"), quiet=False) is None  # not quiet: not sent, evidence kept
+    assert dc.observe(D("0"), D("0.02"), quiet=True) == Correction("SELL", D("0.02"), D("0.02"))
     assert dc.observe(D("0"), D("0.02"), quiet=False) is None and dc.streak == 0
     dc.refused()  # the last sample yielded nothing: the streak is not ``consecutive - 1`` again
     dc.observe(D("0"), D("0.02"), quiet=True)

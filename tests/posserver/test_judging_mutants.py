@@ -300,6 +300,28 @@ def test_a_report_during_the_requests_makes_the_check_not_quiet(tmp_path: Path) 
     assert _check(s).correction == "SELL 0.03000000"
 
 
+def test_a_busy_market_is_corrected_after_enough_quiet_checks_never_on_a_busy_one(tmp_path: Path) -> None:
+    """Bots that trade between most checks: a check while a bot just traded sends nothing and does
+    not count, but does not reset the streak either. Otherwise a market maker that is rarely quiet
+    for three checks in a row would hold a real drift (a hand trade) back for ever."""
+    s, ex = _server(tmp_path, pos_server_consecutive=3)
+    _report(s, "a", "0")
+    ex.position = D("0.03")  # a trade no bot placed
+    ms = s.registry.markets[FX]
+
+    def busy() -> None:
+        ms.last_change += 1e-6  # a bot's fill reported while the position was read
+
+    seen = []
+    for is_busy in (False, True, True, False, True, True, True, False):
+        ex.during = busy if is_busy else None
+        r = _check(s)
+        seen.append(r.correction)
+        if is_busy:
+            assert r.correction == "" and r.skip_reason.startswith("a bot's position changed within")
+    assert seen == [""] * 7 + ["SELL 0.03000000"] and ex.sent == [(FX, "SELL", 0.03)]
+
+
 def test_a_recent_change_holds_the_judging(tmp_path: Path) -> None:
     s, ex = _server(tmp_path, quiet=3600.0, pos_server_consecutive=1)
     _report(s, "a", "0")

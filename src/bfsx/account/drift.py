@@ -10,11 +10,13 @@ Rules (invariants 3 and 8, docs/ARCHITECTURE.md#invariants):
   neither counts toward nor resets the streak, and never yields an order. Not resetting keeps a
   flaky API from postponing a real correction forever; not counting keeps a correction from ever
   resting on a sample that was not taken.
-* **Not quiet** (fills or orders in flight recently): the difference is not stable, so the streak
-  resets.
+* **Not quiet** (fills or orders in flight recently): the difference may include a fill not yet
+  reported, so the sample is skipped like an unknown one: it neither counts nor resets (it is still
+  shown as ``last_diff``). Resetting would let bots that trade more often than the quiet time hold a
+  real drift back for ever: a busy market maker is rarely quiet for ``consecutive`` checks in a row.
 * A difference below ``min_size`` is no drift and resets the streak.
-* ``consecutive`` identical differences (``actual - expected``, compared at the size step) in a row
-  yield ``Correction(side, size)`` with ``size = min(|diff|, max_order)`` rounded *down* to the size
+* ``consecutive`` identical differences (``actual - expected``, compared at the size step) in
+  quiet samples, with no other difference in a quiet sample between them, yield ``Correction(side, size)`` with ``size = min(|diff|, max_order)`` rounded *down* to the size
   step, ``side`` moving the exchange toward ``expected``; the streak then starts over, so the next
   correction needs fresh evidence that this one did not land. A correction the exchange *refused*
   (:meth:`DriftCheck.refused`) did not land, so the next identical difference sends it again.
@@ -64,6 +66,7 @@ class DriftCheck:
         """Identical differences seen in a row (for consoles)."""
         self.last_diff: Decimal | None = None
         """The latest known difference ``actual - expected`` (None before the first known sample)."""
+        self._streak_diff: Decimal | None = None  # the difference the streak counts
         self.unknown = 0
         """Samples skipped because a side was unknown (cumulative)."""
         self.corrections = 0
@@ -95,12 +98,14 @@ class DriftCheck:
             return None
         # Nearest step: float noise (0.30000000000000004) must not make equal diffs differ.
         diff = (Decimal(actual) - Decimal(expected)).quantize(self.size_step)
-        same = diff == self.last_diff
         self.last_diff = diff
-        if not quiet or abs(diff) < self.min_size:
+        if not quiet:
+            return None  # skipped: a fill in flight may be in it (neither counts nor resets)
+        if abs(diff) < self.min_size:
             self.streak = 0
             return None
-        self.streak = self.streak + 1 if same and self.streak else 1
+        self.streak = self.streak + 1 if diff == self._streak_diff and self.streak else 1
+        self._streak_diff = diff
         if self.streak < self.consecutive:
             return None
         self.streak = 0

@@ -900,6 +900,8 @@ class PosServer:
         elif not running or actual is None:
             # Not trading (or unknown): no order; a closed market resets the streak.
             drift.observe(expected, actual if actual is not None and not running else None, quiet=False)
+            if actual is not None and not running:
+                drift.reset()
         else:
             if not quiet:
                 reason = f"a bot's position changed within {self.quiet_seconds:.3g} s"
