@@ -92,6 +92,13 @@ class SettleRound:
     again: bool = False
 
 
+def epoch_base(now_s: float | None = None) -> int:
+    """The first settle epoch of a server starting now: its wall time in milliseconds. Above every
+    epoch an earlier incarnation asked for (it would have needed more than a round per millisecond
+    of its life), so the bots' echoes of those can never pass for a settle of the new rounds."""
+    return int((time.time() if now_s is None else now_s) * 1000)
+
+
 def host_of(peer: object) -> str:
     """The host a TCP peer is on; every loopback address is the server's own host."""
     addr = peer[0] if isinstance(peer, tuple) and peer else str(peer or "")
@@ -103,7 +110,12 @@ class LeaseDesk:
     """Leases, health feed and settle rounds (see the module docstring)."""
 
     def __init__(self, *, ttl_s: float = DEFAULT_TTL_S, lease_limits: LeaseLimits | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 first_epoch: int = 1) -> None:
+        """``first_epoch``: the epoch of the first settle round. A bot echoes the newest epoch it
+        completed and settles only for a newer one, so a restarted server must not count from 1
+        again: the position server starts from its start time in milliseconds (:func:`epoch_base`)."""
+        self.first_epoch = first_epoch
         self.ttl_s = ttl_s
         self.limits = lease_limits or LeaseLimits()
         self.clock, self.wall = clock, wall
@@ -330,7 +342,7 @@ class LeaseDesk:
             waiting = set(self.live_on(market, tm))
             if not waiting:
                 return ""  # no leased bot to wait for (none live, or only bots without leases)
-            epoch = self.epochs.get(market, 0) + 1
+            epoch = max(self.epochs.get(market, 0) + 1, self.first_epoch)
             self.epochs[market] = epoch
             self.rounds[market] = SettleRound(epoch, diff, tm, waiting, expected=expected, again=again)
             if again:

@@ -57,7 +57,7 @@ from bfsx.posserver import protocol as p
 from bfsx.posserver.controls import ALL, FLATTEN, FROZEN, OPERATOR, STEP_ASIDE_WAIT_S, Controls
 from bfsx.posserver.history import History
 from bfsx.posserver.lease_budget import HostBudget
-from bfsx.posserver.lease_desk import HEALTH_FEED_INTERVAL_S, LeaseDesk, host_of
+from bfsx.posserver.lease_desk import HEALTH_FEED_INTERVAL_S, LeaseDesk, epoch_base, host_of
 from bfsx.posserver.margin import DAILY_LOSS_HOLD, KEEP_RATE_HOLD, MarginWatch
 from bfsx.posserver.registry import ZERO, BotState, Registry, dec
 from bfsx.reporting.samples import AccountSample, BotSample, MarketSample
@@ -195,7 +195,8 @@ class PosServer:
         self.max_connections = max_connections
 
         self.registry = Registry(max_bots=max_bots)
-        self.leases = LeaseDesk()  # budget leases, health feed, settle rounds (lease_desk.py)
+        # budget leases, health feed, settle rounds (lease_desk.py); epochs above a former run's
+        self.leases = LeaseDesk(first_epoch=epoch_base())
         self.guard = p.ReplayGuard()
         self.sender = p.Sender(self._secret)
         self.history = History(self.state_dir / "history.db", horizon=config.pos_server_graph_period * 3600)
