@@ -464,7 +464,7 @@ def test_a_leased_bot_settles_before_its_market_is_corrected(tmp_path: Path) -> 
     assert r.skip_reason == "asked 1 bot(s) to settle" and ex.sent == []
     assert s.leases.rounds[FX].diff == D("0.04")
     assert _check(s).skip_reason == "waiting for 1 bot(s) to settle" and ex.sent == []
-    s.leases.grant(_lease_query("a", settled=1, seq=2), "local", {}, s.own_budget)
+    s.leases.grant(_lease_query("a", settled=s.leases.epochs[FX], seq=2), "local", {}, s.own_budget)
     assert _check(s).correction == "SELL 0.02" and ex.sent == [(FX, "SELL", 0.02)]
 
 
