@@ -16,13 +16,14 @@ checkout: the work tree is never touched. mutmut is installed into the running v
 above in server.py, all of lease_desk.py). A listed file of those two gets the pragma on every
 other function; the other modules are always mutated whole. E.g. run F:
 
-    python bench/mutation.py --modules src/bfsx/posserver/controls.py,src/bfsx/posserver/lease_desk.py,\
-        src/bfsx/posserver/server.py --functions LeaseDesk.gate,LeaseDesk._settled,\
-        PosServer._self_trade,PosServer._settle_gate,PosServer._consume_orphans --tests <selection>
+    python bench/mutation.py --modules "$MODULES" --functions "$FUNCTIONS" --tests <selection>
+    # MODULES=src/bfsx/posserver/controls.py,src/bfsx/posserver/lease_desk.py,src/bfsx/posserver/server.py
+    # FUNCTIONS=LeaseDesk.gate,LeaseDesk._settled,PosServer._self_trade,PosServer._settle_gate,PosServer._consume_orphans
 
 Prints mutants, killed, survived (with their names), timeouts and the time taken; the survivors
-and why each is acceptable are listed in docs/reliability.md. ``--budget`` (default 3000 s) ends a
-run that takes longer (the partial numbers are still printed, marked so).
+and why each is acceptable are listed in docs/mutation-survivors.md (summary: docs/reliability.md).
+``--budget`` (default 3000 s) ends a run that takes longer (the partial numbers are still printed,
+marked so).
 """
 
 from __future__ import annotations
