@@ -44,6 +44,7 @@ def test_a_self_trade_refusal_makes_the_bots_step_aside_until_the_correction_goe
     assert control.mode == "pause" and SELF_TRADE_PAUSE in control.reasons
     [alert] = _alerts(s, "self_trade")
     assert FX in alert and "SELL 0.03000000" in alert and "cancel their orders" in alert
+    assert alert.endswith(f"so the bots of {FX} pause and cancel their orders until the correction goes through")
     assert s.counters["self_trade_steps"] == 1
     # Refused again before the bots had their time: still waiting, nothing more said.
     [again] = _checks(s, 1)
@@ -70,11 +71,17 @@ def test_refused_again_after_the_wait_the_order_in_the_way_is_not_the_bots(tmp_p
     assert s.controls.bot_control(FX).mode == "run"  # the bots are not the cause: they trade again
     [blocked] = _alerts(s, "correction_failed")
     assert "no bot placed" in blocked and "cancel that order" in blocked
+    # What the operator reads: how long the bots had, and what to do.
+    assert f" 0 s after the bots of {FX} were asked to cancel their orders: a resting order" in blocked
+    assert blocked.endswith("is in the way; the bots trade again; cancel that order")
     # Further refusals fail and alert; the bots are not paused again in this episode.
     [third] = _checks(s, 1)
     assert third.correction == "SELL 0.03000000 failed (self trade)"
     assert s.controls.bot_control(FX).mode == "run" and s.counters["self_trade_steps"] == 1
     assert len(_alerts(s, "correction_failed")) == 2
+    assert _alerts(s, "correction_failed")[1].endswith(
+        ": a resting order of this account that no bot placed is in the way; cancel it "
+        "(the bots' own orders were cancelled before)")
     # Once the market was in sync, a new refusal is a new episode: the bots step aside again.
     ex.position = D("0")
     _checks(s, 1)
