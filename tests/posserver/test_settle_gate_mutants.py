@@ -112,13 +112,13 @@ def test_a_same_size_drift_after_a_bots_position_moved_is_settled_again(tmp_path
     _lease(s, "a")
     ex.position = D("0.03")
     assert _check(s).skip_reason == "asked 1 bot(s) to settle"
-    _lease(s, "a", settled=1, seq=2)
+    _lease(s, "a", settled=s.leases.epochs[FX], seq=2)
     _report(s, "a", "0.01")  # its settle found a fill of 0.01 ...
     ex.position = D("0.04")  # ... and another 0.01 traded meanwhile: the drift is 0.03 still
     r = _check(s)
     assert r.skip_reason == "asked 1 bot(s) to settle again" and ex.sent == []
     assert s.leases.rounds[FX].expected == D("0.01") and s.leases.rounds[FX].again
-    _lease(s, "a", settled=2, seq=3)
+    _lease(s, "a", settled=s.leases.epochs[FX], seq=3)
     assert _check(s).correction == "SELL 0.03000000" and ex.sent == [(FX, "SELL", 0.03)]
 
 
@@ -132,7 +132,7 @@ def test_the_again_rule_compares_the_bots_plus_the_base(tmp_path: Path) -> None:
     ex.position = D("1.03")
     assert _check(s, spot).skip_reason == "asked 1 bot(s) to settle"
     assert s.leases.rounds[spot].expected == D("1.0")
-    _lease(s, "a", settled=1, seq=2, market=spot)
+    _lease(s, "a", settled=s.leases.epochs[spot], seq=2, market=spot)
     _report(s, "a", "0.01", market=spot, base="0.99")
     r = _check(s, spot)
     assert r.skip_reason == "" and r.correction == "SELL 0.03000000" and ex.sent == [(spot, "SELL", 0.03)]
