@@ -316,6 +316,124 @@ async def test_a_restarted_server_gets_its_settle_rounds_settled(sim: SimServer,
         await rest.close()
 
 
+def test_losses_in_a_row_get_a_settle_round_each_while_settles_find_them() -> None:
+    """A feed that drops events loses fills in a row: each settle heals one while the next (same
+    lot) is lost, so the drift keeps its size. While the last round's settles found lost fills the
+    bots settle again (up to MAX_SETTLE_AGAIN); a round that found none leaves the next check to
+    judge. Without the count (an older bot) it is once per drift, as before."""
+    from bfsx.posserver.lease_budget import HostBudget
+    from bfsx.posserver.lease_desk import MAX_SETTLE_AGAIN
+
+    clock = Clock()
+    desk = LeaseDesk(clock=clock)
+    own = HostBudget()
+    desk.grant(_query("a"), "local", {}, own)
+    step, d, e = Decimal("0.001"), Decimal("0.01"), Decimal("0.05")
+    seq = 1
+
+    def settle(healed: int | None) -> None:
+        nonlocal seq
+        seq += 1
+        q = p.LeaseQuery(bot="a", market=FX, v=1, want={}, used={}, sent={}, budget=None, ip=None,
+                         settled=desk.epochs[FX], healed=healed, header=p.Header(p.MsgType.LEASE_QUERY, 1, seq, 0.0))
+        desk.grant(q, "local", {}, own)
+        clock.t += 1
+
+    assert desk.gate(FX, d, step, clock(), expected=e).startswith("asked 1")
+    for n in range(1, 4):  # three more losses, each found by the next settle
+        settle(1)
+        e += d
+        assert desk.gate(FX, d, step, clock(), expected=e) == "asked 1 bot(s) to settle again", n
+        assert desk.rounds[FX].again == n
+    settle(0)  # this settle found nothing: the drift is real
+    e += d  # (the bots traded on)
+    assert desk.gate(FX, d, step, clock(), expected=e) == ""
+    # Bounded: settles that always find something stop holding the drift after MAX_SETTLE_AGAIN.
+    desk.gate(FX, Decimal("0.02"), step, clock(), expected=e)
+    for _ in range(MAX_SETTLE_AGAIN):
+        settle(1)
+        e += d
+        assert desk.gate(FX, Decimal("0.02"), step, clock(), expected=e).startswith("asked 1 bot(s) to settle again")
+    settle(1)
+    e += d
+    assert desk.gate(FX, Decimal("0.02"), step, clock(), expected=e) == ""
+    # A bot that does not say what it found (healed None): once per drift.
+    desk.gate(FX, Decimal("0.03"), step, clock(), expected=e)
+    settle(None)
+    e += d
+    assert desk.gate(FX, Decimal("0.03"), step, clock(), expected=e).startswith("asked 1 bot(s) to settle again")
+    settle(None)
+    e += d
+    assert desk.gate(FX, Decimal("0.03"), step, clock(), expected=e) == ""
+
+
+async def test_the_bots_settle_says_how_many_lost_fills_it_found(sim: SimServer, server_factory: Any,
+                                                                 fast_config: Any, wait_for: Any) -> None:
+    """The settle callback's count travels with the echo (LEASE_QUERY.healed) into the round."""
+    server = await server_factory(fast_config(pos_server_check_interval=2))
+
+    async def settle() -> int:
+        return 2
+
+    client, _, rest = await _client(sim, server.port, "a", settle=settle)
+    try:
+        await wait_for(lambda: client.grants >= 2, what="grants")
+        assert server.leases.gate(FX, Decimal("0.02"), Decimal("0.01"), 0.0).startswith("asked 1")
+        await wait_for(lambda: server.leases.rounds[FX].settled_m is not None, what="the round settled")
+        assert client.healed == 2 and server.leases.rounds[FX].healed == 2
+    finally:
+        await client.stop()
+        if client.health is not None:
+            await client.health.stop()
+        await rest.close()
+
+
+async def test_the_runtime_settler_counts_the_fills_its_resync_found() -> None:
+    from bfsx.posserver.lease_client import runtime_settler
+
+    class Rec:
+        def __init__(self, found: int, works: bool) -> None:
+            self._last_settled, self.fills_recovered, self.found, self.works = 0.0, 5, found, works
+
+        async def resync(self) -> None:
+            if self.works:
+                self._last_settled += 1.0
+                self.fills_recovered += self.found
+
+    for found, works, expected in ((3, True, 3), (0, True, 0), (2, False, False)):
+        rec = Rec(found, works)
+        result = await runtime_settler(lambda rec=rec: rec)()  # type: ignore[misc]
+        assert result == expected and type(result) is type(expected), (found, works, result)
+
+
+@pytest.mark.parametrize("healed", [None, 0, 1, 2**40 - 1])
+def test_the_healed_count_round_trips_and_is_left_out_when_unsaid(healed: int | None) -> None:
+    counts = {"private": 1, "orders": 0, "small_orders": 0, "ip": 2}
+    q = p.LeaseQuery(bot="a", market=FX, v=1, want=counts, used=counts, sent=counts, budget=None, ip=None,
+                     settled=7, healed=healed)
+    data = p.encode(q, SECRET, boot=1, seq=1, now=1_700_000_000.0)
+    assert (b'"healed"' in data) == (healed is not None)
+    back = p.decode(data, SECRET, now=1_700_000_000.0, max_size=p.MAX_REPLY)
+    assert back == q and isinstance(back, p.LeaseQuery) and back.healed == healed
+
+
+@pytest.mark.parametrize("bad", [-1, 2**40, 1.5, "2", True, None, [1]])
+def test_a_bad_healed_count_is_refused(bad: Any) -> None:
+    import hashlib
+    import hmac
+
+    import orjson
+
+    body = {"id": "a", "market": FX, "v": 1, "want": {}, "used": {}, "sent": {}, "budget": None, "ip": None,
+            "settled": 7, "healed": bad}
+    head = p.HEADER.pack(p.MAGIC, p.VERSION, p.MsgType.LEASE_QUERY, 1, 1, 1_700_000_000 * 1_000_000)
+    payload = head + orjson.dumps(body)
+    data = payload + hmac.digest(SECRET.encode(), payload, hashlib.sha256)
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(data, SECRET, now=1_700_000_000.0, max_size=p.MAX_REPLY)
+    assert info.value.reason == "malformed"
+
+
 def test_documented_lease_example() -> None:
     """The LEASE_QUERY example of docs/protocol.md, byte for byte."""
     q = p.LeaseQuery(bot="a", market="FX_BTC_JPY", v=1, want={"private": 6, "orders": 2, "small_orders": 2, "ip": 1},

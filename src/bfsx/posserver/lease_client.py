@@ -91,23 +91,33 @@ class FedHealth(HealthPoller):
 
 
 class Settler(Protocol):
-    """What :func:`runtime_settler` needs of a bot's reconciler: its resync and when a resync last
-    succeeded (``_last_settled``, monotonic; stamped only after one that read the exchange)."""
+    """What :func:`runtime_settler` needs of a bot's reconciler: its resync, when a resync last
+    succeeded (``_last_settled``, monotonic; stamped only after one that read the exchange) and how
+    many fills resyncs found (``fills_recovered``: their events had been lost)."""
 
     _last_settled: float
+    fills_recovered: int
 
     async def resync(self) -> None: ...
 
 
-def runtime_settler(reconciler: Callable[[], Settler]) -> Callable[[], Awaitable[bool]]:
-    """A settle callback for :class:`LeaseClient`: the bot's resync, True when it succeeded.
-    ``reconciler`` returns the bot's reconciler when called (it may be built after the client)."""
+#: What a settle callback returns: False when it failed; True, or the number of lost fills it
+#: found (0 included), when it succeeded.
+SettleResult = bool | int
 
-    async def settle() -> bool:
+
+def runtime_settler(reconciler: Callable[[], Settler]) -> Callable[[], Awaitable[SettleResult]]:
+    """A settle callback for :class:`LeaseClient`: the bot's resync; False when it failed, else the
+    fills it found. ``reconciler`` returns the bot's reconciler when called (it may be built after
+    the client)."""
+
+    async def settle() -> SettleResult:
         rec = reconciler()
-        before = rec._last_settled
+        before, found = rec._last_settled, rec.fills_recovered
         await rec.resync()
-        return rec._last_settled != before
+        if rec._last_settled == before:
+            return False
+        return rec.fills_recovered - found
 
     return settle
 
@@ -117,7 +127,7 @@ class LeaseClient(PosServerClient):
 
     def __init__(self, host: str, port: int, secret: str | bytes, bot_id: str, market: str, *,
                  budget: LeasedBudget, health: HealthPoller | None = None,
-                 settle: Callable[[], Awaitable[bool]] | None = None,
+                 settle: Callable[[], Awaitable[SettleResult]] | None = None,
                  control_interval: float = 0.5, on_control: Callable[[p.ControlReply], None] | None = None,
                  step_aside_hold_s: float = STEP_ASIDE_WAIT_S, **kw: Any) -> None:
         """``control_interval``: seconds between two control queries (the bot's mode: ``bfsx
@@ -139,6 +149,7 @@ class LeaseClient(PosServerClient):
         self.health = health
         self.settle = settle
         self.settled = 0  # newest settle epoch completed
+        self.healed: int | None = None  # lost fills that settle found (None: the callback did not say)
         self.settles = 0
         self.grants = 0
         self.lease_errors = 0
@@ -164,7 +175,7 @@ class LeaseClient(PosServerClient):
         q = p.LeaseQuery(
             bot=self.bot_id, market=self.market, v=LEASE_VERSION,
             want={k: b.want(k, max(ttl, 1.0), now_m) for k in KINDS}, used=used, sent={str(k): n for k, n in marks.items()},
-            budget=b.snapshot(), ip=b.ip_reading().to_dict(), settled=self.settled,
+            budget=b.snapshot(), ip=b.ip_reading().to_dict(), settled=self.settled, healed=self.healed,
         )
         return q, now_m, marks
 
@@ -194,8 +205,11 @@ class LeaseClient(PosServerClient):
         """Reconcile with the exchange for the server's settle round, then echo it at once."""
         ok = False
         try:
-            ok = await self.settle() if self.settle is not None else True
+            result = await self.settle() if self.settle is not None else True
+            ok = result is not False
             if ok:
+                # True says nothing of what it found; a number does (bool is an int: test it first).
+                self.healed = None if isinstance(result, bool) else max(0, int(result))
                 self.settled = max(self.settled, epoch)
                 self.settles += 1
                 log.info("settled for the position server (epoch %d)", epoch)

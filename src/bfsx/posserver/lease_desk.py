@@ -45,6 +45,8 @@ SETTLE_CALLS = 4
 #: A settle round nobody completes within this long no longer holds a correction back (a bot
 #: heals a lost fill on its own within SELF_HEAL_SECONDS anyway).
 SETTLE_TIMEOUT_S = 60.0
+#: Rounds opened again for one drift, at most, while each one's settles keep finding lost fills.
+MAX_SETTLE_AGAIN = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +90,11 @@ class SettleRound:
     settled_m: float | None = None
     #: Σ bots + base when the round opened (None: not given).
     expected: Decimal | None = None
-    #: Opened again for a drift of the same size after the bots' positions moved (see ``gate``).
-    again: bool = False
+    #: How many rounds in a row were opened again for this drift, of the same size after the bots'
+    #: positions moved (see ``gate``): 0 for its first round.
+    again: int = 0
+    #: Fills the bots' settles found for this round (lost events healed); None: a bot did not say.
+    healed: int | None = 0
 
 
 def epoch_base(now_s: float | None = None) -> int:
@@ -252,7 +257,7 @@ class LeaseDesk:
         a.sent = dict(q.sent)
         if q.settled > a.settled:
             a.settled = q.settled
-            self._settled(q.bot, q.market, q.settled, now_m)
+            self._settled(q.bot, q.market, q.settled, now_m, q.healed)
         return a
 
     def grant(self, q: p.LeaseQuery, host: str, registry_budgets: Mapping[str, BudgetSnapshot],
@@ -327,8 +332,11 @@ class LeaseDesk:
         A drift of the same size after the bots' ``expected`` position moved since its round opened
         may be another drift: a settle healed one lost fill and a second one of the same size was
         lost meanwhile (bots trade fixed lots). Correcting it would count that fill twice once its
-        bot heals it too, so the bots are asked to settle once more (once per drift: bots that trade
-        on would otherwise hold a real drift back for ever).
+        bot heals it too, so the bots are asked to settle once more. Once per drift, unless the
+        last round's settles found lost fills (``healed``): then again, up to ``MAX_SETTLE_AGAIN``
+        times, since losses in a row are what a feed that drops events produces. A round that
+        healed nothing (or whose bots did not say) leaves the next one to judge: bots that trade
+        on would otherwise hold a real drift back for ever.
         """
         tm = self.clock() if now_m is None else now_m
         r = self.rounds.get(market)
@@ -336,18 +344,20 @@ class LeaseDesk:
             if r is not None:
                 del self.rounds[market]  # healed (by its bot, most likely): nothing to correct
             return ""
-        again = (r is not None and r.diff == diff and not r.again and r.settled_m is not None
-                 and expected is not None and r.expected is not None and expected != r.expected)
+        again = (r is not None and r.diff == diff and r.settled_m is not None
+                 and expected is not None and r.expected is not None and expected != r.expected
+                 and (not r.again or (r.healed is not None and r.healed > 0 and r.again < MAX_SETTLE_AGAIN)))
         if r is None or r.diff != diff or again:
             waiting = set(self.live_on(market, tm))
             if not waiting:
                 return ""  # no leased bot to wait for (none live, or only bots without leases)
             epoch = max(self.epochs.get(market, 0) + 1, self.first_epoch)
             self.epochs[market] = epoch
-            self.rounds[market] = SettleRound(epoch, diff, tm, waiting, expected=expected, again=again)
+            times = r.again + 1 if again and r is not None else 0
+            self.rounds[market] = SettleRound(epoch, diff, tm, waiting, expected=expected, again=times)
             if again:
                 log.info("%s: drift %s again after the bots' positions moved; asking %d bot(s) to settle once more "
-                         "(epoch %d)", market, diff, len(waiting), epoch)
+                         "(epoch %d, again %d)", market, diff, len(waiting), epoch, times)
                 return f"asked {len(waiting)} bot(s) to settle again"
             log.info("%s: drift %s seen; asking %d bot(s) to settle first (epoch %d)", market, diff, len(waiting), epoch)
             return f"asked {len(waiting)} bot(s) to settle"
@@ -364,10 +374,12 @@ class LeaseDesk:
             return "bots settled: judging on the next checks"
         return ""
 
-    def _settled(self, bot: str, market: str, epoch: int, now_m: float) -> None:
+    def _settled(self, bot: str, market: str, epoch: int, now_m: float, healed: int | None = None) -> None:
         r = self.rounds.get(market)
         if r is None or epoch < r.epoch:
             return
+        if bot in r.waiting:
+            r.healed = None if healed is None or r.healed is None else r.healed + healed
         r.waiting.discard(bot)
         if not r.waiting and r.settled_m is None:
             r.settled_m = now_m
