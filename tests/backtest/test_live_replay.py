@@ -194,6 +194,11 @@ async def test_a_live_run_recorded_replays_with_the_same_fills(sim: SimServer, t
 
     live_volume, replay_volume = volume(live_mm), volume(mm_replayed)
     assert live_volume >= 0.03, live_mm  # a busy market fills quotes inside the spread every few seconds
-    assert mm_report["fills"]["maker"] == mm_report["fills"]["count"] >= 1
+    # Its quotes rest and are filled by prints; one may cross instead: the engine sees the market a
+    # feed latency before the bot, and a quote one yen inside a touch that moved meanwhile takes
+    # (seen once in a fresh-clone run: 10 maker fills and 1 taker), as it would live.
+    fills = mm_report["fills"]
+    assert fills["count"] >= 1 and fills["maker"] + fills["taker"] == fills["count"], fills
+    assert fills["maker"] >= 1 and fills["taker"] <= 1 + fills["count"] // 5, fills
     assert MAKER_VOLUME_RANGE[0] * live_volume <= replay_volume <= MAKER_VOLUME_RANGE[1] * live_volume, (
         live_volume, replay_volume)
