@@ -250,8 +250,18 @@ class Chaos:
                 self.spawn(p)
 
     def stop(self) -> None:
+        """Stop the bots (each cancels its orders), read the simulator's state once more (what the
+        report calls left behind: the last sample was taken while the bots still quoted), then stop
+        the server and the simulator."""
         order = [n for n in self.procs if n not in ("sim", "pos-server")] + ["pos-server", "sim"]
         for group, timeout in ((order[:-2], 30.0), (order[-2:], 10.0)):
+            if group[-1] == "sim":
+                sim = self.procs.get("sim")
+                if sim and sim.popen and sim.popen.poll() is None:
+                    try:
+                        self.state = asyncio.run(self.hooks.fetch_state())
+                    except Exception as e:  # the report then shows the last sample's state
+                        self.log(f"final sim state read failed: {e}")
             for n in group:
                 p = self.procs.get(n)
                 if p and p.popen and p.popen.poll() is None:
