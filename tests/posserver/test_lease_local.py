@@ -188,6 +188,14 @@ async def _client(sim: SimServer, port: int, name: str, **kw: Any) -> tuple[Leas
     return client, budget, rest
 
 
+async def _close(client: LeaseClient, rest: RestClient) -> None:
+    """Stop what :func:`_client` started."""
+    await client.stop()
+    if client.health is not None:
+        await client.health.stop()
+    await rest.close()
+
+
 async def test_two_bots_share_the_pools_and_get_the_health_feed(sim: SimServer, server_factory: Any,
                                                                  fast_config: Any, wait_for: Any) -> None:
     server = await server_factory(fast_config(endpoint=sim.url, pos_server_check_interval=2))
@@ -214,10 +222,7 @@ async def test_two_bots_share_the_pools_and_get_the_health_feed(sim: SimServer, 
         assert budget.counter("small_orders") == 1
     finally:
         for c, _, rest in clients:
-            await c.stop()
-            if c.health is not None:
-                await c.health.stop()
-            await rest.close()
+            await _close(c, rest)
 
 
 async def test_unreachable_server_gives_a_fallback_share(sim: SimServer, server_factory: Any, fast_config: Any,
@@ -241,10 +246,7 @@ async def test_unreachable_server_gives_a_fallback_share(sim: SimServer, server_
         assert budget.allowance("small_orders") <= free["small_orders"] // 2
         assert budget.allowance("small_orders") < 100
     finally:
-        await c.stop()
-        if c.health is not None:
-            await c.health.stop()
-        await rest.close()
+        await _close(c, rest)
 
 
 async def test_settle_request_runs_the_bots_settle_and_is_echoed(sim: SimServer, server_factory: Any,
@@ -272,10 +274,7 @@ async def test_settle_request_runs_the_bots_settle_and_is_echoed(sim: SimServer,
         assert st["live"] == 2 and st["settle"][FX] == {"epoch": first, "waiting": [], "settled": True}
     finally:
         for c, _, rest in clients:
-            await c.stop()
-            if c.health is not None:
-                await c.health.stop()
-            await rest.close()
+            await _close(c, rest)
 
 
 async def test_a_restarted_server_gets_its_settle_rounds_settled(sim: SimServer, server_factory: Any,
@@ -310,10 +309,7 @@ async def test_a_restarted_server_gets_its_settle_rounds_settled(sim: SimServer,
                        what="the new server's round settled by the bot")
         assert len(calls) == 2 and client.settled == again.leases.first_epoch
     finally:
-        await client.stop()
-        if client.health is not None:
-            await client.health.stop()
-        await rest.close()
+        await _close(client, rest)
 
 
 def test_losses_in_a_row_get_a_settle_round_each_while_settles_find_them() -> None:
@@ -382,10 +378,7 @@ async def test_the_bots_settle_says_how_many_lost_fills_it_found(sim: SimServer,
         await wait_for(lambda: server.leases.rounds[FX].settled_m is not None, what="the round settled")
         assert client.healed == 2 and server.leases.rounds[FX].healed == 2
     finally:
-        await client.stop()
-        if client.health is not None:
-            await client.health.stop()
-        await rest.close()
+        await _close(client, rest)
 
 
 async def test_the_runtime_settler_counts_the_fills_its_resync_found() -> None:
@@ -470,10 +463,7 @@ async def test_a_server_without_leases_is_recognised(sim: SimServer, server_fact
         assert c.account_budget is not None  # the old advisory budget is asked instead
         assert budget.allowance("small_orders") < 100
     finally:
-        await c.stop()
-        if c.health is not None:
-            await c.health.stop()
-        await rest.close()
+        await _close(c, rest)
 
 
 def test_a_same_size_drift_after_the_bots_positions_moved_is_settled_once_more() -> None:
