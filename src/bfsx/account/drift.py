@@ -16,7 +16,8 @@ Rules (invariants 3 and 8, docs/ARCHITECTURE.md#invariants):
   real drift back for ever: a busy market maker is rarely quiet for ``consecutive`` checks in a row.
 * A difference below ``min_size`` is no drift and resets the streak.
 * ``consecutive`` identical differences (``actual - expected``, compared at the size step) in
-  quiet samples, with no other difference in a quiet sample between them, yield ``Correction(side, size)`` with ``size = min(|diff|, max_order)`` rounded *down* to the size
+  quiet samples, with no other difference in a quiet sample between them, yield
+  ``Correction(side, size)`` with ``size = min(|diff|, max_order)`` rounded *down* to the size
   step, ``side`` moving the exchange toward ``expected``; the streak then starts over, so the next
   correction needs fresh evidence that this one did not land. A correction the exchange *refused*
   (:meth:`DriftCheck.refused`) did not land, so the next identical difference sends it again.

@@ -322,13 +322,13 @@ class LeaseClient(PosServerClient):
         the rest of its last mode (an operator's pause stays) and trades again on its own budget,
         as it would have without the self trade. A bot cut off from its server must not stay paused
         for as long as the cut lasts."""
-        c = self.control
-        if c is None or SELF_TRADE_PAUSE not in c.reasons or time.monotonic() - self._control_at < self.step_aside_hold_s:
+        c, unheard_s = self.control, time.monotonic() - self._control_at
+        if c is None or SELF_TRADE_PAUSE not in c.reasons or unheard_s < self.step_aside_hold_s:
             return
         reasons = tuple(r for r in c.reasons if r != SELF_TRADE_PAUSE)
         self.control = dataclasses.replace(c, mode=mode_of(reasons), reasons=reasons)
         log.warning("position server not heard for %.0f s: no longer stepping aside for its correction (mode %s)",
-                    time.monotonic() - self._control_at, self.control.mode)
+                    unheard_s, self.control.mode)
         if self.on_control is not None:
             self.on_control(self.control)
 

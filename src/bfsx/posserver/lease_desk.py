@@ -100,7 +100,9 @@ class SettleRound:
 def epoch_base(now_s: float | None = None) -> int:
     """The first settle epoch of a server starting now: its wall time in milliseconds. Above every
     epoch an earlier incarnation asked for (it would have needed more than a round per millisecond
-    of its life), so the bots' echoes of those can never pass for a settle of the new rounds."""
+    of its life), so the bots' echoes of those can never pass for a settle of the new rounds. Only
+    a wall clock set back by more than the restart took breaks that: the bots' settles are then
+    not seen, and each round times out (``SETTLE_TIMEOUT_S``) as before this base existed."""
     return int((time.time() if now_s is None else now_s) * 1000)
 
 

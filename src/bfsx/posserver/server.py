@@ -1204,28 +1204,27 @@ class PosServer:
                                             "the way; cancel it (the bots' own orders were cancelled before)")
             return f"{side} {size} failed (self trade)"
         since = self.controls.aside_since(market)
+        if since is not None and now - since >= self.step_aside_wait_s:
+            self.controls.step_aside_failed(market)
+            why = (f"{text} {now - since:.0f} s after the bots of {market} were asked to cancel their orders: a "
+                   "resting order no bot placed (by hand?) is in the way; the bots trade again; cancel that order")
+            log.error("%s", why)
+            self.alert("correction_failed", why)
+            return f"{side} {size} failed (self trade)"
         # Refused, so it never traded: the next check that sees the same drift sends it again, a
         # few seconds from now (time for the bots to cancel), not after a new streak of checks with
         # the bots paused all along.
-        if since is None or now - since < self.step_aside_wait_s:
-            self._drift_for(market).refused()
-            self._check_again_in(self.step_aside_recheck_s)
-        if since is None:
-            self.controls.step_aside(market, now)
-            self.counters["self_trade_steps"] += 1
-            why = (f"{text}: it would trade with this account's own resting orders, so the bots of {market} pause "
-                   "and cancel their orders until the correction goes through")
-            log.warning("%s", why)
-            self.alert("self_trade", why)
-            return f"{side} {size} refused (self trade): the bots step aside"
-        if now - since < self.step_aside_wait_s:
+        self._drift_for(market).refused()
+        self._check_again_in(self.step_aside_recheck_s)
+        if since is not None:
             return f"{side} {size} refused (self trade): waiting for the bots to cancel"
-        self.controls.step_aside_failed(market)
-        why = (f"{text} {now - since:.0f} s after the bots of {market} were asked to cancel their orders: a resting "
-               "order no bot placed (by hand?) is in the way; the bots trade again; cancel that order")
-        log.error("%s", why)
-        self.alert("correction_failed", why)
-        return f"{side} {size} failed (self trade)"
+        self.controls.step_aside(market, now)
+        self.counters["self_trade_steps"] += 1
+        why = (f"{text}: it would trade with this account's own resting orders, so the bots of {market} pause "
+               "and cancel their orders until the correction goes through")
+        log.warning("%s", why)
+        self.alert("self_trade", why)
+        return f"{side} {size} refused (self trade): the bots step aside"
 
     # ------------------------------------------------------------------ history
     async def _restore(self) -> None:

@@ -73,8 +73,8 @@ class ReplayFeed:
     def __init__(self, market: UpstreamMarket, paths: Sequence[Path], speed: float = 1.0,
                  last_shown_s: float = 0.0) -> None:
         """``last_shown_s``: how long the recording's last book stays shown before the end withdraws
-        it (the server's diff interval: else a last frame and the end could share one published diff,
-        and no client would see the recording's final book)."""
+        it (the simulator passes two diff intervals: else a last frame and the end could share one
+        published diff, and no client would see the recording's final book)."""
         self.market = market
         self.paths = list(paths)
         self.speed = check_speed(speed)

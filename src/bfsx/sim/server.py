@@ -143,7 +143,8 @@ class SimServer:
                 self.feed = UpstreamFeed(self.upstream_market, upstream, cfg.upstream)
             else:
                 assert replay is not None
-                # the last book stays shown for one diff (it could share one with the end's withdrawal)
+                # the last book stays shown for two diff intervals (else it could share one published
+                # diff with the end's withdrawal, and no client would see it)
                 self.feed = ReplayFeed(self.upstream_market, [Path(p) for p in replay], speed,
                                        last_shown_s=2 * cfg.market.diff_interval)
         else:
